@@ -1,0 +1,38 @@
+"""dispatch-ledger: the webhook service for Vonage Dispatch callbacks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app import errors, extensions
+from app.config import Settings
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the application; settings come from the environment unless given."""
+    settings = Settings.from_env()
+    if test_config:
+        settings = settings.with_overrides(test_config)
+
+    app = Flask(__name__)
+    app.config.update(
+        # Werkzeug refuses to read more than this; the webhook view answers 413.
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        RETRY_AFTER_SECONDS=settings.retry_after_seconds,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    extensions.init_app(app, settings)
+    errors.init_app(app)
+
+    from app import read_api, webhooks
+
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(read_api.bp)
+    if not app.debug:
+        logging.getLogger("app").setLevel(logging.INFO)
+    return app

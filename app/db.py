@@ -1,0 +1,103 @@
+"""The connection pool, units of work, and database errors translated in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Connection = psycopg.Connection[DictRow]
+
+# Deadlocks and serialization failures are resolved by running the unit of
+# work again; each attempt starts from scratch, so a retry is always safe.
+_RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+MAX_ATTEMPTS = 5
+# Far under a 30 s router limit; a stuck statement must not hold a worker.
+STATEMENT_TIMEOUT = "10s"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL cannot be reached or did not answer in time (answered with 503)."""
+
+
+class Database:
+    """A pool per worker process, opened lazily after the server forks."""
+
+    def __init__(self, conninfo: str, settings: Settings) -> None:
+        self._conninfo = conninfo
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pid: int | None = None
+
+    def _configure(self, conn: Connection) -> None:
+        conn.autocommit = True
+        conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+        conn.autocommit = False
+
+    @property
+    def pool(self) -> ConnectionPool[Connection]:
+        # Connections must never cross a fork: a pool inherited from a parent
+        # process is abandoned and a new one opened in this process.
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    connection_class=Connection,
+                    kwargs={"row_factory": dict_row},
+                    min_size=self._settings.db_pool_min_size,
+                    max_size=self._settings.db_pool_max_size,
+                    timeout=self._settings.db_pool_timeout,
+                    check=ConnectionPool.check_connection,
+                    configure=self._configure,
+                    name="dispatch-ledger",
+                    open=False,
+                )
+                # wait=False: a worker starts even while the database is down,
+                # and answers 503 until it is back.
+                self._pool.open(wait=False)
+                self._pid = os.getpid()
+            return self._pool
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction: all of it commits, or none of it."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with self.pool.connection() as conn, conn.transaction():
+                    return work(conn)
+            except _RETRYABLE:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                log.info("transaction conflict, retrying (attempt %d)", attempt)
+            except PoolTimeout as exc:
+                raise DatabaseUnavailable("no database connection available in time") from exc
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnavailable(str(exc).strip() or "database unavailable") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def ping(self) -> None:
+        """Check that the database answers; raises DatabaseUnavailable otherwise."""
+        self.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+
+
+def jsonb(value: Any) -> Jsonb:
+    """Wrap a value for a jsonb parameter."""
+    return Jsonb(value)

@@ -1,0 +1,59 @@
+"""One JSON error envelope, {code, status, message, errors}, for every error response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from app.db import DatabaseUnavailable
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a message and field-level errors for the envelope."""
+
+    def __init__(self, code: int, message: str, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(description=message)
+        self.code = code
+        self.errors = errors or {}
+
+
+def envelope(code: int, message: str, errors: dict[str, Any] | None = None) -> Response:
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    response = jsonify(
+        code=code,
+        status=HTTP_STATUS_CODES.get(code, "Unknown Error"),
+        message=message,
+        errors=errors or {},
+    )
+    response.status_code = code
+    return response
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    code = error.code or 500
+    if isinstance(error, InternalServerError):
+        # Never echo what went wrong inside: it is in the log, not the answer.
+        message = "The server failed to handle the request."
+    else:
+        message = error.description or ""
+    response = envelope(code, message, getattr(error, "errors", None))
+    # Keep headers such as Allow (405) that Werkzeug's exception carries.
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def handle_database_unavailable(error: DatabaseUnavailable) -> Response:
+    current_app.logger.warning("database unavailable: %s", error)
+    response = envelope(503, "The database is unavailable; retry later.")
+    response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER_SECONDS"])
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(DatabaseUnavailable, handle_database_unavailable)

@@ -1,0 +1,31 @@
+"""gunicorn settings for `web:` (Procfile) and `dispatch-ledger serve`; each one says why."""
+
+from __future__ import annotations
+
+import os
+
+# Heroku-style platforms route to $PORT on all interfaces; Dispatch must reach it.
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+
+# Processes: the platform's sizing hint, else two (one per core here).
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+
+# Threads per process: a callback mostly waits on PostgreSQL, so a few threads
+# keep a process busy. Each thread needs its own connection: keep
+# DB_POOL_MAX_SIZE (default 4) at least this large.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+
+# A request must finish well under the router's 30 s limit; a worker stuck
+# longer than this is restarted.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "25"))
+graceful_timeout = 20
+keepalive = 5
+
+# The pool is opened in each worker after the fork, never in the master.
+preload_app = False
+
+# Logs go to stdout/stderr, where the platform collects them.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")

@@ -1,0 +1,204 @@
+"""Store a callback and apply it to the state, in one transaction; keep what is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from psycopg.rows import DictRow
+
+from app import storage
+from app.db import Connection, Database, jsonb
+from app.intake import Callback, CallbackKind, Reason, Rejection, read
+from app.queries import sql
+from app.state import (
+    Discrepancy,
+    FinalReport,
+    StatusEvent,
+    apply_final_report,
+    apply_reported_message,
+    apply_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What became of one delivery."""
+
+    outcome: Literal["accepted", "duplicate"]
+    callback_id: int
+
+
+def receive(db: Database, callback: Callback, content_type: str | None, now: datetime) -> Receipt:
+    """Store the raw callback and apply it; a duplicate changes nothing but a counter."""
+    return db.run(lambda conn: _receive(conn, callback, content_type, now))
+
+
+def _receive(
+    conn: Connection, callback: Callback, content_type: str | None, now: datetime
+) -> Receipt:
+    event = callback.event
+    params = {
+        "kind": callback.kind.value,
+        "dedup_key": callback.dedup_key,
+        "body": callback.body,
+        "payload": jsonb(callback.payload),
+        "content_type": content_type,
+        "message_uuid": event.message_uuid if isinstance(event, StatusEvent) else None,
+        "dispatch_uuid": event.dispatch_uuid,
+        "event_at": event.occurred_at,
+        "received_at": now,
+    }
+    row = conn.execute(sql("insert_raw_callback"), params).fetchone()
+    if row is None:
+        # The same callback again (providers retry): it was applied the first
+        # time, so only the delivery is counted.
+        dup = conn.execute(sql("count_redelivery"), params).fetchone()
+        assert dup is not None  # the conflicting row exists and rows are never deleted
+        return Receipt("duplicate", dup["id"])
+    callback_id: int = row["id"]
+    if isinstance(event, StatusEvent):
+        found = _apply_status(conn, event, now)
+    else:
+        found = _apply_final_report(conn, event, now)
+    storage.record_discrepancies(conn, found, callback_id, now)
+    return Receipt("accepted", callback_id)
+
+
+def _apply_status(conn: Connection, event: StatusEvent, now: datetime) -> list[Discrepancy]:
+    # The workflow's row must exist before the message can reference it. It is
+    # not locked: a status callback changes the message, not the workflow.
+    if event.dispatch_uuid is not None:
+        storage.ensure_dispatch(conn, event.dispatch_uuid, now)
+    message = storage.lock_message(conn, event.message_uuid, now)
+    transition = apply_status(message, event)
+    storage.save_message(conn, transition.state, now)
+    return list(transition.discrepancies)
+
+
+def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) -> list[Discrepancy]:
+    # Lock order is always the workflow first, then its messages sorted by id,
+    # so that concurrent deliveries of one workflow cannot deadlock.
+    dispatch = storage.lock_dispatch(conn, report.dispatch_uuid, now)
+    found: list[Discrepancy] = []
+    for reported in sorted(report.messages, key=lambda m: m.message_uuid):
+        message = storage.lock_message(conn, reported.message_uuid, now)
+        moved = apply_reported_message(message, report.dispatch_uuid, reported)
+        storage.save_message(conn, moved.state, now)
+        found.extend(moved.discrepancies)
+    transition = apply_final_report(dispatch, report)
+    storage.save_dispatch(conn, transition.state, now, final_report=True)
+    found.extend(transition.discrepancies)
+    return found
+
+
+def keep_rejection(
+    db: Database,
+    kind: CallbackKind,
+    body: bytes | None,
+    body_size: int | None,
+    content_type: str | None,
+    rejection: Rejection,
+    now: datetime,
+) -> int:
+    """Keep a refused delivery (the same body again counts one more attempt)."""
+    params = {
+        "kind": kind.value,
+        "body": body,
+        "body_sha256": hashlib.sha256(body).digest() if body is not None else None,
+        "body_size": body_size,
+        "content_type": content_type,
+        "http_status": rejection.http_status,
+        "reason": rejection.reason.value,
+        "message": rejection.message,
+        "errors": jsonb(rejection.errors),
+        "received_at": now,
+    }
+
+    def work(conn: Connection) -> int:
+        row = conn.execute(sql("upsert_rejected_callback"), params).fetchone()
+        assert row is not None  # an upsert always returns its row
+        return int(row["id"])
+
+    return db.run(work)
+
+
+@dataclass
+class ReprocessSummary:
+    recovered: int = 0
+    duplicates: int = 0
+    still_rejected: int = 0
+
+
+def reprocess_rejects(
+    db: Database, max_depth: int, now: datetime, batch_size: int = 100
+) -> ReprocessSummary:
+    """Run every kept reject through today's checks; recovered ones are applied and resolved.
+
+    The media type is not checked again: a body that is valid JSON of the
+    right shape is recovered even if a proxy mislabelled it. Deliveries that
+    failed authenticity are never replayed.
+    """
+    summary = ReprocessSummary()
+    after_id = 0
+    while True:
+        batch = db.run(_list_rejects(after_id, batch_size))
+        if not batch:
+            return summary
+        for row in batch:
+            after_id = row["id"]
+            kind = CallbackKind(row["kind"])
+            try:
+                callback = read(kind, bytes(row["body"]), max_depth)
+            except Rejection as rejection:
+                _note_failure(db, row["id"], rejection, now)
+                summary.still_rejected += 1
+                continue
+            receipt = db.run(_recover(row["id"], callback, row["content_type"], now))
+            if receipt.outcome == "accepted":
+                summary.recovered += 1
+            else:
+                summary.duplicates += 1
+
+
+def _list_rejects(after_id: int, limit: int) -> Callable[[Connection], list[DictRow]]:
+    def work(conn: Connection) -> list[DictRow]:
+        params = {"after_id": after_id, "limit": limit}
+        return conn.execute(sql("list_reprocessable_rejects"), params).fetchall()
+
+    return work
+
+
+def _recover(
+    reject_id: int, callback: Callback, content_type: str | None, now: datetime
+) -> Callable[[Connection], Receipt]:
+    def work(conn: Connection) -> Receipt:
+        receipt = _receive(conn, callback, content_type, now)
+        params = {"id": reject_id, "raw_callback_id": receipt.callback_id, "now": now}
+        conn.execute(sql("resolve_reject"), params)
+        return receipt
+
+    return work
+
+
+def _note_failure(db: Database, reject_id: int, rejection: Rejection, now: datetime) -> None:
+    params = {
+        "id": reject_id,
+        "now": now,
+        "http_status": rejection.http_status,
+        "reason": rejection.reason.value,
+        "message": rejection.message,
+        "errors": jsonb(rejection.errors),
+    }
+    db.run(lambda conn: conn.execute(sql("note_failed_reprocess"), params))
+
+
+def internal_error() -> Rejection:
+    """The rejection kept when the service itself failed on a delivery."""
+    return Rejection(500, Reason.INTERNAL_ERROR, "The service failed on this callback.")

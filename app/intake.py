@@ -1,0 +1,171 @@
+"""From the bytes of a delivery to a validated event, or a reasoned refusal.
+
+Pure (no Flask, no database) so that the HTTP path and the reprocessing of
+kept rejects go through exactly the same checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from marshmallow import ValidationError
+
+from app.schemas import load_final_report, load_message_status
+from app.state import FinalReport, StatusEvent
+
+
+class CallbackKind(StrEnum):
+    MESSAGE_STATUS = "message_status"
+    FINAL_REPORT = "final_report"
+
+
+class Reason(StrEnum):
+    """Why a delivery was refused; stored with every reject."""
+
+    MALFORMED_JSON = "malformed_json"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    SCHEMA_VIOLATION = "schema_violation"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass
+class Rejection(Exception):
+    """A delivery refused, with the HTTP status and what to tell the sender."""
+
+    http_status: int
+    reason: Reason
+    message: str
+    errors: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.http_status} {self.reason}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A delivery that passed every check, ready to be stored and applied."""
+
+    kind: CallbackKind
+    body: bytes
+    payload: dict[str, Any]
+    event: StatusEvent | FinalReport
+
+    @property
+    def dedup_key(self) -> bytes:
+        """SHA-256 of canonical JSON: a re-serialized redelivery is still a duplicate."""
+        canonical = json.dumps(
+            self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """application/json or any application/*+json, parameters such as charset allowed."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def check_media_type(content_type: str | None) -> None:
+    if not is_json_media_type(content_type):
+        raise Rejection(
+            415,
+            Reason.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type must be application/json, not {content_type or 'missing'!r}.",
+        )
+
+
+def too_large(limit: int) -> Rejection:
+    return Rejection(413, Reason.TOO_LARGE, f"The body is larger than {limit} bytes.")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes, max_depth: int) -> Any:
+    """Parse a body as strict JSON that PostgreSQL can store as jsonb."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejection(400, Reason.MALFORMED_JSON, "The body is not UTF-8 text.") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise Rejection(
+            400, Reason.MALFORMED_JSON, f"JSON nested deeper than {max_depth} levels."
+        ) from None
+    except ValueError as exc:
+        raise Rejection(400, Reason.MALFORMED_JSON, f"The body is not valid JSON: {exc}") from None
+    problem = _unstorable(value, max_depth)
+    if problem:
+        raise Rejection(400, Reason.MALFORMED_JSON, problem)
+    return value
+
+
+def _unstorable(value: Any, max_depth: int) -> str | None:
+    """What keeps a parsed document out of jsonb, if anything (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                return f"JSON nested deeper than {max_depth} levels."
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    stack.append((key, depth))
+                stack.append((child, depth + 1))
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "JSON strings must not contain NUL (\\u0000) characters."
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "JSON strings must not contain unpaired surrogate escapes."
+        elif isinstance(item, float) and not math.isfinite(item):
+            # NaN and Infinity literals are refused by the parser; this is 1e999.
+            return "JSON numbers must be finite."
+    return None
+
+
+def validate(kind: CallbackKind, payload: Any, body: bytes) -> Callback:
+    """Check a parsed payload against the callback's schema."""
+    try:
+        event: StatusEvent | FinalReport
+        if kind is CallbackKind.MESSAGE_STATUS:
+            event = load_message_status(payload)
+        else:
+            event = load_final_report(payload)
+    except ValidationError as exc:
+        errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise Rejection(
+            422,
+            Reason.SCHEMA_VIOLATION,
+            "The callback does not match the Dispatch API reference.",
+            _json_keys(errors),
+        ) from None
+    return Callback(kind=kind, body=body, payload=payload, event=event)
+
+
+def _json_keys(errors: Any) -> Any:
+    """marshmallow indexes list items by int; JSON object keys are strings."""
+    if isinstance(errors, dict):
+        return {str(key): _json_keys(value) for key, value in errors.items()}
+    if isinstance(errors, list):
+        return [_json_keys(item) for item in errors]
+    return errors
+
+
+def read(kind: CallbackKind, body: bytes, max_depth: int) -> Callback:
+    """Parse and validate a body (the media type is the HTTP layer's business)."""
+    return validate(kind, parse_json(body, max_depth), body)

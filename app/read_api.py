@@ -1,0 +1,42 @@
+"""GET /workflows/<dispatch_uuid> and /messages/<message_uuid>: what the callbacks' hrefs name."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from app import readmodel
+from app.errors import ApiError
+from app.extensions import get_db
+
+bp = Blueprint("read_api", __name__)
+
+
+@bp.get("/workflows/<dispatch_uuid>")
+def get_workflow(dispatch_uuid: str) -> Response:
+    """One workflow: decided and reported status, usage, messages."""
+    document = readmodel.workflow(get_db(), dispatch_uuid)
+    if document is None:
+        raise ApiError(404, f"No workflow with dispatch_uuid {dispatch_uuid!r} has been seen.")
+    return jsonify(document)
+
+
+@bp.get("/messages/<message_uuid>")
+def get_message(message_uuid: str) -> Response:
+    """One message with its workflow's dispatch_uuid."""
+    document = readmodel.message(get_db(), message_uuid)
+    if document is None:
+        raise ApiError(404, f"No message with message_uuid {message_uuid!r} has been seen.")
+    return jsonify(document)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process answers (does not touch the database)."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: the database answers (503 via DatabaseUnavailable otherwise)."""
+    get_db().ping()
+    return jsonify(status="ok", database="ok")

@@ -1,0 +1,100 @@
+"""The read API's documents, built from the state tables (shapes fixed by DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from app import storage
+from app.db import Connection, Database
+from app.queries import sql
+from app.state import MessageState, Money, computed_usage
+
+
+def iso(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as Dispatch writes its timestamps."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def usage_document(totals: Mapping[str, Decimal]) -> dict[str, str]:
+    return {currency: storage.format_decimal(amount) for currency, amount in sorted(totals.items())}
+
+
+def _money(value: Money | None) -> dict[str, str] | None:
+    return None if value is None else usage_document({value.currency: value.amount})
+
+
+def _discrepancies(rows: list[Any]) -> list[dict[str, str]]:
+    return [
+        {"kind": r["kind"], "detail": r["detail"], "subject": r["subject"],
+         "subject_id": r["subject_id"]}
+        for r in rows
+    ]
+
+
+def message_document(state: MessageState) -> dict[str, Any]:
+    return {
+        "message_uuid": state.message_uuid,
+        "channel": state.channel.value if state.channel else None,
+        "status": state.status.value if state.status else None,
+        "usage": _money(state.usage),
+        "statuses": {
+            status.value: iso(at)
+            for status, at in sorted(state.status_times.items(), key=lambda kv: kv[1])
+        },
+        "reported_status": state.reported_status.value if state.reported_status else None,
+        "error": (
+            {"code": state.error.code, "reason": state.error.reason} if state.error else None
+        ),
+    }
+
+
+def workflow(db: Database, dispatch_uuid: str) -> dict[str, Any] | None:
+    """The document of one workflow, or None if no callback has named it."""
+    return db.run(lambda conn: _workflow(conn, dispatch_uuid))
+
+
+def _workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None:
+    params = {"dispatch_uuid": dispatch_uuid}
+    row = conn.execute(sql("get_dispatch"), params).fetchone()
+    if row is None:
+        return None
+    dispatch = storage.dispatch_from_row(row)
+    messages = [
+        storage.message_from_row(r)
+        for r in conn.execute(sql("get_dispatch_messages"), params).fetchall()
+    ]
+    report = dispatch.report
+    return {
+        "dispatch_uuid": dispatch.dispatch_uuid,
+        "template": dispatch.template,
+        "status": row["status"],
+        "reported_status": report.status.value if report else None,
+        "reported_at": iso(report.occurred_at) if report else None,
+        "usage": usage_document(computed_usage(messages)),
+        "reported_usage": _money(report.usage) if report else None,
+        "messages": [message_document(m) for m in messages],
+        "discrepancies": _discrepancies(
+            conn.execute(sql("get_dispatch_discrepancies"), params).fetchall()
+        ),
+    }
+
+
+def message(db: Database, message_uuid: str) -> dict[str, Any] | None:
+    """The document of one message, or None if no callback has named it."""
+    return db.run(lambda conn: _message(conn, message_uuid))
+
+
+def _message(conn: Connection, message_uuid: str) -> dict[str, Any] | None:
+    params = {"message_uuid": message_uuid}
+    row = conn.execute(sql("get_message"), params).fetchone()
+    if row is None:
+        return None
+    state = storage.message_from_row(row)
+    document = {"dispatch_uuid": state.dispatch_uuid, **message_document(state)}
+    document["discrepancies"] = _discrepancies(
+        conn.execute(sql("get_message_discrepancies"), params).fetchall()
+    )
+    return document

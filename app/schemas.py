@@ -1,0 +1,258 @@
+"""marshmallow schemas for Dispatch's two callbacks, as the API reference specifies them.
+
+Strict on every field the service uses (types, enums, lengths, formats);
+unknown fields are ignored here because Dispatch may add fields, and they are
+kept anyway in the raw copy of each callback.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+
+from app.state import (
+    Channel,
+    ErrorInfo,
+    FinalReport,
+    MessageStatus,
+    Money,
+    Party,
+    ReportedMessage,
+    ReportedStatus,
+    StatusEvent,
+)
+
+# The API reference lists `viber_sevice_msg` (sic) among final-report channels;
+# it is the same channel as `viber_service_msg` everywhere else.
+CHANNEL_ALIASES = {"viber_sevice_msg": Channel.VIBER_SERVICE_MSG.value}
+MAX_REPORTED_MESSAGES = 100
+_PRICE = re.compile(r"\A[0-9]+(\.[0-9]+)?\Z")
+_CURRENCY = re.compile(r"\A[A-Z]{3}\Z")
+_INT32 = validate.Range(min=-(2**31), max=2**31 - 1)
+E = TypeVar("E")
+
+
+class _Base(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+def _id(*, required: bool = False) -> fields.String:
+    """Ids and numbers: strings of 1 to 50 characters, as the reference says."""
+    if required:
+        return fields.String(required=True, validate=validate.Length(min=1, max=50))
+    return fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=50)
+    )
+
+
+def _optional(schema: type[Schema]) -> fields.Nested:
+    # Providers often send `null` for an absent object; treat it as absent.
+    return fields.Nested(schema, load_default=None, allow_none=True)
+
+
+class ChannelField(fields.String):
+    """A channel name, with the reference's own typo normalized."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's convention
+        "channel": "Must be one of: {choices}.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Channel:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        text = CHANNEL_ALIASES.get(text, text)
+        try:
+            return Channel(text)
+        except ValueError:
+            choices = ", ".join(c.value for c in Channel)
+            raise self.make_error("channel", choices=choices) from None
+
+
+class IsoTimestamp(fields.Field[datetime]):
+    """An ISO 8601 date and time; a time without offset is taken as UTC."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's convention
+        "invalid": "Not a valid ISO 8601 timestamp.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        # A bare date is valid ISO 8601 but says nothing about when an event
+        # happened, so a time part is required.
+        if not isinstance(value, str) or len(value) > 64 or len(value) < 11:
+            raise self.make_error("invalid")
+        try:
+            parsed = datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            # Normalizing here keeps every later comparison aware and in range.
+            return parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise self.make_error("invalid") from None
+
+
+class PriceField(fields.Field[Decimal]):
+    """A price as the reference sends it: a decimal number in a string."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's convention
+        "invalid": "Not a decimal string such as \"0.0333\".",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if not isinstance(value, str) or len(value) > 50 or not _PRICE.match(value):
+            raise self.make_error("invalid")
+        return Decimal(value)
+
+
+class PartySchema(_Base):
+    type = ChannelField(required=True)
+    id = _id()
+    number = _id()
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Party:
+        return Party(type=data["type"].value, id=data["id"], number=data["number"])
+
+
+class ErrorSchema(_Base):
+    code = fields.Integer(load_default=None, allow_none=True, validate=_INT32)
+    reason = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=2000)
+    )
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> ErrorInfo:
+        return ErrorInfo(code=data["code"], reason=data["reason"])
+
+
+class UsageSchema(_Base):
+    currency = fields.String(
+        required=True,
+        validate=validate.Regexp(_CURRENCY, error="Not a 3-letter ISO 4217 currency code."),
+    )
+    price = PriceField(required=True)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Money:
+        return Money(amount=data["price"], currency=data["currency"])
+
+
+class WorkflowLinkSchema(_Base):
+    dispatch_uuid = _id()
+    href = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+
+
+class StatusLinksSchema(_Base):
+    workflow = _optional(WorkflowLinkSchema)
+
+
+class MessageStatusSchema(_Base):
+    """The message-status callback."""
+
+    message_uuid = _id(required=True)
+    to = _optional(PartySchema)
+    from_ = fields.Nested(
+        PartySchema, data_key="from", load_default=None, allow_none=True
+    )
+    timestamp = IsoTimestamp(required=True)
+    status = fields.Enum(MessageStatus, by_value=True, required=True)
+    error = _optional(ErrorSchema)
+    usage = _optional(UsageSchema)
+    links = fields.Nested(StatusLinksSchema, data_key="_links", load_default=None, allow_none=True)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> StatusEvent:
+        to: Party | None = data["to"]
+        from_: Party | None = data["from_"]
+        workflow = (data["links"] or {}).get("workflow") or {}
+        # The recipient's side names the channel the message went out on.
+        party = to or from_
+        return StatusEvent(
+            message_uuid=data["message_uuid"],
+            status=data["status"],
+            occurred_at=data["timestamp"],
+            dispatch_uuid=workflow.get("dispatch_uuid"),
+            channel=Channel(party.type) if party else None,
+            to=to,
+            from_=from_,
+            error=data["error"],
+            usage=data["usage"],
+        )
+
+
+class ReportedMessageSchema(_Base):
+    message_uuid = _id(required=True)
+    href = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    channel = ChannelField(load_default=None, allow_none=True)
+    usage = _optional(UsageSchema)
+    status = fields.Enum(MessageStatus, by_value=True, load_default=None, allow_none=True)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> ReportedMessage:
+        return ReportedMessage(
+            message_uuid=data["message_uuid"],
+            channel=data["channel"],
+            status=data["status"],
+            usage=data["usage"],
+        )
+
+
+class FinalReportLinksSchema(_Base):
+    messages = fields.List(
+        fields.Nested(ReportedMessageSchema),
+        load_default=list,
+        validate=validate.Length(max=MAX_REPORTED_MESSAGES),
+    )
+
+
+class FinalReportSchema(_Base):
+    """The final-report callback."""
+
+    dispatch_uuid = _id(required=True)
+    template = fields.String(
+        load_default=None, allow_none=True, validate=validate.OneOf(["failover"])
+    )
+    status = fields.Enum(ReportedStatus, by_value=True, required=True)
+    timestamp = IsoTimestamp(required=True)
+    usage = _optional(UsageSchema)
+    links = fields.Nested(
+        FinalReportLinksSchema, data_key="_links", load_default=None, allow_none=True
+    )
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> FinalReport:
+        messages = (data["links"] or {}).get("messages") or []
+        return FinalReport(
+            dispatch_uuid=data["dispatch_uuid"],
+            status=data["status"],
+            occurred_at=data["timestamp"],
+            template=data["template"],
+            usage=data["usage"],
+            messages=tuple(messages),
+        )
+
+
+_MESSAGE_STATUS = MessageStatusSchema()
+_FINAL_REPORT = FinalReportSchema()
+
+
+def load_message_status(payload: Any) -> StatusEvent:
+    """Validate a message-status payload; raises ValidationError with field errors."""
+    return _load(_MESSAGE_STATUS, payload, StatusEvent)
+
+
+def load_final_report(payload: Any) -> FinalReport:
+    """Validate a final-report payload; raises ValidationError with field errors."""
+    return _load(_FINAL_REPORT, payload, FinalReport)
+
+
+def _load(schema: Schema, payload: Any, kind: type[E]) -> E:
+    if not isinstance(payload, dict):
+        raise ValidationError({"_schema": ["The body must be a JSON object."]})
+    result = schema.load(payload)
+    if not isinstance(result, kind):  # pragma: no cover - post_load guarantees it
+        raise TypeError(f"schema produced {type(result).__name__}, not {kind.__name__}")
+    return result

@@ -1,0 +1,420 @@
+"""The workflow state machine: pure data and functions, no Flask, SQL or clock.
+
+Dispatch delivers callbacks at least once and in any order, so every
+transition here is a *join*: it merges what an event says into what is
+already known, and the merge is commutative, associative and idempotent.
+Whatever order the callbacks of a workflow arrive in, and however often each
+arrives, the resulting state is the same. Where two callbacks contradict each
+other, a deterministic rule picks the value that stands and the other one is
+reported as a `Discrepancy`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Generic, Literal, TypeVar
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+class MessageStatus(StrEnum):
+    SUBMITTED = "submitted"
+    DELIVERED = "delivered"
+    READ = "read"
+    REJECTED = "rejected"
+    UNDELIVERABLE = "undeliverable"
+
+
+class ReportedStatus(StrEnum):
+    """The status a final report gives a whole workflow."""
+
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class DispatchStatus(StrEnum):
+    """The status this service decides for a workflow."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class Channel(StrEnum):
+    SMS = "sms"
+    MMS = "mms"
+    MESSENGER = "messenger"
+    VIBER_SERVICE_MSG = "viber_service_msg"
+    WHATSAPP = "whatsapp"
+
+
+# What "current status" means when callbacks come out of order: the highest
+# rank observed wins. `read` implies delivery, so it outranks `delivered`; a
+# success outranks a failure, so a late failure cannot undo a delivery.
+PRECEDENCE: Mapping[MessageStatus, int] = {
+    MessageStatus.SUBMITTED: 0,
+    MessageStatus.REJECTED: 1,
+    MessageStatus.UNDELIVERABLE: 1,
+    MessageStatus.DELIVERED: 2,
+    MessageStatus.READ: 3,
+}
+SUCCESS = frozenset({MessageStatus.DELIVERED, MessageStatus.READ})
+FAILURE = frozenset({MessageStatus.REJECTED, MessageStatus.UNDELIVERABLE})
+
+# How the decided workflow status follows from the final report. A later
+# issue adds decisions from the workflow definition; until then the service
+# mirrors the report and stays `pending` without one.
+DECISIONS: Mapping[ReportedStatus | None, DispatchStatus] = {
+    None: DispatchStatus.PENDING,
+    ReportedStatus.COMPLETED: DispatchStatus.COMPLETED,
+    ReportedStatus.ERROR: DispatchStatus.ERROR,
+}
+
+
+class StateMismatch(ValueError):
+    """An event was applied to the state of a different message or workflow."""
+
+
+@dataclass(frozen=True, order=True)
+class Money:
+    amount: Decimal
+    currency: str
+
+    def describe(self) -> str:
+        return f"{format(self.amount, 'f')} {self.currency}"
+
+
+@dataclass(frozen=True, order=True)
+class Party:
+    """The `to` or `from` of a message; empty strings never occur (min length 1)."""
+
+    type: str
+    id: str | None = None
+    number: str | None = None
+
+    def sort_key(self) -> tuple[str, str, str]:
+        return (self.type, self.id or "", self.number or "")
+
+    def describe(self) -> str:
+        parts = [self.type, self.id or "-", self.number or "-"]
+        return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: int | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """One message-status callback."""
+
+    message_uuid: str
+    status: MessageStatus
+    occurred_at: datetime
+    dispatch_uuid: str | None = None
+    channel: Channel | None = None
+    to: Party | None = None
+    from_: Party | None = None
+    error: ErrorInfo | None = None
+    usage: Money | None = None
+
+
+@dataclass(frozen=True)
+class ReportedMessage:
+    """One entry of a final report's `_links.messages`."""
+
+    message_uuid: str
+    channel: Channel | None = None
+    status: MessageStatus | None = None
+    usage: Money | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a final report says about its workflow as a whole."""
+
+    occurred_at: datetime
+    status: ReportedStatus
+    usage: Money | None = None
+
+    def sort_key(self) -> tuple[datetime, str, Decimal, str]:
+        usage = self.usage or Money(Decimal(-1), "")
+        return (self.occurred_at, self.status.value, usage.amount, usage.currency)
+
+    def describe(self) -> str:
+        usage = self.usage.describe() if self.usage else "no usage"
+        return f"{self.status.value} at {self.occurred_at.isoformat()} ({usage})"
+
+
+@dataclass(frozen=True)
+class FinalReport:
+    """One final-report callback."""
+
+    dispatch_uuid: str
+    status: ReportedStatus
+    occurred_at: datetime
+    template: str | None = None
+    usage: Money | None = None
+    messages: tuple[ReportedMessage, ...] = ()
+
+    @property
+    def report(self) -> Report:
+        return Report(self.occurred_at, self.status, self.usage)
+
+
+@dataclass(frozen=True, order=True)
+class Discrepancy:
+    """Two callbacks disagree; what stands is in the state, this is the rest."""
+
+    subject: Literal["message", "dispatch"]
+    subject_id: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class MessageState:
+    message_uuid: str
+    dispatch_uuid: str | None = None
+    channel: Channel | None = None
+    to: Party | None = None
+    from_: Party | None = None
+    # Earliest event time seen for each status (a repeated status keeps its
+    # first occurrence, which is what "delivered at" means).
+    status_times: Mapping[MessageStatus, datetime] = field(default_factory=dict)
+    # The status the final report gave this message; it has no event time.
+    reported_status: MessageStatus | None = None
+    usage: Money | None = None
+    error: ErrorInfo | None = None
+    error_at: datetime | None = None
+
+    @property
+    def status(self) -> MessageStatus | None:
+        return current_status(self.status_times, self.reported_status)
+
+    @property
+    def contradictions(self) -> frozenset[MessageStatus]:
+        """Failure statuses recorded beside a success (the success stands)."""
+        seen = set(self.status_times)
+        if self.reported_status is not None:
+            seen.add(self.reported_status)
+        return frozenset(seen & FAILURE) if seen & SUCCESS else frozenset()
+
+
+@dataclass(frozen=True)
+class DispatchState:
+    dispatch_uuid: str
+    template: str | None = None
+    report: Report | None = None
+
+    @property
+    def status(self) -> DispatchStatus:
+        return DECISIONS[self.report.status if self.report else None]
+
+
+@dataclass(frozen=True)
+class Transition(Generic[S]):
+    """The new state and what else the transition has to say."""
+
+    state: S
+    discrepancies: tuple[Discrepancy, ...] = ()
+
+
+def current_status(
+    status_times: Mapping[MessageStatus, datetime], reported: MessageStatus | None
+) -> MessageStatus | None:
+    """Pick the current status by precedence; equal ranks go to the later event."""
+    candidates: list[tuple[int, datetime | None, str]] = [
+        (PRECEDENCE[status], at, status.value) for status, at in status_times.items()
+    ]
+    if reported is not None and reported not in status_times:
+        candidates.append((PRECEDENCE[reported], None, reported.value))
+    if not candidates:
+        return None
+    # A reported status has no event time, so it ranks below any timed one of
+    # the same precedence; the name breaks an exact tie so the pick is total.
+    best = max(candidates, key=lambda c: (c[0], c[1] is not None, c[1] or datetime.min, c[2]))
+    return MessageStatus(best[2])
+
+
+class _Joiner:
+    """Merges scalar facts and collects the losers of each conflict."""
+
+    def __init__(self, subject: Literal["message", "dispatch"], subject_id: str) -> None:
+        self.subject = subject
+        self.subject_id = subject_id
+        self.found: list[Discrepancy] = []
+
+    def join(
+        self,
+        kind: str,
+        current: T | None,
+        incoming: T | None,
+        key: Callable[[T], Any],
+        describe: Callable[[T], str],
+        keep: Literal["min", "max"] = "min",
+    ) -> T | None:
+        """Keep one value deterministically; record the other if they differ.
+
+        Every observed value but the final winner loses exactly once, whatever
+        the order, so the recorded set is order-independent too.
+        """
+        if incoming is None or incoming == current:
+            return current
+        if current is None:
+            return incoming
+        pick = min if keep == "min" else max
+        winner = pick(current, incoming, key=key)
+        loser = incoming if winner is current else current
+        self.found.append(
+            Discrepancy(self.subject, self.subject_id, kind, f"also reported: {describe(loser)}")
+        )
+        return winner
+
+
+def _str_key(value: str) -> str:
+    return value
+
+
+def _same(value: str) -> str:
+    return value
+
+
+def _money_key(value: Money) -> tuple[Decimal, str]:
+    return (value.amount, value.currency)
+
+
+def _party_key(value: Party) -> tuple[str, str, str]:
+    return value.sort_key()
+
+
+def _error_key(at: datetime, error: ErrorInfo) -> tuple[datetime, int, str]:
+    return (at, -1 if error.code is None else error.code, error.reason or "")
+
+
+def _contradictions(state: MessageState) -> tuple[Discrepancy, ...]:
+    return tuple(
+        Discrepancy(
+            "message",
+            state.message_uuid,
+            "status_contradiction",
+            f"'{failure.value}' reported for a message that also reached a success status",
+        )
+        for failure in sorted(state.contradictions)
+    )
+
+
+def _check_subject(kind: str, expected: str, got: str) -> None:
+    if expected != got:
+        raise StateMismatch(f"{kind} event for {got!r} applied to the state of {expected!r}")
+
+
+def apply_status(state: MessageState | None, event: StatusEvent) -> Transition[MessageState]:
+    """Merge one message-status callback into a message's state."""
+    state = state or MessageState(event.message_uuid)
+    _check_subject("status", state.message_uuid, event.message_uuid)
+    joiner = _Joiner("message", state.message_uuid)
+
+    times = dict(state.status_times)
+    seen_at = times.get(event.status)
+    times[event.status] = event.occurred_at if seen_at is None else min(seen_at, event.occurred_at)
+
+    # The error that stands is that of the latest event carrying one.
+    error, error_at = state.error, state.error_at
+    if event.error is not None and (
+        error is None
+        or error_at is None
+        or _error_key(event.occurred_at, event.error) > _error_key(error_at, error)
+    ):
+        error, error_at = event.error, event.occurred_at
+
+    new = replace(
+        state,
+        dispatch_uuid=joiner.join(
+            "dispatch_conflict", state.dispatch_uuid, event.dispatch_uuid, _str_key, _same
+        ),
+        channel=joiner.join("channel_conflict", state.channel, event.channel, _str_key, _same),
+        to=joiner.join("to_conflict", state.to, event.to, _party_key, Party.describe),
+        from_=joiner.join("from_conflict", state.from_, event.from_, _party_key, Party.describe),
+        status_times=times,
+        usage=joiner.join(
+            "price_conflict", state.usage, event.usage, _money_key, Money.describe, keep="max"
+        ),
+        error=error,
+        error_at=error_at,
+    )
+    return Transition(new, tuple(joiner.found) + _contradictions(new))
+
+
+def apply_reported_message(
+    state: MessageState | None, dispatch_uuid: str, reported: ReportedMessage
+) -> Transition[MessageState]:
+    """Merge what a final report says about one of its messages."""
+    state = state or MessageState(reported.message_uuid)
+    _check_subject("reported message", state.message_uuid, reported.message_uuid)
+    joiner = _Joiner("message", state.message_uuid)
+
+    reported_status = state.reported_status
+    if reported.status is not None:
+        reported_status = (
+            reported.status
+            if reported_status is None
+            else max(reported_status, reported.status, key=lambda s: (PRECEDENCE[s], s.value))
+        )
+    new = replace(
+        state,
+        dispatch_uuid=joiner.join(
+            "dispatch_conflict", state.dispatch_uuid, dispatch_uuid, _str_key, _same
+        ),
+        channel=joiner.join("channel_conflict", state.channel, reported.channel, _str_key, _same),
+        reported_status=reported_status,
+        usage=joiner.join(
+            "price_conflict", state.usage, reported.usage, _money_key, Money.describe, keep="max"
+        ),
+    )
+    return Transition(new, tuple(joiner.found) + _contradictions(new))
+
+
+def apply_final_report(
+    state: DispatchState | None, report: FinalReport
+) -> Transition[DispatchState]:
+    """Merge a final-report callback into its workflow's state.
+
+    Dispatch sends one final report per workflow. Should two different ones
+    arrive, the later (by event time) stands and the other is a discrepancy.
+    """
+    state = state or DispatchState(report.dispatch_uuid)
+    _check_subject("final report", state.dispatch_uuid, report.dispatch_uuid)
+    joiner = _Joiner("dispatch", state.dispatch_uuid)
+    new = replace(
+        state,
+        template=joiner.join(
+            "template_conflict", state.template, report.template, _str_key, _same
+        ),
+        report=joiner.join(
+            "final_report_conflict",
+            state.report,
+            report.report,
+            Report.sort_key,
+            Report.describe,
+            keep="max",
+        ),
+    )
+    return Transition(new, tuple(joiner.found))
+
+
+def computed_usage(messages: Iterable[MessageState]) -> dict[str, Decimal]:
+    """Sum one price per message, per currency, exactly (Decimal, never float)."""
+    totals: dict[str, Decimal] = {}
+    for message in messages:
+        if message.usage is not None:
+            currency = message.usage.currency
+            totals[currency] = totals.get(currency, Decimal(0)) + message.usage.amount
+    return totals

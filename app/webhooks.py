@@ -1,0 +1,83 @@
+"""POST /webhooks/message-status and /webhooks/final-report: Dispatch's callbacks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
+
+from app import ingest, intake
+from app.db import DatabaseUnavailable
+from app.errors import ApiError, handle_http_exception
+from app.extensions import get_db, get_settings
+from app.intake import Callback, CallbackKind, Rejection
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+
+@bp.post("/message-status")
+def message_status() -> Response:
+    """Receive one message-status callback."""
+    return _answer(ingest.receive(get_db(), _load(CallbackKind.MESSAGE_STATUS), _ctype(), _now()))
+
+
+@bp.post("/final-report")
+def final_report() -> Response:
+    """Receive one final-report callback."""
+    return _answer(ingest.receive(get_db(), _load(CallbackKind.FINAL_REPORT), _ctype(), _now()))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ctype() -> str | None:
+    return request.headers.get("Content-Type")
+
+
+def _load(kind: CallbackKind) -> Callback:
+    """Size, media type, JSON and schema checks; a refusal is kept, then answered."""
+    settings = get_settings()
+    body: bytes | None = None
+    try:
+        if (request.content_length or 0) > settings.max_body_bytes:
+            raise intake.too_large(settings.max_body_bytes)
+        try:
+            body = request.get_data(cache=True)
+        except RequestEntityTooLarge:
+            raise intake.too_large(settings.max_body_bytes) from None
+        intake.check_media_type(_ctype())
+        return intake.read(kind, body, settings.max_json_depth)
+    except Rejection as rejection:
+        _keep(kind, body, rejection)
+        raise ApiError(rejection.http_status, rejection.message, rejection.errors) from None
+
+
+def _keep(kind: CallbackKind, body: bytes | None, rejection: Rejection) -> None:
+    size = len(body) if body is not None else request.content_length
+    try:
+        ingest.keep_rejection(get_db(), kind, body, size, _ctype(), rejection, _now())
+    except DatabaseUnavailable:
+        # The refusal still stands; the sender retries and it is kept then.
+        current_app.logger.warning("could not keep a rejected %s callback", kind.value)
+
+
+def _answer(receipt: ingest.Receipt) -> Response:
+    return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
+
+
+
+@bp.errorhandler(InternalServerError)
+def keep_failed_delivery(error: InternalServerError) -> Response:
+    """Keep the body of a delivery the service failed on, so that a fix can replay it."""
+    kind = _KINDS.get(request.endpoint or "")
+    if kind is not None:
+        _keep(kind, request.get_data(cache=True), ingest.internal_error())
+    return handle_http_exception(error)
+
+
+_KINDS = {
+    "webhooks.message_status": CallbackKind.MESSAGE_STATUS,
+    "webhooks.final_report": CallbackKind.FINAL_REPORT,
+}

@@ -1,0 +1,89 @@
+-- name: insert_raw_callback
+-- Store an accepted callback; returns nothing when the same callback is already stored.
+INSERT INTO raw_callback (kind, dedup_key, body, payload, content_type, message_uuid,
+                          dispatch_uuid, event_at, received_at, last_received_at)
+VALUES (%(kind)s, %(dedup_key)s, %(body)s, %(payload)s, %(content_type)s, %(message_uuid)s,
+        %(dispatch_uuid)s, %(event_at)s, %(received_at)s, %(received_at)s)
+ON CONFLICT ON CONSTRAINT raw_callback_dedup_key DO NOTHING
+RETURNING id;
+
+-- name: count_redelivery
+-- Count one more delivery of an already stored callback.
+UPDATE raw_callback
+   SET deliveries = deliveries + 1,
+       last_received_at = greatest(last_received_at, %(received_at)s)
+ WHERE kind = %(kind)s AND dedup_key = %(dedup_key)s
+RETURNING id;
+
+-- name: ensure_dispatch
+-- Create the row of a workflow seen for the first time; leave an existing one alone.
+INSERT INTO dispatch (dispatch_uuid, first_received_at, updated_at)
+VALUES (%(dispatch_uuid)s, %(received_at)s, %(received_at)s)
+ON CONFLICT ON CONSTRAINT dispatch_pkey DO NOTHING;
+
+-- name: lock_dispatch
+-- Read a workflow's row and hold it until commit (NO KEY UPDATE lets message rows keep referencing it).
+SELECT dispatch_uuid, template, reported_status, reported_at, reported_price, reported_currency
+  FROM dispatch
+ WHERE dispatch_uuid = %(dispatch_uuid)s
+   FOR NO KEY UPDATE;
+
+-- name: save_dispatch
+-- Write a workflow's new state after a transition.
+UPDATE dispatch
+   SET template = %(template)s,
+       status = %(status)s,
+       reported_status = %(reported_status)s,
+       reported_at = %(reported_at)s,
+       reported_price = %(reported_price)s,
+       reported_currency = %(reported_currency)s,
+       final_report_received_at = coalesce(final_report_received_at, %(final_report_received_at)s),
+       updated_at = greatest(updated_at, %(received_at)s)
+ WHERE dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: ensure_message
+-- Create the row of a message seen for the first time; leave an existing one alone.
+INSERT INTO message (message_uuid, first_received_at, updated_at)
+VALUES (%(message_uuid)s, %(received_at)s, %(received_at)s)
+ON CONFLICT ON CONSTRAINT message_pkey DO NOTHING;
+
+-- name: lock_message
+-- Read a message's row and hold it until commit.
+SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
+       from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
+       reported_status, price, currency, error_code, error_reason, error_at
+  FROM message
+ WHERE message_uuid = %(message_uuid)s
+   FOR NO KEY UPDATE;
+
+-- name: save_message
+-- Write a message's new state after a transition.
+UPDATE message
+   SET dispatch_uuid = %(dispatch_uuid)s,
+       channel = %(channel)s,
+       to_type = %(to_type)s,
+       to_id = %(to_id)s,
+       to_number = %(to_number)s,
+       from_type = %(from_type)s,
+       from_id = %(from_id)s,
+       from_number = %(from_number)s,
+       status = %(status)s,
+       submitted_at = %(submitted_at)s,
+       delivered_at = %(delivered_at)s,
+       read_at = %(read_at)s,
+       rejected_at = %(rejected_at)s,
+       undeliverable_at = %(undeliverable_at)s,
+       reported_status = %(reported_status)s,
+       price = %(price)s,
+       currency = %(currency)s,
+       error_code = %(error_code)s,
+       error_reason = %(error_reason)s,
+       error_at = %(error_at)s,
+       updated_at = greatest(updated_at, %(received_at)s)
+ WHERE message_uuid = %(message_uuid)s;
+
+-- name: insert_discrepancy
+-- Record a contradiction once; the same one found again changes nothing.
+INSERT INTO discrepancy (subject, subject_id, kind, detail, raw_callback_id, recorded_at)
+VALUES (%(subject)s, %(subject_id)s, %(kind)s, %(detail)s, %(raw_callback_id)s, %(recorded_at)s)
+ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING;
