@@ -20,8 +20,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config.update(
-        # Werkzeug refuses to read more than this; the webhook view answers 413.
-        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        # Werkzeug stops a chunked body at this length *without* an error, so
+        # it may read one byte more than allowed: a body that long is too large.
+        MAX_CONTENT_LENGTH=settings.max_body_bytes + 1,
         RETRY_AFTER_SECONDS=settings.retry_after_seconds,
         JSON_SORT_KEYS=False,
     )

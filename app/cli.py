@@ -63,9 +63,13 @@ def serve(port: int | None, workers: int | None) -> None:
     if workers is not None:
         env["WEB_CONCURRENCY"] = str(workers)
     command = [
-        sys.executable, "-m", "gunicorn",
-        "--config", "python:app.gunicorn_conf",
-        "--chdir", str(PROJECT_ROOT),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:app.gunicorn_conf",
+        "--chdir",
+        str(PROJECT_ROOT),
         "wsgi:app",
     ]
     if settings.database_url:
@@ -96,3 +100,7 @@ def reprocess_rejects_command() -> None:
         f"recovered {summary.recovered}, already stored {summary.duplicates}, "
         f"still rejected {summary.still_rejected}"
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -28,8 +28,12 @@ def _money(value: Money | None) -> dict[str, str] | None:
 
 def _discrepancies(rows: list[Any]) -> list[dict[str, str]]:
     return [
-        {"kind": r["kind"], "detail": r["detail"], "subject": r["subject"],
-         "subject_id": r["subject_id"]}
+        {
+            "kind": r["kind"],
+            "detail": r["detail"],
+            "subject": r["subject"],
+            "subject_id": r["subject_id"],
+        }
         for r in rows
     ]
 

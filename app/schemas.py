@@ -98,7 +98,7 @@ class PriceField(fields.Field[Decimal]):
     """A price as the reference sends it: a decimal number in a string."""
 
     default_error_messages = {  # noqa: RUF012 - marshmallow's convention
-        "invalid": "Not a decimal string such as \"0.0333\".",
+        "invalid": 'Not a decimal string such as "0.0333".',
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
@@ -119,9 +119,7 @@ class PartySchema(_Base):
 
 class ErrorSchema(_Base):
     code = fields.Integer(load_default=None, allow_none=True, validate=_INT32)
-    reason = fields.String(
-        load_default=None, allow_none=True, validate=validate.Length(max=2000)
-    )
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> ErrorInfo:
@@ -154,9 +152,7 @@ class MessageStatusSchema(_Base):
 
     message_uuid = _id(required=True)
     to = _optional(PartySchema)
-    from_ = fields.Nested(
-        PartySchema, data_key="from", load_default=None, allow_none=True
-    )
+    from_ = fields.Nested(PartySchema, data_key="from", load_default=None, allow_none=True)
     timestamp = IsoTimestamp(required=True)
     status = fields.Enum(MessageStatus, by_value=True, required=True)
     error = _optional(ErrorSchema)

@@ -76,6 +76,18 @@ DECISIONS: Mapping[ReportedStatus | None, DispatchStatus] = {
 }
 
 
+def canonical_amount(amount: Decimal) -> Decimal:
+    """The shortest exact spelling of an amount: no trailing zeros, no exponent."""
+    normalized = amount.normalize()
+    exponent = normalized.as_tuple().exponent
+    # normalize() writes 100 as 1E+2; quantizing restores plain digits.
+    return (
+        normalized.quantize(Decimal(1))
+        if isinstance(exponent, int) and exponent > 0
+        else normalized
+    )
+
+
 class StateMismatch(ValueError):
     """An event was applied to the state of a different message or workflow."""
 
@@ -84,6 +96,11 @@ class StateMismatch(ValueError):
 class Money:
     amount: Decimal
     currency: str
+
+    def __post_init__(self) -> None:
+        # 0.03 and 0.030 are one price: keep one spelling of it, so that which
+        # callback arrived first cannot show through (the raw copy keeps theirs).
+        object.__setattr__(self, "amount", canonical_amount(self.amount))
 
     def describe(self) -> str:
         return f"{format(self.amount, 'f')} {self.currency}"
@@ -295,8 +312,15 @@ def _party_key(value: Party) -> tuple[str, str, str]:
     return value.sort_key()
 
 
-def _error_key(at: datetime, error: ErrorInfo) -> tuple[datetime, int, str]:
-    return (at, -1 if error.code is None else error.code, error.reason or "")
+def _error_key(at: datetime, error: ErrorInfo) -> tuple[datetime, bool, int, bool, str]:
+    # A total order: absent and empty must differ, or the first arrival would win a tie.
+    return (
+        at,
+        error.code is not None,
+        error.code or 0,
+        error.reason is not None,
+        error.reason or "",
+    )
 
 
 def _contradictions(state: MessageState) -> tuple[Discrepancy, ...]:
@@ -395,9 +419,7 @@ def apply_final_report(
     joiner = _Joiner("dispatch", state.dispatch_uuid)
     new = replace(
         state,
-        template=joiner.join(
-            "template_conflict", state.template, report.template, _str_key, _same
-        ),
+        template=joiner.join("template_conflict", state.template, report.template, _str_key, _same),
         report=joiner.join(
             "final_report_conflict",
             state.report,

@@ -47,6 +47,10 @@ def _load(kind: CallbackKind) -> Callback:
             body = request.get_data(cache=True)
         except RequestEntityTooLarge:
             raise intake.too_large(settings.max_body_bytes) from None
+        if len(body) > settings.max_body_bytes:
+            # A chunked body (no Content-Length) cut at MAX_CONTENT_LENGTH.
+            body = None
+            raise intake.too_large(settings.max_body_bytes)
         intake.check_media_type(_ctype())
         return intake.read(kind, body, settings.max_json_depth)
     except Rejection as rejection:
@@ -65,7 +69,6 @@ def _keep(kind: CallbackKind, body: bytes | None, rejection: Rejection) -> None:
 
 def _answer(receipt: ingest.Receipt) -> Response:
     return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
-
 
 
 @bp.errorhandler(InternalServerError)

@@ -73,25 +73,86 @@ def three_message_workflow(dispatch_uuid: str, prefix: str = "m") -> list[Delive
     m1, m2, m3 = f"{prefix}-1-messenger", f"{prefix}-2-viber", f"{prefix}-3-sms"
     d = dispatch_uuid
     return [
-        ("message-status", status(m1, "submitted", "2020-01-01T14:00:00.000Z",
-                                  channel="messenger", dispatch_uuid=d, price="0.0100")),
-        ("message-status", status(m1, "delivered", "2020-01-01T14:00:05.000Z",
-                                  channel="messenger", dispatch_uuid=d, price="0.0100")),
-        ("message-status", status(m2, "submitted", "2020-01-01T14:10:00.000Z",
-                                  channel="viber_service_msg", dispatch_uuid=d)),
-        ("message-status", status(m2, "rejected", "2020-01-01T14:10:01.000Z",
-                                  channel="viber_service_msg", dispatch_uuid=d,
-                                  error=(1300, "Not part of the provider network"))),
-        ("message-status", status(m3, "submitted", "2020-01-01T14:10:02.000Z",
-                                  dispatch_uuid=d, price="0.0333")),
-        ("message-status", status(m3, "delivered", "2020-01-01T14:10:09.000Z",
-                                  dispatch_uuid=d, price="0.0333")),
-        ("final-report", final_report(d, "completed", "2020-01-01T14:10:10.000Z", [
-            {"message_uuid": m1, "href": m1, "channel": "messenger", "status": "delivered",
-             "usage": {"currency": "EUR", "price": "0.0100"}},
-            {"message_uuid": m2, "href": m2, "channel": "viber_sevice_msg",
-             "status": "rejected"},
-            {"message_uuid": m3, "href": m3, "channel": "sms", "status": "delivered",
-             "usage": {"currency": "EUR", "price": "0.0333"}},
-        ], price="0.02")),
+        (
+            "message-status",
+            status(
+                m1,
+                "submitted",
+                "2020-01-01T14:00:00.000Z",
+                channel="messenger",
+                dispatch_uuid=d,
+                price="0.0100",
+            ),
+        ),
+        (
+            "message-status",
+            status(
+                m1,
+                "delivered",
+                "2020-01-01T14:00:05.000Z",
+                channel="messenger",
+                dispatch_uuid=d,
+                price="0.0100",
+            ),
+        ),
+        (
+            "message-status",
+            status(
+                m2,
+                "submitted",
+                "2020-01-01T14:10:00.000Z",
+                channel="viber_service_msg",
+                dispatch_uuid=d,
+            ),
+        ),
+        (
+            "message-status",
+            status(
+                m2,
+                "rejected",
+                "2020-01-01T14:10:01.000Z",
+                channel="viber_service_msg",
+                dispatch_uuid=d,
+                error=(1300, "Not part of the provider network"),
+            ),
+        ),
+        (
+            "message-status",
+            status(m3, "submitted", "2020-01-01T14:10:02.000Z", dispatch_uuid=d, price="0.0333"),
+        ),
+        (
+            "message-status",
+            status(m3, "delivered", "2020-01-01T14:10:09.000Z", dispatch_uuid=d, price="0.0333"),
+        ),
+        (
+            "final-report",
+            final_report(
+                d,
+                "completed",
+                "2020-01-01T14:10:10.000Z",
+                [
+                    {
+                        "message_uuid": m1,
+                        "href": m1,
+                        "channel": "messenger",
+                        "status": "delivered",
+                        "usage": {"currency": "EUR", "price": "0.0100"},
+                    },
+                    {
+                        "message_uuid": m2,
+                        "href": m2,
+                        "channel": "viber_sevice_msg",
+                        "status": "rejected",
+                    },
+                    {
+                        "message_uuid": m3,
+                        "href": m3,
+                        "channel": "sms",
+                        "status": "delivered",
+                        "usage": {"currency": "EUR", "price": "0.0333"},
+                    },
+                ],
+                price="0.02",
+            ),
+        ),
     ]

@@ -74,17 +74,27 @@ def test_json_media_types(content_type: str | None, ok: bool) -> None:
 
 def test_schema_violations_carry_string_keyed_field_errors() -> None:
     body = json.dumps(
-        {"dispatch_uuid": "d", "status": "completed", "timestamp": "2020-01-01T00:00:00Z",
-         "_links": {"messages": [{"channel": "fax"}]}}
+        {
+            "dispatch_uuid": "d",
+            "status": "completed",
+            "timestamp": "2020-01-01T00:00:00Z",
+            "_links": {"messages": [{"channel": "fax"}]},
+        }
     ).encode()
     with pytest.raises(Rejection) as caught:
         read(CallbackKind.FINAL_REPORT, body, max_depth=32)
     assert caught.value.http_status == 422
     assert caught.value.errors == {
-        "_links": {"messages": {"0": {
-            "message_uuid": ["Missing data for required field."],
-            "channel": ["Must be one of: sms, mms, messenger, viber_service_msg, whatsapp."],
-        }}}
+        "_links": {
+            "messages": {
+                "0": {
+                    "message_uuid": ["Missing data for required field."],
+                    "channel": [
+                        "Must be one of: sms, mms, messenger, viber_service_msg, whatsapp."
+                    ],
+                }
+            }
+        }
     }
     json.dumps(caught.value.errors)  # storable and sendable as is
 

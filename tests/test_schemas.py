@@ -71,7 +71,9 @@ def test_every_channel_is_accepted_in_status_callbacks(channel: str) -> None:
 def test_every_reference_channel_is_accepted_in_final_reports(channel: str) -> None:
     data = with_change(SAMPLE_REPORT, "_links.messages.0.channel", channel)
     loaded = load_final_report(data).messages[0].channel
-    assert loaded is (Channel.VIBER_SERVICE_MSG if channel == "viber_sevice_msg" else Channel(channel))
+    assert loaded is (
+        Channel.VIBER_SERVICE_MSG if channel == "viber_sevice_msg" else Channel(channel)
+    )
 
 
 def test_reference_typo_is_normalized_in_to_type_too() -> None:
@@ -128,7 +130,10 @@ def test_unknown_fields_are_tolerated_at_every_level() -> None:
     ],
 )
 def test_iso_timestamps_are_read_as_utc(timestamp: str, expected: datetime) -> None:
-    assert load_message_status(with_change(SAMPLE_STATUS, "timestamp", timestamp)).occurred_at == expected
+    assert (
+        load_message_status(with_change(SAMPLE_STATUS, "timestamp", timestamp)).occurred_at
+        == expected
+    )
 
 
 # (path, bad value, expected error location) for message-status

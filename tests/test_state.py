@@ -115,6 +115,13 @@ def test_latest_error_stands_whatever_the_order() -> None:
     assert run([late, early])[0].error == ErrorInfo(2, "second")
 
 
+def test_errors_at_the_same_moment_resolve_the_same_in_any_order() -> None:
+    # Found by the property test below: absent and empty reasons must not tie.
+    a = ev(S.REJECTED, 1, error=ErrorInfo(None, None))
+    b = ev(S.REJECTED, 1, error=ErrorInfo(None, ""))
+    assert run([a, b])[0].error == run([b, a])[0].error == ErrorInfo(None, "")
+
+
 def test_price_repeated_in_several_callbacks_counts_once() -> None:
     price = Money(Decimal("0.0333"), "EUR")
     state, found = run([ev(S.SUBMITTED, 0, usage=price), ev(S.DELIVERED, 5, usage=price)])
@@ -127,7 +134,9 @@ def test_conflicting_prices_keep_the_highest_and_record_the_other() -> None:
     for order in ([low, high], [high, low]):
         state, found = run([ev(S.SUBMITTED, i, usage=u) for i, u in enumerate(order)])
         assert state.usage == high
-        assert {(d.kind, d.detail) for d in found} == {("price_conflict", "also reported: 0.03 EUR")}
+        assert {(d.kind, d.detail) for d in found} == {
+            ("price_conflict", "also reported: 0.03 EUR")
+        }
 
 
 def test_dispatch_conflict_keeps_one_and_records_every_other_once() -> None:
@@ -152,9 +161,7 @@ def test_event_for_another_message_is_refused() -> None:
 
 
 def test_reported_status_counts_by_precedence_but_has_no_event_time() -> None:
-    state = apply_reported_message(
-        None, "d", ReportedMessage("m", Channel.SMS, S.DELIVERED)
-    ).state
+    state = apply_reported_message(None, "d", ReportedMessage("m", Channel.SMS, S.DELIVERED)).state
     assert state.status is S.DELIVERED
     assert state.status_times == {}
     # A timed status of the same rank outranks the untimed report.
@@ -184,6 +191,22 @@ def test_two_different_final_reports_resolve_to_the_later_in_any_order() -> None
     state, found = results.pop()
     assert state.status is DispatchStatus.COMPLETED
     assert [d.kind for d in found] == ["final_report_conflict"]
+
+
+@pytest.mark.parametrize(
+    ("spelled", "canonical"),
+    [("0.0300", "0.03"), ("0.0333", "0.0333"), ("100", "100"), ("1.50", "1.5"), ("0.000", "0")],
+)
+def test_one_price_has_one_spelling(spelled: str, canonical: str) -> None:
+    assert format(Money(Decimal(spelled), "EUR").amount, "f") == canonical
+    state, found = run(
+        [
+            ev(S.SUBMITTED, 0, usage=Money(Decimal(canonical), "EUR")),
+            ev(S.DELIVERED, 1, usage=Money(Decimal(spelled), "EUR")),
+        ]
+    )
+    assert found == set()
+    assert state.usage == Money(Decimal(canonical), "EUR")
 
 
 def test_computed_usage_is_exact_and_per_currency() -> None:
@@ -228,7 +251,9 @@ def fold(events: list[StatusEvent | FinalReport]) -> Fold:
 def workflow_events() -> list[StatusEvent | FinalReport]:
     events: list[StatusEvent | FinalReport] = []
     for kind, payload in payloads.three_message_workflow("d-1"):
-        cb_kind = CallbackKind.MESSAGE_STATUS if kind == "message-status" else CallbackKind.FINAL_REPORT
+        cb_kind = (
+            CallbackKind.MESSAGE_STATUS if kind == "message-status" else CallbackKind.FINAL_REPORT
+        )
         import json
 
         callback = read(cb_kind, json.dumps(payload).encode(), max_depth=32)
@@ -274,7 +299,7 @@ statuses = st.sampled_from(list(MessageStatus))
 moments = st.integers(min_value=0, max_value=20).map(at)
 money = st.builds(
     Money,
-    st.decimals(min_value=0, max_value=1, places=4),
+    st.sampled_from(["0", "0.0", "0.03", "0.030", "0.0333", "1", "1.00", "100"]).map(Decimal),
     st.sampled_from(["EUR", "USD"]),
 )
 status_events = st.builds(
@@ -284,7 +309,8 @@ status_events = st.builds(
     occurred_at=moments,
     dispatch_uuid=st.none() | st.sampled_from(["d-1", "d-2"]),
     channel=st.none() | st.sampled_from(list(Channel)),
-    error=st.none() | st.builds(ErrorInfo, st.none() | st.integers(0, 3), st.none() | st.text(max_size=3)),
+    error=st.none()
+    | st.builds(ErrorInfo, st.none() | st.integers(0, 3), st.none() | st.text(max_size=3)),
     usage=st.none() | money,
 )
 

@@ -12,8 +12,13 @@ from app.queries import QUERIES_DIR, UnknownQuery, parse, sql
 
 def test_settings_come_from_the_environment_typed() -> None:
     settings = Settings.from_env(
-        {"DATABASE_URL": "postgresql:///x", "MAX_BODY_BYTES": "1024", "DATA_DIR": "/srv/dl",
-         "DB_POOL_TIMEOUT": "2.5", "MAX_JSON_DEPTH": ""}
+        {
+            "DATABASE_URL": "postgresql:///x",
+            "MAX_BODY_BYTES": "1024",
+            "DATA_DIR": "/srv/dl",
+            "DB_POOL_TIMEOUT": "2.5",
+            "MAX_JSON_DEPTH": "",
+        }
     )
     assert settings.database_url == "postgresql:///x"
     assert settings.max_body_bytes == 1024

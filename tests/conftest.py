@@ -1,0 +1,109 @@
+"""Fixtures: a real PostgreSQL (embedded by default, TEST_DATABASE_URL to use another)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
+from werkzeug.test import TestResponse
+
+from app import create_app, embedded, migrations
+from app.config import Settings
+from app.db import Database
+from app.extensions import get_db
+
+TABLES = "raw_callback, rejected_callback, discrepancy, message, dispatch"
+
+
+_CREATED: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server's admin conninfo: TEST_DATABASE_URL's server, or an embedded one.
+
+    Tests make databases of their own on it (dl_*) and drop them at the end,
+    so TEST_DATABASE_URL's own database is never touched.
+    """
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        data_dir: Path = tmp_path_factory.mktemp("embedded-postgres")
+        url = embedded.start(data_dir, database="postgres")
+    yield url
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in _CREATED:
+            conn.execute(
+                pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
+            )
+
+
+def fresh_database(server_url: str, prefix: str = "dl_test") -> str:
+    """Create an empty database on the test server and return its conninfo."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    embedded.create_database(server_url, name)
+    _CREATED.append(name)
+    return make_conninfo(server_url, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> str:
+    """A migrated database of our own on the test server, made once per session."""
+    url = fresh_database(server_url)
+    migrations.migrate(url)
+    return url
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
+    return database_url
+
+
+@pytest.fixture
+def app(clean_db: str) -> Iterator[Flask]:
+    application = create_app({"database_url": clean_db})
+    application.config["TESTING"] = True
+    yield application
+    get_db(application).close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def db(clean_db: str) -> Iterator[Database]:
+    database = Database(clean_db, Settings(database_url=clean_db, db_pool_max_size=10))
+    yield database
+    database.close()
+
+
+def post(
+    client: FlaskClient,
+    kind: str,
+    payload: Any,
+    content_type: str | None = "application/json",
+    **kw: Any,
+) -> TestResponse:
+    """POST a callback: a payload is sent as JSON, bytes as they are."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    return client.post(f"/webhooks/{kind}", data=body, headers=headers, **kw)
+
+
+def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read straight from the database, to check what was stored."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(statement, params).fetchall()  # type: ignore[call-overload,no-any-return]

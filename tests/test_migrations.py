@@ -1,0 +1,71 @@
+"""Migrations: from empty, once each, recorded, safe when two runners race."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from app.migrations import MIGRATIONS_DIR, MigrationError, discover, migrate
+from tests.conftest import fresh_database, query
+
+
+def test_migrations_apply_from_empty_once(server_url: str) -> None:
+    url = fresh_database(server_url, "dl_migrate")
+    on_disk = discover()
+    applied = migrate(url)
+    assert [m.version for m in applied] == [m.version for m in on_disk]
+    assert migrate(url) == []
+    recorded = query(url, "SELECT version, checksum FROM schema_migration ORDER BY version")
+    assert recorded == [(m.version, m.checksum) for m in on_disk]
+    tables = {
+        name
+        for (name,) in query(
+            url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+    }
+    assert {"raw_callback", "rejected_callback", "dispatch", "message", "discrepancy"} <= tables
+
+
+def test_racing_runners_apply_each_migration_once(server_url: str) -> None:
+    url = fresh_database(server_url, "dl_race")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: migrate(url), range(4)))
+    applied = [m.version for result in results for m in result]
+    assert sorted(applied) == [m.version for m in discover()]
+    assert query(url, "SELECT count(*) FROM schema_migration") == [(len(discover()),)]
+
+
+def test_an_edited_migration_is_refused(server_url: str, tmp_path: Path) -> None:
+    url = fresh_database(server_url, "dl_edited")
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, folder)
+    migrate(url, folder)
+    first = sorted(folder.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- an afterthought\n")
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        migrate(url, folder)
+
+
+def test_a_failing_migration_leaves_nothing_behind(server_url: str, tmp_path: Path) -> None:
+    url = fresh_database(server_url, "dl_failing")
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, folder)
+    n = len(discover(folder)) + 1
+    (folder / f"{n:04d}_broken.sql").write_text(
+        "CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;\n"
+    )
+    with pytest.raises(Exception, match="no_such_table"):
+        migrate(url, folder)
+    assert query(url, "SELECT to_regclass('half_done') IS NULL") == [(True,)]
+    assert query(url, "SELECT max(version) FROM schema_migration") == [(n - 1,)]
+
+
+@pytest.mark.parametrize("names", [["0001_a.sql", "0003_c.sql"], ["0001_a.sql", "1_b.sql"]])
+def test_misnumbered_migrations_are_refused(tmp_path: Path, names: list[str]) -> None:
+    for name in names:
+        (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(MigrationError):
+        discover(tmp_path)
