@@ -29,3 +29,7 @@ preload_app = False
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+
+# gunicorn 27 opens a control socket at one fixed path under $HOME; two
+# servers on one machine would contend for it, and nothing here uses it.
+control_socket_disable = True
