@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -178,8 +179,13 @@ STATUS_VIOLATIONS = [
 def test_message_status_violations_are_reported_by_field(
     path: str, value: Any, where: tuple[str, ...]
 ) -> None:
+    assert_error_at(load_message_status, with_change(SAMPLE_STATUS, path, value), where)
+
+
+def assert_error_at(load: Callable[[Any], object], data: Any, where: tuple[Any, ...]) -> None:
+    """Loading fails, with a message at exactly the field `where` names."""
     with pytest.raises(ValidationError) as caught:
-        load_message_status(with_change(SAMPLE_STATUS, path, value))
+        load(data)
     node: Any = caught.value.messages
     for key in where:
         assert key in node, (where, caught.value.messages)
@@ -207,13 +213,7 @@ REPORT_VIOLATIONS = [
 def test_final_report_violations_are_reported_by_field(
     path: str, value: Any, where: tuple[Any, ...]
 ) -> None:
-    with pytest.raises(ValidationError) as caught:
-        load_final_report(with_change(SAMPLE_REPORT, path, value))
-    node: Any = caught.value.messages
-    for key in where:
-        assert key in node, (where, caught.value.messages)
-        node = node[key]
-    assert node
+    assert_error_at(load_final_report, with_change(SAMPLE_REPORT, path, value), where)
 
 
 def test_final_report_with_absurdly_many_messages_is_refused() -> None:
