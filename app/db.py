@@ -24,8 +24,6 @@ Connection = psycopg.Connection[DictRow]
 # work again; each attempt starts from scratch, so a retry is always safe.
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 MAX_ATTEMPTS = 5
-# Far under a 30 s router limit; a stuck statement must not hold a worker.
-STATEMENT_TIMEOUT = "10s"
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -44,7 +42,8 @@ class Database:
 
     def _configure(self, conn: Connection) -> None:
         conn.autocommit = True
-        conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+        # Far under a 30 s router limit; a stuck statement must not hold a worker.
+        conn.execute("SET statement_timeout = '10s'")
         conn.autocommit = False
 
     @property
