@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,15 @@ class Settings:
     # under the 30 s that Heroku-style routers allow a request.
     db_pool_timeout: float = 5.0
     retry_after_seconds: int = 5
+    # Signed webhooks: the application's signature secret (and the previous
+    # one while a rotation is under way). Kept out of repr so it never logs.
+    vonage_signature_secret: str | None = field(default=None, repr=False)
+    vonage_signature_secret_previous: str | None = field(default=None, repr=False)
+    # How far a token's `iat` may be from now, either way, in seconds.
+    signature_max_age_seconds: int = 300
+    # HTTP Basic credentials, for setups that put them in the webhook URL.
+    webhook_basic_user: str | None = None
+    webhook_basic_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,7 +72,13 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations that would make the service misbehave."""
-        positive = ("max_body_bytes", "max_json_depth", "db_pool_max_size", "retry_after_seconds")
+        positive = (
+            "max_body_bytes",
+            "max_json_depth",
+            "db_pool_max_size",
+            "retry_after_seconds",
+            "signature_max_age_seconds",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be at least 1")
@@ -71,6 +86,17 @@ class Settings:
             raise ConfigError("DB_POOL_MIN_SIZE must be between 0 and DB_POOL_MAX_SIZE")
         if self.db_pool_timeout <= 0:
             raise ConfigError("DB_POOL_TIMEOUT must be positive")
+        if (self.webhook_basic_user is None) != (self.webhook_basic_password is None):
+            raise ConfigError("set both WEBHOOK_BASIC_USER and WEBHOOK_BASIC_PASSWORD, or neither")
+        if self.vonage_signature_secret_previous and not self.vonage_signature_secret:
+            raise ConfigError(
+                "VONAGE_SIGNATURE_SECRET_PREVIOUS is set without VONAGE_SIGNATURE_SECRET"
+            )
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether callbacks must prove they come from Vonage."""
+        return bool(self.vonage_signature_secret or self.webhook_basic_user)
 
 
 def _convert(name: str, raw: str, parse: Callable[[str], Any]) -> Any:

@@ -13,10 +13,20 @@ from app.db import DatabaseUnavailable
 class ApiError(HTTPException):
     """An HTTP error with a message and field-level errors for the envelope."""
 
-    def __init__(self, code: int, message: str, errors: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        errors: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(description=message)
         self.code = code
         self.errors = errors or {}
+        self.extra_headers = headers or {}
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [*super().get_headers(*args, **kwargs), *self.extra_headers.items()]
 
 
 def envelope(code: int, message: str, errors: dict[str, Any] | None = None) -> Response:

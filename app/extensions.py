@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from app.auth import Credentials
 from app.config import Settings
 from app.db import Database
 
 _SETTINGS = "dispatch_ledger.settings"
 _DB = "dispatch_ledger.db"
+_CREDENTIALS = "dispatch_ledger.credentials"
 
 
 class NotConfigured(RuntimeError):
@@ -23,6 +25,31 @@ def init_app(app: Flask, settings: Settings) -> None:
             "PostgreSQL and sets it; otherwise point it at your database."
         )
     app.extensions[_DB] = Database(settings.database_url, settings)
+    secrets = (settings.vonage_signature_secret, settings.vonage_signature_secret_previous)
+    app.extensions[_CREDENTIALS] = Credentials(
+        secrets=tuple(s for s in secrets if s),
+        max_age_seconds=settings.signature_max_age_seconds,
+        basic_user=settings.webhook_basic_user,
+        basic_password=settings.webhook_basic_password,
+    )
+    if any(len(secret.encode()) < 32 for secret in app.extensions[_CREDENTIALS].secrets):
+        # HS256 keys under 32 bytes are weak (RFC 7518 3.2); Vonage's are
+        # chosen by the account owner, so say so instead of refusing to start.
+        app.logger.warning(
+            "a signature secret is shorter than 32 bytes: choose a longer one in the "
+            "Vonage dashboard"
+        )
+    if not settings.authenticates:
+        app.logger.warning(
+            "!!! CALLBACKS ARE NOT AUTHENTICATED: anyone who finds the webhook URLs can post "
+            "to them. Set VONAGE_SIGNATURE_SECRET (or WEBHOOK_BASIC_USER and "
+            "WEBHOOK_BASIC_PASSWORD) in production. !!!"
+        )
+
+
+def get_credentials() -> Credentials:
+    credentials: Credentials = current_app.extensions[_CREDENTIALS]
+    return credentials
 
 
 def get_settings() -> Settings:

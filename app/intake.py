@@ -31,6 +31,7 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SCHEMA_VIOLATION = "schema_violation"
+    UNAUTHORIZED = "unauthorized"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
 from app import ingest, intake
+from app.auth import AuthFailure, authenticate
 from app.db import DatabaseUnavailable
 from app.errors import ApiError, handle_http_exception
-from app.extensions import get_db, get_settings
-from app.intake import Callback, CallbackKind, Rejection
+from app.extensions import get_credentials, get_db, get_settings
+from app.intake import Callback, CallbackKind, Reason, Rejection
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -37,7 +39,7 @@ def _ctype() -> str | None:
 
 
 def _load(kind: CallbackKind) -> Callback:
-    """Size, media type, JSON and schema checks; a refusal is kept, then answered."""
+    """Size, authenticity, media type, JSON and schema checks; a refusal is kept, then answered."""
     settings = get_settings()
     body: bytes | None = None
     try:
@@ -51,11 +53,27 @@ def _load(kind: CallbackKind) -> Callback:
             # A chunked body (no Content-Length) cut at MAX_CONTENT_LENGTH.
             body = None
             raise intake.too_large(settings.max_body_bytes)
+        _authenticate(body)
         intake.check_media_type(_ctype())
         return intake.read(kind, body, settings.max_json_depth)
     except Rejection as rejection:
         _keep(kind, body, rejection)
-        raise ApiError(rejection.http_status, rejection.message, rejection.errors) from None
+        headers = _CHALLENGE if rejection.reason is Reason.UNAUTHORIZED else None
+        raise ApiError(
+            rejection.http_status, rejection.message, rejection.errors, headers
+        ) from None
+
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="dispatch-ledger"'}
+
+
+def _authenticate(body: bytes) -> None:
+    try:
+        authenticate(request.headers.get("Authorization"), body, time.time(), get_credentials())
+    except AuthFailure as failure:
+        # The reason is safe to send back; the token itself is never logged.
+        current_app.logger.warning("refused a callback: %s", failure)
+        raise Rejection(401, Reason.UNAUTHORIZED, str(failure)) from None
 
 
 def _keep(kind: CallbackKind, body: bytes | None, rejection: Rejection) -> None:
