@@ -62,6 +62,11 @@ class ChannelField(fields.String):
         "channel": "Must be one of: {choices}.",
     }
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Published in /openapi.json: every spelling accepted, the typo too.
+        accepted = [*(c.value for c in Channel), *CHANNEL_ALIASES]
+        super().__init__(metadata={"enum": accepted}, **kwargs)
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Channel:
         text = super()._deserialize(value, attr, data, **kwargs)
         text = CHANNEL_ALIASES.get(text, text)

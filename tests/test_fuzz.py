@@ -1,0 +1,89 @@
+"""Hostile input: schemathesis against /openapi.json, hypothesis against the schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError
+from schemathesis.checks import not_a_server_error
+
+from app.intake import CallbackKind, Rejection, read
+from app.schemas import load_final_report, load_message_status
+from tests import payloads
+
+
+def test_no_generated_request_produces_a_server_error(app: Flask) -> None:
+    """Every operation of /openapi.json, fuzzed; any 5xx fails (503 is a down database)."""
+    api = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    operations = [result.ok() for result in api.get_all_operations()]
+    assert len(operations) == 4
+    for operation in operations:
+        # Driven by hypothesis directly: schemathesis's pytest plugin does
+        # not load under pytest 9.
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+        def fuzz(case: Any) -> None:
+            case.call_and_validate(checks=[not_a_server_error])
+
+        fuzz()
+
+
+def test_the_openapi_document_describes_both_callbacks(client: Any) -> None:
+    document = client.get("/openapi.json").json
+    assert document["openapi"].startswith("3.")
+    assert {"/webhooks/message-status", "/webhooks/final-report"} <= set(document["paths"])
+    status = document["components"]["schemas"]["MessageStatus"]
+    assert set(status["required"]) == {"message_uuid", "status", "timestamp"}
+    assert (
+        "viber_sevice_msg"
+        in document["components"]["schemas"]["Party"]["properties"]["type"]["enum"]
+    )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+def mutated(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """The sample with some fields replaced by arbitrary JSON (closer to real mistakes)."""
+    keys = st.sampled_from(sorted(base))
+    return st.dictionaries(keys, json_values, max_size=4).map(lambda patch: {**base, **patch})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(json_values, mutated(payloads.fixture("message_status_sample.json"))))
+def test_message_status_schema_refuses_cleanly_or_loads(payload: Any) -> None:
+    try:
+        load_message_status(payload)
+    except ValidationError as exc:
+        json.dumps(exc.messages, default=str)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(json_values, mutated(payloads.fixture("final_report_sample.json"))))
+def test_final_report_schema_refuses_cleanly_or_loads(payload: Any) -> None:
+    try:
+        load_final_report(payload)
+    except ValidationError as exc:
+        json.dumps(exc.messages, default=str)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_are_read_or_refused_with_a_4xx(body: bytes) -> None:
+    for kind in CallbackKind:
+        try:
+            read(kind, body, max_depth=32)
+        except Rejection as rejection:
+            assert 400 <= rejection.http_status < 500
