@@ -60,6 +60,10 @@ class Database:
                     max_size=self._settings.db_pool_max_size,
                     timeout=self._settings.db_pool_timeout,
                     check=ConnectionPool.check_connection,
+                    # Reconnection backs off exponentially until this gives up;
+                    # then the next request starts over at 1 s. Without a cap a
+                    # long outage would leave minutes of 503s after recovery.
+                    reconnect_timeout=10.0,
                     configure=self._configure,
                     name="dispatch-ledger",
                     open=False,

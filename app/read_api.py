@@ -11,7 +11,8 @@ from app.extensions import get_db
 bp = Blueprint("read_api", __name__)
 
 
-@bp.get("/workflows/<dispatch_uuid>")
+# `path`: an accepted id may contain "/" (any 1 to 50 characters), and must be readable.
+@bp.get("/workflows/<path:dispatch_uuid>")
 def get_workflow(dispatch_uuid: str) -> Response:
     """One workflow: decided and reported status, usage, messages."""
     document = readmodel.workflow(get_db(), dispatch_uuid)
@@ -20,7 +21,7 @@ def get_workflow(dispatch_uuid: str) -> Response:
     return jsonify(document)
 
 
-@bp.get("/messages/<message_uuid>")
+@bp.get("/messages/<path:message_uuid>")
 def get_message(message_uuid: str) -> Response:
     """One message with its workflow's dispatch_uuid."""
     document = readmodel.message(get_db(), message_uuid)

@@ -5,16 +5,20 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import pytest
 
 from tests import payloads
@@ -121,6 +125,116 @@ def test_a_chunked_body_over_the_limit_is_refused(server: Server) -> None:
         assert json.loads(response.read())["code"] == 413
     finally:
         conn.close()
+
+
+def database_url(server: Server) -> str:
+    """The serving database's socket, read without joining the embedded server."""
+    lines = (server.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()
+    return f"postgresql://postgres@/dispatch_ledger?host={lines[4]}&port={lines[3]}"
+
+
+def workers(server: Server) -> list[psutil.Process]:
+    [master] = psutil.Process(server.process.pid).children()
+    return master.children()
+
+
+def test_a_worker_killed_mid_transaction_leaves_no_partial_state(server: Server) -> None:
+    url = database_url(server)
+    submitted = payloads.status("crash-m", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-x")
+    delivered = payloads.status("crash-m", "delivered", "2020-01-01T14:00:05Z", dispatch_uuid="d-x")
+    assert server.post_json("/webhooks/message-status", submitted)[0] == 200
+
+    with psycopg.connect(url) as blocker:
+        # Hold the message's row: the worker stores the raw callback, then
+        # waits for this lock, in the middle of its transaction.
+        blocker.execute("SELECT 1 FROM message WHERE message_uuid = 'crash-m' FOR UPDATE")
+        sender = threading.Thread(
+            target=lambda: _swallow(lambda: server.post_json("/webhooks/message-status", delivered))
+        )
+        sender.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_lock(url):
+            assert time.monotonic() < deadline, "the request never reached the lock"
+            time.sleep(0.05)
+        for worker in workers(server):
+            worker.kill()
+        sender.join(10)
+    # The blocker is gone; the killed worker's transaction never committed.
+    with psycopg.connect(url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM raw_callback WHERE message_uuid = 'crash-m'"
+        ).fetchone() == (1,)
+        assert conn.execute(
+            "SELECT status, delivered_at FROM message WHERE message_uuid = 'crash-m'"
+        ).fetchone() == ("submitted", None)
+
+    # gunicorn replaces the workers, and the provider's retry is applied whole.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            code, _, receipt = server.post_json("/webhooks/message-status", delivered)
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert (code, receipt["status"]) == (200, "accepted")
+    code, _, message = server.request("GET", "/messages/crash-m")
+    assert (message["status"], sorted(message["statuses"])) == (
+        "delivered",
+        ["delivered", "submitted"],
+    )
+
+
+def _waiting_on_lock(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ).fetchone()
+        return row is not None and row[0] > 0
+
+
+def _swallow(call: Any) -> None:
+    try:
+        call()
+    except OSError:
+        pass  # the worker died under the request, as intended
+
+
+def test_shuffled_concurrent_duplicates_end_in_the_state_of_one_clean_delivery(
+    server: Server,
+) -> None:
+    def deliveries(dispatch_uuid: str) -> list[tuple[str, dict[str, Any]]]:
+        text = json.dumps(payloads.three_message_workflow("d-1"))
+        renamed = text.replace("d-1", dispatch_uuid).replace('"m-', f'"{dispatch_uuid}-m-')
+        return [(kind, payload) for kind, payload in json.loads(renamed)]
+
+    def document(dispatch_uuid: str) -> str:
+        code, _, body = server.request("GET", f"/workflows/{dispatch_uuid}")
+        assert code == 200
+        return json.dumps(body).replace(dispatch_uuid, "D")
+
+    for kind, payload in deliveries("clean"):
+        assert server.post_json(f"/webhooks/{kind}", payload)[0] == 200
+    expected = document("clean")
+
+    rng = random.Random(11)
+    names = [f"load-{i}" for i in range(12)]
+    work = [item for name in names for item in deliveries(name) * 4]  # each sent 4 times
+    rng.shuffle(work)
+
+    def send(item: tuple[str, dict[str, Any]]) -> int:
+        return server.post_json(f"/webhooks/{item[0]}", item[1])[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(send, work))
+    assert codes == [200] * len(work)
+    for name in names:
+        assert document(name) == expected
+    with psycopg.connect(database_url(server)) as conn:
+        row = conn.execute(
+            "SELECT count(*), sum(deliveries) FROM raw_callback WHERE dispatch_uuid LIKE 'load-%'"
+        ).fetchone()
+    assert row == (12 * 7, 12 * 7 * 4)
 
 
 def test_sigterm_stops_gunicorn_and_the_embedded_database(server: Server) -> None:

