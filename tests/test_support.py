@@ -34,12 +34,28 @@ def test_settings_come_from_the_environment_typed() -> None:
         {"MAX_BODY_BYTES": "0"},
         {"DB_POOL_MIN_SIZE": "9", "DB_POOL_MAX_SIZE": "2"},
         {"DB_POOL_TIMEOUT": "-1"},
+        {"WEBHOOK_BASIC_USER": "vonage"},
+        {"VONAGE_SIGNATURE_SECRET_PREVIOUS": "old-secret"},
+        {"SIGNATURE_MAX_AGE_SECONDS": "0"},
     ],
 )
 def test_bad_settings_are_refused_with_the_variable_named(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
     assert any(name in str(caught.value) for name in env)
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    settings = Settings.from_env(
+        {
+            "VONAGE_SIGNATURE_SECRET": "top-secret-value",
+            "WEBHOOK_BASIC_USER": "u",
+            "WEBHOOK_BASIC_PASSWORD": "basic-password",
+        }
+    )
+    assert settings.authenticates
+    assert "top-secret-value" not in repr(settings)
+    assert "basic-password" not in repr(settings)
 
 
 def test_named_queries_parse_with_descriptions() -> None:
