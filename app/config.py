@@ -39,6 +39,19 @@ class Settings:
     # HTTP Basic credentials, for setups that put them in the webhook URL.
     webhook_basic_user: str | None = None
     webhook_basic_password: str | None = field(default=None, repr=False)
+    # Bearer token for the write endpoints (POST /workflows, PUT .../definition);
+    # unset, they are off: they send messages on the account's behalf.
+    api_token: str | None = field(default=None, repr=False)
+    # How late a failover or a final report may be before it is listed as overdue.
+    overdue_grace_seconds: int = 300
+    # Dispatch's API, for sending workflows (point it at a stand-in for tests).
+    dispatch_api_url: str = "https://api.nexmo.com"
+    dispatch_api_key: str | None = None
+    dispatch_api_secret: str | None = field(default=None, repr=False)
+    dispatch_application_id: str | None = None
+    # PEM text of the application's private key, or a path to the file.
+    dispatch_private_key: str | None = field(default=None, repr=False)
+    dispatch_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +91,7 @@ class Settings:
             "db_pool_max_size",
             "retry_after_seconds",
             "signature_max_age_seconds",
+            "overdue_grace_seconds",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -88,6 +102,12 @@ class Settings:
             raise ConfigError("DB_POOL_TIMEOUT must be positive")
         if (self.webhook_basic_user is None) != (self.webhook_basic_password is None):
             raise ConfigError("set both WEBHOOK_BASIC_USER and WEBHOOK_BASIC_PASSWORD, or neither")
+        if (self.dispatch_api_key is None) != (self.dispatch_api_secret is None):
+            raise ConfigError("set both DISPATCH_API_KEY and DISPATCH_API_SECRET, or neither")
+        if (self.dispatch_application_id is None) != (self.dispatch_private_key is None):
+            raise ConfigError(
+                "set both DISPATCH_APPLICATION_ID and DISPATCH_PRIVATE_KEY, or neither"
+            )
         if self.vonage_signature_secret_previous and not self.vonage_signature_secret:
             raise ConfigError(
                 "VONAGE_SIGNATURE_SECRET_PREVIOUS is set without VONAGE_SIGNATURE_SECRET"

@@ -72,13 +72,24 @@ def _receive(
 
 
 def _apply_status(conn: Connection, event: StatusEvent, now: datetime) -> list[Discrepancy]:
-    # The workflow's row must exist before the message can reference it. It is
-    # not locked: a status callback changes the message, not the workflow.
-    if event.dispatch_uuid is not None:
-        storage.ensure_dispatch(conn, event.dispatch_uuid, now)
+    # Lock order is the workflow, then the message (as for final reports), so
+    # that one workflow's callbacks cannot deadlock each other. The workflow
+    # comes from the callback's link or, without one, from what is known.
+    known = storage.find_message_dispatch(conn, event.message_uuid)
+    locked = {
+        uuid: storage.lock_dispatch(conn, uuid, now)
+        for uuid in sorted({d for d in (event.dispatch_uuid, known) if d is not None})
+    }
     message = storage.lock_message(conn, event.message_uuid, now)
     transition = apply_status(message, event)
+    linked = transition.state.dispatch_uuid
+    if linked is not None and linked not in locked:
+        # Linked by a final report after we looked: lock it now. A deadlock
+        # this could cause is detected by PostgreSQL and the unit retried.
+        locked[linked] = storage.lock_dispatch(conn, linked, now)
     storage.save_message(conn, transition.state, now)
+    for dispatch in locked.values():
+        storage.redecide(conn, dispatch, now)
     return list(transition.discrepancies)
 
 
@@ -94,6 +105,7 @@ def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) ->
         found.extend(moved.discrepancies)
     transition = apply_final_report(dispatch, report)
     storage.save_dispatch(conn, transition.state, now, final_report=True)
+    storage.redecide(conn, transition.state, now)
     found.extend(transition.discrepancies)
     return found
 

@@ -153,17 +153,17 @@ def validate(kind: CallbackKind, payload: Any, body: bytes) -> Callback:
             422,
             Reason.SCHEMA_VIOLATION,
             "The callback does not match the Dispatch API reference.",
-            _json_keys(errors),
+            json_keys(errors),
         ) from None
     return Callback(kind=kind, body=body, payload=payload, event=event)
 
 
-def _json_keys(errors: Any) -> Any:
+def json_keys(errors: Any) -> Any:
     """marshmallow indexes list items by int; JSON object keys are strings."""
     if isinstance(errors, dict):
-        return {str(key): _json_keys(value) for key, value in errors.items()}
+        return {str(key): json_keys(value) for key, value in errors.items()}
     if isinstance(errors, list):
-        return [_json_keys(item) for item in errors]
+        return [json_keys(item) for item in errors]
     return errors
 
 

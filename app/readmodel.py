@@ -10,6 +10,8 @@ from typing import Any
 from app import storage
 from app.db import Connection, Database
 from app.queries import sql
+from app.definitions import definition_from_steps
+from app.failover import StepResult, evaluate
 from app.state import MessageState, Money, computed_usage
 
 
@@ -71,18 +73,64 @@ def _workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None:
         for r in conn.execute(sql("get_dispatch_messages"), params).fetchall()
     ]
     report = dispatch.report
+    decided = conn.execute(sql("get_decision"), params).fetchone()
+    assert decided is not None  # same row as above
+    definition = (
+        definition_from_steps(decided["definition_steps"])
+        if decided["definition_steps"] is not None
+        else None
+    )
+    # The steps are worked out again rather than stored: the same pure walk
+    # that made the stored decision, over the same rows.
+    decision, _ = evaluate(definition, messages, report)
+    pending = row["status"] == "pending"
+    current = (
+        decision.steps[decision.current_step - 1]
+        if pending and decision.current_step is not None
+        else None
+    )
+    reconciliation = [
+        {
+            "kind": r["kind"],
+            "detail": r["detail"],
+            "subject": "dispatch",
+            "subject_id": dispatch_uuid,
+        }
+        for r in conn.execute(sql("get_reconciliation"), params).fetchall()
+    ]
     return {
         "dispatch_uuid": dispatch.dispatch_uuid,
         "template": dispatch.template,
         "status": row["status"],
+        "decided_by": decided["decided_by"],
+        "current_step": _step_document(current) if current else None,
+        "deadline": iso(current.deadline) if current and current.deadline else None,
+        "due_at": iso(decided["due_at"]) if pending and decided["due_at"] else None,
+        "winning_step": decided["winning_step"],
         "reported_status": report.status.value if report else None,
         "reported_at": iso(report.occurred_at) if report else None,
         "usage": usage_document(computed_usage(messages)),
         "reported_usage": _money(report.usage) if report else None,
+        "definition": decided["definition_source"],
+        "steps": [_step_document(s) for s in decision.steps] if definition else None,
         "messages": [message_document(m) for m in messages],
-        "discrepancies": _discrepancies(
-            conn.execute(sql("get_dispatch_discrepancies"), params).fetchall()
+        "discrepancies": reconciliation
+        + _discrepancies(conn.execute(sql("get_dispatch_discrepancies"), params).fetchall()),
+    }
+
+
+def _step_document(result: StepResult) -> dict[str, Any]:
+    return {
+        "step": result.number,
+        "channel": result.step.channel.value,
+        "condition_status": (
+            result.step.condition_status.value if result.step.condition_status else None
         ),
+        "expiry_time": result.step.expiry_time,
+        "outcome": result.outcome.value,
+        "message_uuid": result.message_uuid,
+        "submitted_at": iso(result.submitted_at) if result.submitted_at else None,
+        "deadline": iso(result.deadline) if result.deadline else None,
     }
 
 

@@ -66,15 +66,6 @@ PRECEDENCE: Mapping[MessageStatus, int] = {
 SUCCESS = frozenset({MessageStatus.DELIVERED, MessageStatus.READ})
 FAILURE = frozenset({MessageStatus.REJECTED, MessageStatus.UNDELIVERABLE})
 
-# How the decided workflow status follows from the final report. A later
-# issue adds decisions from the workflow definition; until then the service
-# mirrors the report and stays `pending` without one.
-DECISIONS: Mapping[ReportedStatus | None, DispatchStatus] = {
-    None: DispatchStatus.PENDING,
-    ReportedStatus.COMPLETED: DispatchStatus.COMPLETED,
-    ReportedStatus.ERROR: DispatchStatus.ERROR,
-}
-
 
 def canonical_amount(amount: Decimal) -> Decimal:
     """The shortest exact spelling of an amount: no trailing zeros, no exponent."""
@@ -230,10 +221,6 @@ class DispatchState:
     dispatch_uuid: str
     template: str | None = None
     report: Report | None = None
-
-    @property
-    def status(self) -> DispatchStatus:
-        return DECISIONS[self.report.status if self.report else None]
 
 
 @dataclass(frozen=True)

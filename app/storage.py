@@ -7,7 +7,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from app.db import Connection
+from app.db import Connection, jsonb
+from app.definitions import definition_from_steps, steps_document
+from app.failover import Decision, Definition, evaluate
 from app.queries import sql
 from app.state import (
     Channel,
@@ -92,7 +94,6 @@ def dispatch_params(state: DispatchState) -> dict[str, Any]:
     return {
         "dispatch_uuid": state.dispatch_uuid,
         "template": state.template,
-        "status": state.status.value,
         "reported_status": report.status.value if report else None,
         "reported_at": report.occurred_at if report else None,
         "reported_price": report.usage.amount if report and report.usage else None,
@@ -160,6 +161,74 @@ def record_discrepancies(
     if rows:
         with conn.cursor() as cur:
             cur.executemany(sql("insert_discrepancy"), rows)
+
+
+def find_message_dispatch(conn: Connection, message_uuid: str) -> str | None:
+    row = conn.execute(sql("find_message_dispatch"), {"message_uuid": message_uuid}).fetchone()
+    return None if row is None else str(row["dispatch_uuid"]) if row["dispatch_uuid"] else None
+
+
+def load_definition(conn: Connection, dispatch_uuid: str) -> Definition | None:
+    row = conn.execute(sql("get_definition_steps"), {"dispatch_uuid": dispatch_uuid}).fetchone()
+    return None if row is None else definition_from_steps(row["steps"])
+
+
+def redecide(conn: Connection, dispatch: DispatchState, now: datetime) -> Decision:
+    """Decide a locked workflow again from everything known, and reconcile its final report."""
+    params = {"dispatch_uuid": dispatch.dispatch_uuid}
+    messages = [
+        message_from_row(row)
+        for row in conn.execute(sql("lock_dispatch_messages"), params).fetchall()
+    ]
+    decision, findings = evaluate(
+        load_definition(conn, dispatch.dispatch_uuid), messages, dispatch.report
+    )
+    conn.execute(
+        sql("save_decision"),
+        {
+            **params,
+            "status": decision.status.value,
+            "decided_by": decision.decided_by,
+            "current_step": decision.current_step,
+            "due_at": decision.due_at,
+            "decided_at": decision.decided_at,
+            "winning_step": decision.winning_step,
+        },
+    )
+    conn.execute(sql("clear_reconciliation"), params)
+    rows = [
+        {**params, "kind": f.kind, "detail": f.detail, "recorded_at": now}
+        for f in dict.fromkeys(findings)  # unique, in order
+    ]
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(sql("insert_reconciliation"), rows)
+    return decision
+
+
+def save_definition(
+    conn: Connection,
+    dispatch_uuid: str,
+    request: Any,
+    definition: Definition,
+    source: str,
+    now: datetime,
+) -> bool:
+    """Store a workflow's definition and decide the workflow again; True if it is new."""
+    dispatch = lock_dispatch(conn, dispatch_uuid, now)
+    created = load_definition(conn, dispatch_uuid) is None
+    conn.execute(
+        sql("upsert_definition"),
+        {
+            "dispatch_uuid": dispatch_uuid,
+            "source": source,
+            "request": jsonb(request),
+            "steps": jsonb(steps_document(definition)),
+            "recorded_at": now,
+        },
+    )
+    redecide(conn, dispatch, now)
+    return created
 
 
 def format_decimal(value: Decimal) -> str:

@@ -22,7 +22,10 @@ from app.config import Settings
 from app.db import Database
 from app.extensions import get_db
 
-TABLES = "raw_callback, rejected_callback, discrepancy, message, dispatch"
+TABLES = (
+    "raw_callback, rejected_callback, discrepancy, reconciliation, workflow_definition,"
+    " message, dispatch"
+)
 
 
 _CREATED: list[str] = []

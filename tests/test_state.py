@@ -18,12 +18,12 @@ from app.state import (
     Channel,
     Discrepancy,
     DispatchState,
-    DispatchStatus,
     ErrorInfo,
     FinalReport,
     MessageState,
     MessageStatus,
     Money,
+    Report,
     ReportedMessage,
     ReportedStatus,
     StateMismatch,
@@ -168,11 +168,11 @@ def test_reported_status_counts_by_precedence_but_has_no_event_time() -> None:
     assert current_status({S.REJECTED: at(1)}, S.UNDELIVERABLE) is S.REJECTED
 
 
-def test_dispatch_is_pending_until_the_final_report_then_mirrors_it() -> None:
+def test_the_final_report_is_kept_on_the_workflow() -> None:
     state = DispatchState("d")
-    assert state.status is DispatchStatus.PENDING
+    assert state.report is None
     done = apply_final_report(state, FinalReport("d", ReportedStatus.ERROR, at(9))).state
-    assert done.status is DispatchStatus.ERROR
+    assert done.report == Report(at(9), ReportedStatus.ERROR)
 
 
 def test_two_different_final_reports_resolve_to_the_later_in_any_order() -> None:
@@ -189,7 +189,7 @@ def test_two_different_final_reports_resolve_to_the_later_in_any_order() -> None
         results.add((state, frozenset(found)))
     assert len(results) == 1
     state, found = results.pop()
-    assert state.status is DispatchStatus.COMPLETED
+    assert state.report is not None and state.report.status is ReportedStatus.COMPLETED
     assert [d.kind for d in found] == ["final_report_conflict"]
 
 
@@ -272,7 +272,8 @@ def test_every_arrival_order_of_a_three_message_workflow_gives_the_same_state() 
         "m-2-viber": S.REJECTED,
         "m-3-sms": S.DELIVERED,
     }
-    assert dispatch is not None and dispatch.status is DispatchStatus.COMPLETED
+    assert dispatch is not None and dispatch.report is not None
+    assert dispatch.report.status is ReportedStatus.COMPLETED
     assert computed_usage(messages.values()) == {"EUR": Decimal("0.0433")}
     assert messages["m-2-viber"].channel is Channel.VIBER_SERVICE_MSG
 

@@ -74,9 +74,9 @@ def test_reference_samples_give_the_same_workflow_in_either_order(
     [message] = workflow["messages"]
     assert message["status"] == "delivered"
     assert message["reported_status"] == "submitted"
-    # The two samples name different channels for one message: the
-    # disagreement is kept, not silently resolved.
-    assert {d["kind"] for d in workflow["discrepancies"]} == {"channel_conflict"}
+    # The two samples name different channels for one message, and the
+    # report's total is not the message's price: both kept, not resolved away.
+    assert {d["kind"] for d in workflow["discrepancies"]} == {"channel_conflict", "usage_mismatch"}
 
 
 def test_redelivery_answers_2xx_and_has_no_second_effect(

@@ -32,7 +32,6 @@ SELECT dispatch_uuid, template, reported_status, reported_at, reported_price, re
 -- Write a workflow's new state after a transition.
 UPDATE dispatch
    SET template = %(template)s,
-       status = %(status)s,
        reported_status = %(reported_status)s,
        reported_at = %(reported_at)s,
        reported_price = %(reported_price)s,
@@ -87,3 +86,49 @@ UPDATE message
 INSERT INTO discrepancy (subject, subject_id, kind, detail, raw_callback_id, recorded_at)
 VALUES (%(subject)s, %(subject_id)s, %(kind)s, %(detail)s, %(raw_callback_id)s, %(recorded_at)s)
 ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING;
+
+-- name: find_message_dispatch
+-- The workflow a message is known to belong to, if any (read without a lock).
+SELECT dispatch_uuid FROM message WHERE message_uuid = %(message_uuid)s;
+
+-- name: lock_dispatch_messages
+-- All messages of a workflow (stable while its row is locked: every writer locks it first).
+SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
+       from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
+       reported_status, price, currency, error_code, error_reason, error_at
+  FROM message
+ WHERE dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: get_definition_steps
+-- The steps of a workflow's definition, if it has one.
+SELECT steps FROM workflow_definition WHERE dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: save_decision
+-- Write what was decided for a workflow.
+UPDATE dispatch
+   SET status = %(status)s,
+       decided_by = %(decided_by)s,
+       current_step = %(current_step)s,
+       due_at = %(due_at)s,
+       decided_at = %(decided_at)s,
+       winning_step = %(winning_step)s
+ WHERE dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: clear_reconciliation
+-- Forget a workflow's disagreements before writing the current ones.
+DELETE FROM reconciliation WHERE dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: insert_reconciliation
+-- Record one current disagreement between the final report and the callbacks.
+INSERT INTO reconciliation (dispatch_uuid, kind, detail, recorded_at)
+VALUES (%(dispatch_uuid)s, %(kind)s, %(detail)s, %(recorded_at)s);
+
+-- name: upsert_definition
+-- Store (or replace) a workflow's definition.
+INSERT INTO workflow_definition (dispatch_uuid, source, request, steps, recorded_at)
+VALUES (%(dispatch_uuid)s, %(source)s, %(request)s, %(steps)s, %(recorded_at)s)
+ON CONFLICT ON CONSTRAINT workflow_definition_pkey DO UPDATE
+   SET source = excluded.source,
+       request = excluded.request,
+       steps = excluded.steps,
+       recorded_at = excluded.recorded_at;

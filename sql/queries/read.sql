@@ -38,3 +38,48 @@ SELECT subject, subject_id, kind, detail
   FROM discrepancy
  WHERE subject = 'message' AND subject_id = %(message_uuid)s
  ORDER BY kind, detail;
+
+-- name: get_decision
+-- What was decided for a workflow, and whether it has a definition.
+SELECT d.decided_by, d.current_step, d.due_at, d.decided_at, d.winning_step,
+       w.steps AS definition_steps, w.source AS definition_source
+  FROM dispatch d
+  LEFT JOIN workflow_definition w USING (dispatch_uuid)
+ WHERE d.dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: get_reconciliation
+-- How a workflow's final report disagrees with its callbacks, as of now.
+SELECT kind, detail FROM reconciliation
+ WHERE dispatch_uuid = %(dispatch_uuid)s
+ ORDER BY kind, detail;
+
+-- name: get_definition
+-- A workflow's stored definition.
+SELECT source, request, steps, recorded_at FROM workflow_definition
+ WHERE dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: list_overdue
+-- Workflows where a failover or the final report is later than the cutoff (now - grace).
+SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at, kind, since
+  FROM (
+        SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at,
+               'failover_overdue' AS kind, due_at AS since
+          FROM dispatch
+         WHERE status = 'pending' AND due_at IS NOT NULL AND due_at < %(cutoff)s
+        UNION ALL
+        SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at,
+               'final_report_overdue' AS kind, decided_at AS since
+          FROM dispatch
+         WHERE decided_by = 'definition' AND status <> 'pending' AND reported_status IS NULL
+           AND decided_at < %(cutoff)s
+       ) AS overdue
+ ORDER BY since, dispatch_uuid
+ LIMIT %(limit)s;
+
+-- name: list_recent
+-- The workflows that changed last.
+SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at, reported_status,
+       updated_at
+  FROM dispatch
+ ORDER BY updated_at DESC, dispatch_uuid
+ LIMIT %(limit)s;

@@ -1,0 +1,86 @@
+"""Send a workflow to Dispatch's `POST /v0.1/dispatch`, with Basic or JWT (RS256) auth."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from app.config import Settings
+
+
+class DispatchNotConfigured(RuntimeError):
+    """No Dispatch credentials are configured, so nothing can be sent."""
+
+
+class DispatchRefused(RuntimeError):
+    """Dispatch answered, but not with 202 and a dispatch_uuid."""
+
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def authorization(settings: Settings, now: float) -> str:
+    """The Authorization header: a JWT when an application is configured, else Basic."""
+    if settings.dispatch_application_id and settings.dispatch_private_key:
+        key = settings.dispatch_private_key
+        if not key.lstrip().startswith("-----BEGIN"):
+            key = Path(key).read_text(encoding="utf-8")
+        token = jwt.encode(
+            {
+                "application_id": settings.dispatch_application_id,
+                "iat": int(now),
+                "exp": int(now) + 300,
+                "jti": str(uuid.uuid4()),
+            },
+            key,
+            algorithm="RS256",
+        )
+        return f"Bearer {token}"
+    if settings.dispatch_api_key and settings.dispatch_api_secret:
+        pair = f"{settings.dispatch_api_key}:{settings.dispatch_api_secret}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+    raise DispatchNotConfigured(
+        "set DISPATCH_API_KEY and DISPATCH_API_SECRET, or DISPATCH_APPLICATION_ID and "
+        "DISPATCH_PRIVATE_KEY, to send workflows"
+    )
+
+
+def submit(request_body: Any, settings: Settings) -> str:
+    """Send a validated Dispatch request; returns Dispatch's dispatch_uuid."""
+    url = settings.dispatch_api_url.rstrip("/") + "/v0.1/dispatch"
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(request_body).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Authorization": authorization(settings, time.time()),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=settings.dispatch_timeout_seconds) as answer:
+            status, raw = answer.status, answer.read(65536)
+    except urllib.error.HTTPError as error:
+        body = error.read(2048).decode("utf-8", "replace")
+        raise DispatchRefused(error.code, f"Dispatch answered {error.code}: {body}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DispatchRefused(None, f"Dispatch could not be reached: {reason}") from None
+    try:
+        dispatch_uuid = json.loads(raw)["dispatch_uuid"]
+    except (ValueError, KeyError, TypeError):
+        dispatch_uuid = None
+    if status != 202 or not isinstance(dispatch_uuid, str) or not 1 <= len(dispatch_uuid) <= 50:
+        raise DispatchRefused(status, f"Dispatch answered {status} without a dispatch_uuid")
+    return dispatch_uuid
