@@ -9,9 +9,9 @@ from typing import Any
 
 from app import storage
 from app.db import Connection, Database
-from app.queries import sql
 from app.definitions import definition_from_steps
 from app.failover import StepResult, evaluate
+from app.queries import sql
 from app.state import MessageState, Money, computed_usage
 
 
