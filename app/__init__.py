@@ -30,11 +30,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     extensions.init_app(app, settings)
     errors.init_app(app)
 
-    from app import openapi, read_api, webhooks
+    from app import openapi, read_api, webhooks, workflow_api
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(read_api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(workflow_api.bp)
     if not app.debug:
         logging.getLogger("app").setLevel(logging.INFO)
     return app

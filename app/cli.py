@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -10,13 +11,16 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
-from app import embedded, migrations
+from app import embedded, migrations, workflows
 from app.config import Settings
 from app.db import Database
+from app.dispatch_client import DispatchNotConfigured, DispatchRefused
 from app.ingest import reprocess_rejects
+from app.intake import Rejection
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +89,53 @@ def serve(port: int | None, workers: int | None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     sys.exit(child.wait())
+
+
+@main.command()
+@click.argument("request_file", type=click.File("rb"))
+def send(request_file: Any) -> None:
+    """Validate a Dispatch request (JSON file, - for stdin), send it, and record it."""
+    settings = Settings.from_env()
+    body = json.loads(request_file.read())
+    db = Database(_database_url(settings), settings)
+    try:
+        dispatch_uuid = workflows.send(db, body, settings, datetime.now(UTC))
+    except Rejection as rejection:
+        click.echo(json.dumps(rejection.errors, indent=2), err=True)
+        raise click.ClickException(rejection.message) from None
+    except (DispatchNotConfigured, DispatchRefused) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        db.close()
+    click.echo(dispatch_uuid)
+
+
+@main.command()
+@click.option(
+    "--grace", type=int, help="Seconds of lateness allowed (default: OVERDUE_GRACE_SECONDS)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+@click.option("--fail-if-any", is_flag=True, help="Exit with status 1 if anything is overdue.")
+def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
+    """List workflows whose failover or final report is overdue."""
+    settings = Settings.from_env()
+    db = Database(_database_url(settings), settings)
+    allowed = grace if grace is not None else settings.overdue_grace_seconds
+    try:
+        found = workflows.overdue(db, datetime.now(UTC), allowed, limit=10_000)
+    finally:
+        db.close()
+    for item in found:
+        doc = item.document()
+        if as_json:
+            click.echo(json.dumps(doc))
+        else:
+            step = f"step {doc['current_step']}" if doc["current_step"] else "-"
+            click.echo(f"{doc['dispatch_uuid']}  {doc['kind']:<22} since {doc['since']}  {step}")
+    if not as_json:
+        click.echo(f"{len(found)} overdue (grace {allowed} s)")
+    if fail_if_any and found:
+        sys.exit(1)
 
 
 @main.command("reprocess-rejects")

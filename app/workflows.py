@@ -61,7 +61,7 @@ def definition(db: Database, dispatch_uuid: str) -> dict[str, Any] | None:
         "source": row["source"],
         "steps": row["steps"],
         "request": row["request"],
-        "recorded_at": row["recorded_at"],
+        "recorded_at": iso(row["recorded_at"]),
     }
 
 

@@ -1,0 +1,137 @@
+"""Workflow definitions and listings: PUT/GET .../definition, POST /workflows, GET /workflows."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from app import intake, workflows
+from app.dispatch_client import DispatchNotConfigured, DispatchRefused
+from app.errors import ApiError
+from app.extensions import get_db, get_settings
+from app.intake import Rejection
+from app.queries import sql
+from app.readmodel import iso
+
+bp = Blueprint("workflow_api", __name__)
+
+
+def _require_token() -> None:
+    """Write endpoints act for the account owner: a bearer API_TOKEN is required."""
+    token = get_settings().api_token
+    if not token:
+        raise ApiError(403, "This endpoint is off: set API_TOKEN to enable it.")
+    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise ApiError(
+            401, "A valid API token is required.", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def _json_body() -> Any:
+    settings = get_settings()
+    try:
+        intake.check_media_type(request.headers.get("Content-Type"))
+        body = request.get_data(cache=True)
+        if len(body) > settings.max_body_bytes:
+            raise intake.too_large(settings.max_body_bytes)
+        return intake.parse_json(body, settings.max_json_depth)
+    except Rejection as rejection:
+        raise ApiError(rejection.http_status, rejection.message, rejection.errors) from None
+
+
+def _validated(call: Any) -> Any:
+    try:
+        return call()
+    except Rejection as rejection:
+        raise ApiError(rejection.http_status, rejection.message, rejection.errors) from None
+
+
+@bp.put("/workflows/<path:dispatch_uuid>/definition")
+def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
+    """Record the definition of a workflow another system sent."""
+    _require_token()
+    if not 1 <= len(dispatch_uuid) <= 50:
+        raise ApiError(404, "A dispatch_uuid has 1 to 50 characters.")
+    body = _json_body()
+    now = datetime.now(UTC)
+    created = _validated(lambda: workflows.record(get_db(), dispatch_uuid, body, now))
+    return jsonify(workflows.definition(get_db(), dispatch_uuid)), 201 if created else 200
+
+
+@bp.get("/workflows/<path:dispatch_uuid>/definition")
+def get_definition(dispatch_uuid: str) -> Response:
+    """A workflow's stored definition."""
+    document = workflows.definition(get_db(), dispatch_uuid)
+    if document is None:
+        raise ApiError(404, f"No definition is stored for {dispatch_uuid!r}.")
+    return jsonify(document)
+
+
+@bp.post("/workflows")
+def post_workflow() -> tuple[Response, int]:
+    """Validate a Dispatch request, send it to Dispatch, and record it."""
+    _require_token()
+    body = _json_body()
+    settings = get_settings()
+    try:
+        dispatch_uuid = _validated(
+            lambda: workflows.send(get_db(), body, settings, datetime.now(UTC))
+        )
+    except DispatchNotConfigured as exc:
+        raise ApiError(503, str(exc)) from None
+    except DispatchRefused as exc:
+        raise ApiError(
+            502, exc.detail, {"dispatch_status": exc.status} if exc.status else None
+        ) from None
+    return jsonify(dispatch_uuid=dispatch_uuid), 202
+
+
+@bp.get("/workflows")
+def list_workflows() -> Response:
+    """Workflows that are overdue (?overdue=true), or the latest to change."""
+    args = request.args
+    limit = _int_arg("limit", 100, 1, 1000)
+    overdue = args.get("overdue", "false").lower()
+    if overdue not in ("true", "false"):
+        raise ApiError(400, "overdue must be true or false.", {"overdue": ["Not a boolean."]})
+    db = get_db()
+    if overdue == "true":
+        grace = _int_arg("grace", get_settings().overdue_grace_seconds, 0, 7 * 86400)
+        now = datetime.now(UTC)
+        listed = [o.document() for o in workflows.overdue(db, now, grace, limit)]
+        return jsonify(workflows=listed, as_of=iso(now), grace_seconds=grace)
+    rows = db.run(lambda conn: conn.execute(sql("list_recent"), {"limit": limit}).fetchall())
+    return jsonify(
+        workflows=[
+            {
+                "dispatch_uuid": r["dispatch_uuid"],
+                "status": r["status"],
+                "decided_by": r["decided_by"],
+                "reported_status": r["reported_status"],
+                "current_step": r["current_step"],
+                "updated_at": iso(r["updated_at"]),
+            }
+            for r in rows
+        ]
+    )
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(
+            400, f"{name} must be a whole number from {low} to {high}.", {name: ["Out of range."]}
+        )
+    return value
