@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import freezegun
 import psycopg
 import pytest
 from flask import Flask
@@ -21,6 +22,10 @@ from app import create_app, embedded, migrations
 from app.config import Settings
 from app.db import Database
 from app.extensions import get_db
+
+# freezegun moves Python's clock for the service; the pool and the driver keep
+# the real one, or their timeouts would never expire while time stands still.
+freezegun.configure(extend_ignore_list=["psycopg_pool", "psycopg"])
 
 TABLES = (
     "raw_callback, rejected_callback, discrepancy, reconciliation, workflow_definition,"

@@ -1,0 +1,208 @@
+"""Sending workflows to Dispatch: against a local stand-in of POST /v0.1/dispatch."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+
+from app import create_app
+from app.cli import main
+from app.extensions import get_db
+from tests import payloads
+from tests.conftest import query
+
+TOKEN = "an-api-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REQUEST = payloads.fixture("dispatch_request_failover.json")
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+PEM = KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+).decode()
+
+
+class StandIn:
+    """Dispatch's side: checks credentials as the real API does, answers 202 + uuid."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, Any]] = []
+        self.refuse_with: int | None = None
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stand_in.received.append((self.headers.get("Authorization", ""), body))
+                if self.path != "/v0.1/dispatch":
+                    return self._answer(404, {"title": "Not found"})
+                if stand_in.refuse_with or not stand_in.authorized(self.headers):
+                    code = stand_in.refuse_with or 401
+                    return self._answer(code, {"title": "Refused", "detail": "bad credentials"})
+                self._answer(202, {"dispatch_uuid": str(uuid.uuid4())})
+
+            def _answer(self, code: int, document: Any) -> None:
+                raw = json.dumps(document).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def authorized(self, headers: Any) -> bool:
+        scheme, _, value = headers.get("Authorization", "").partition(" ")
+        if scheme == "Basic":
+            return base64.b64decode(value) == b"key:secret"
+        if scheme == "Bearer":
+            claims = jwt.decode(value, KEY.public_key(), algorithms=["RS256"])
+            return bool(claims["application_id"] == "app-1")
+        return False
+
+
+@pytest.fixture
+def dispatch_api() -> Iterator[StandIn]:
+    stand_in = StandIn()
+    yield stand_in
+    stand_in.server.shutdown()
+    stand_in.server.server_close()
+
+
+def sender(clean_db: str, url: str, **credentials: str) -> Flask:
+    return create_app(
+        {"database_url": clean_db, "api_token": TOKEN, "dispatch_api_url": url, **credentials}
+    )
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"dispatch_api_key": "key", "dispatch_api_secret": "secret"},
+        {"dispatch_application_id": "app-1", "dispatch_private_key": PEM},
+    ],
+    ids=["basic", "jwt"],
+)
+def test_a_valid_workflow_is_sent_answered_202_and_recorded(
+    clean_db: str, dispatch_api: StandIn, credentials: dict[str, str]
+) -> None:
+    app = sender(clean_db, dispatch_api.url, **credentials)
+    try:
+        client = app.test_client()
+        response = client.post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 202
+        dispatch_uuid = response.json["dispatch_uuid"]  # type: ignore[index]
+        [(_, sent)] = dispatch_api.received
+        assert sent == REQUEST
+        stored = client.get(f"/workflows/{dispatch_uuid}/definition").json
+        assert stored is not None and stored["source"] == "sent"
+        doc = client.get(f"/workflows/{dispatch_uuid}").json
+        assert doc is not None
+        assert (doc["status"], doc["decided_by"], doc["current_step"]["step"]) == (
+            "pending",
+            "definition",
+            1,
+        )
+    finally:
+        get_db(app).close()
+
+
+def test_the_private_key_may_be_a_file(
+    clean_db: str, dispatch_api: StandIn, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "private.key"
+    key_file.write_text(PEM)
+    app = sender(
+        clean_db,
+        dispatch_api.url,
+        dispatch_application_id="app-1",
+        dispatch_private_key=str(key_file),
+    )
+    try:
+        assert app.test_client().post("/workflows", json=REQUEST, headers=AUTH).status_code == 202
+    finally:
+        get_db(app).close()
+
+
+def test_an_invalid_workflow_is_never_sent(clean_db: str, dispatch_api: StandIn) -> None:
+    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
+    try:
+        bad = {**REQUEST, "workflow": REQUEST["workflow"][:1]}  # a lone message with a failover
+        response = app.test_client().post("/workflows", json=bad, headers=AUTH)
+        assert response.status_code == 422
+        assert dispatch_api.received == []
+    finally:
+        get_db(app).close()
+
+
+@pytest.mark.parametrize("refusal", [401, 422, 500])
+def test_a_refusal_by_dispatch_is_a_502_and_nothing_is_recorded(
+    clean_db: str, dispatch_api: StandIn, refusal: int
+) -> None:
+    dispatch_api.refuse_with = refusal
+    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
+    try:
+        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 502
+        assert response.json["errors"] == {"dispatch_status": refusal}  # type: ignore[index]
+        assert f"Dispatch answered {refusal}" in response.json["message"]  # type: ignore[index]
+        assert query(clean_db, "SELECT count(*) FROM workflow_definition") == [(0,)]
+    finally:
+        get_db(app).close()
+
+
+def test_unreachable_dispatch_is_a_502(clean_db: str) -> None:
+    app = sender(clean_db, "http://127.0.0.1:9", dispatch_api_key="key", dispatch_api_secret="s")
+    try:
+        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 502
+        assert "could not be reached" in response.json["message"]  # type: ignore[index]
+    finally:
+        get_db(app).close()
+
+
+def test_sending_without_dispatch_credentials_says_what_to_set(clean_db: str) -> None:
+    app = sender(clean_db, "http://127.0.0.1:9")
+    try:
+        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 503
+        assert "DISPATCH_API_KEY" in response.json["message"]  # type: ignore[index]
+    finally:
+        get_db(app).close()
+
+
+def test_the_send_command(clean_db: str, dispatch_api: StandIn, tmp_path: Path) -> None:
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(REQUEST))
+    env = {
+        "DATABASE_URL": clean_db,
+        "DISPATCH_API_URL": dispatch_api.url,
+        "DISPATCH_API_KEY": "key",
+        "DISPATCH_API_SECRET": "secret",
+    }
+    result = CliRunner().invoke(main, ["send", str(request_file)], env=env)
+    assert result.exit_code == 0, result.output
+    dispatch_uuid = result.output.strip()
+    assert query(
+        clean_db, "SELECT source FROM workflow_definition WHERE dispatch_uuid = %s", dispatch_uuid
+    ) == [("sent",)]
+    request_file.write_text(json.dumps({"template": "failover", "workflow": []}))
+    refused = CliRunner().invoke(main, ["send", str(request_file)], env=env)
+    assert refused.exit_code == 1
+    assert "does not follow the Dispatch API reference" in refused.output
