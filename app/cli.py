@@ -138,6 +138,58 @@ def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--webhook-base-url", required=True, help="Where callbacks go: URL/webhooks/...")
+@click.option("--port", type=int, help="Port to listen on (default: $PORT or 8001).")
+@click.option("--scenario", "scenario_text", help="JSON scenario, or @FILE, for every workflow.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for repeatable runs.")
+@click.option(
+    "--time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Emulated seconds per real second (600: a 600 s expiry in 1 s).",
+)
+def emulate(
+    webhook_base_url: str,
+    port: int | None,
+    scenario_text: str | None,
+    seed: int,
+    time_scale: float,
+) -> None:
+    """Run a local stand-in of Dispatch that plays workflows out and calls back."""
+    from werkzeug.serving import run_simple
+
+    from app.emulator.plan import Scenario
+    from app.emulator.server import EmulatorConfig, create_emulator
+
+    if time_scale <= 0:
+        raise click.BadParameter("must be positive", param_hint="--time-scale")
+    scenario = Scenario()
+    if scenario_text:
+        text = scenario_text
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        try:
+            scenario = Scenario.from_document(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--scenario") from None
+    config = EmulatorConfig(
+        webhook_base_url=webhook_base_url,
+        scenario=scenario,
+        seed=seed,
+        time_scale=time_scale,
+        api_key=os.environ.get("EMULATOR_API_KEY", "emulator"),
+        api_secret=os.environ.get("EMULATOR_API_SECRET", "emulator"),
+        signature_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,
+        public_key=os.environ.get("EMULATOR_PUBLIC_KEY") or None,
+    )
+    listen = port or int(os.environ.get("PORT", "8001"))
+    host = os.environ.get("HOST", "127.0.0.1")
+    click.echo(f"Dispatch stand-in on http://{host}:{listen}, calling back {webhook_base_url}")
+    run_simple(host, listen, create_emulator(config), threaded=True)
+
+
 @main.command("reprocess-rejects")
 def reprocess_rejects_command() -> None:
     """Run kept rejects through today's schemas; recovered ones are applied."""

@@ -340,7 +340,9 @@ def _usage_findings(report: Report, messages: Sequence[MessageState]) -> list[Fi
     if report.usage is None:
         return []
     computed = computed_usage(messages)
-    if computed == {report.usage.currency: report.usage.amount}:
+    # Nothing charged and a total of 0 are the same cost.
+    reported = {report.usage.currency: report.usage.amount}
+    if {c: a for c, a in computed.items() if a} == {c: a for c, a in reported.items() if a}:
         return []
     causes: list[str] = []
     for message in sorted(messages, key=lambda m: m.message_uuid):

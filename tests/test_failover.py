@@ -228,6 +228,14 @@ def test_a_late_delivery_missing_from_the_report_total_is_explained() -> None:
     assert "message m2" in finding.detail and "after the final report" in finding.detail
 
 
+def test_a_zero_total_matches_nothing_charged() -> None:
+    failed = msg("m1", FB, submitted=s(0), rejected=s(1))
+    _, findings = evaluate(None, [failed], report(ReportedStatus.ERROR, s(2), "0"))
+    assert findings == []
+    _, findings = evaluate(None, [failed], report(ReportedStatus.ERROR, s(2), "0.01"))
+    assert [f.kind for f in findings] == ["usage_mismatch"]
+
+
 def test_a_message_of_no_step_is_unexpected() -> None:
     messenger = msg("m1", FB, submitted=s(0), read=s(5))
     stray = msg("m9", Channel.WHATSAPP, submitted=s(1))

@@ -1,0 +1,1 @@
+"""A local stand-in for Vonage Dispatch: accepts workflows, plays them out, calls back."""

@@ -1,0 +1,240 @@
+"""The stand-in's HTTP side: POST /v0.1/dispatch, and a worker that delivers callbacks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import hmac
+import itertools
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from flask import Flask, Response, jsonify, request
+from marshmallow import ValidationError
+
+from app.definitions import load_definition
+from app.emulator.plan import Delivery, Plan, Scenario, plan
+
+log = logging.getLogger(__name__)
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # real seconds between attempts
+
+
+@dataclass
+class EmulatorConfig:
+    webhook_base_url: str
+    scenario: Scenario = field(default_factory=Scenario)
+    seed: int = 0
+    time_scale: float = 1.0  # emulated seconds per real second
+    api_key: str = "emulator"
+    api_secret: str = "emulator"
+    signature_secret: str | None = None
+    public_key: str | None = None  # PEM; verifies bearer JWTs when given
+
+
+@dataclass(order=True)
+class _Job:
+    due: float
+    order: int
+    delivery: Delivery = field(compare=False)
+    dispatch_uuid: str = field(compare=False)
+    attempts: int = field(default=0, compare=False)
+
+
+class Deliverer:
+    """Sends each callback when it is due, signed when a secret is set; retries on failure."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self._heap: list[_Job] = []
+        self._order = itertools.count()
+        self._cv = threading.Condition()
+        self.sent: dict[str, list[dict[str, Any]]] = {}
+        self.failed = 0
+        self.in_flight = 0
+        threading.Thread(target=self._run, name="deliverer", daemon=True).start()
+
+    def schedule(self, the_plan: Plan) -> None:
+        start = time.monotonic()
+        with self._cv:
+            self.sent.setdefault(the_plan.dispatch_uuid, [])
+            for delivery in the_plan.deliveries:
+                due = start + delivery.deliver_at / self.config.time_scale
+                heapq.heappush(
+                    self._heap, _Job(due, next(self._order), delivery, the_plan.dispatch_uuid)
+                )
+            self._cv.notify()
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._heap) + self.in_flight
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap or self._heap[0].due > time.monotonic():
+                    timeout = self._heap[0].due - time.monotonic() if self._heap else None
+                    self._cv.wait(timeout)
+                job = heapq.heappop(self._heap)
+                self.in_flight += 1
+            try:
+                self._attempt(job)
+            finally:
+                with self._cv:
+                    self.in_flight -= 1
+
+    def _attempt(self, job: _Job) -> None:
+        body = json.dumps(job.delivery.payload).encode()
+        url = f"{self.config.webhook_base_url.rstrip('/')}/webhooks/{job.delivery.kind}"
+        headers = {"Content-Type": "application/json"}
+        if self.config.signature_secret:
+            headers["Authorization"] = "Bearer " + sign(body, self.config.signature_secret)
+        job.attempts += 1
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, data=body, headers=headers, method="POST"), timeout=10
+            ) as answer:
+                code = answer.status
+        except urllib.error.HTTPError as error:
+            code = error.code
+        except (urllib.error.URLError, OSError):
+            code = 0
+        record = {
+            "kind": job.delivery.kind,
+            "status": job.delivery.payload.get("status"),
+            "attempts": job.attempts,
+            "code": code,
+        }
+        if 200 <= code < 300:
+            with self._cv:
+                self.sent[job.dispatch_uuid].append(record)
+            return
+        if job.attempts > len(RETRY_DELAYS):
+            log.warning(
+                "giving up on a %s callback after %d attempts", job.delivery.kind, job.attempts
+            )
+            with self._cv:
+                self.failed += 1
+                self.sent[job.dispatch_uuid].append(record)
+            return
+        # As a provider does: the same callback again, later (signed afresh).
+        job.due = time.monotonic() + RETRY_DELAYS[job.attempts - 1]
+        with self._cv:
+            heapq.heappush(self._heap, job)
+            self._cv.notify()
+
+
+def sign(body: bytes, secret: str) -> str:
+    """A signed-webhook JWT as Vonage makes them: HS256, with the body's SHA-256."""
+    claims = {
+        "iat": int(time.time()),
+        "jti": str(uuid.uuid4()),
+        "iss": "Vonage",
+        "payload_hash": hashlib.sha256(body).hexdigest(),
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _problem(code: int, title: str, detail: str, **extra: Any) -> Response:
+    """Errors in the shape Vonage's APIs use (RFC 7807 problem details)."""
+    response = jsonify(
+        type=f"https://developer.nexmo.com/api-errors#{code}",
+        title=title,
+        detail=detail,
+        instance=str(uuid.uuid4()),
+        **extra,
+    )
+    response.status_code = code
+    response.content_type = "application/problem+json"
+    return response
+
+
+def _flatten(errors: Any, prefix: str = "") -> list[dict[str, str]]:
+    if isinstance(errors, dict):
+        found: list[dict[str, str]] = []
+        for key, value in errors.items():
+            name = prefix if key == "_schema" else f"{prefix}.{key}" if prefix else str(key)
+            found += _flatten(value, name)
+        return found
+    return [{"name": prefix or "body", "reason": str(reason)} for reason in errors]
+
+
+def create_emulator(config: EmulatorConfig) -> Flask:
+    app = Flask(__name__)
+    deliverer = Deliverer(config)
+    plans: dict[str, Plan] = {}
+    seeds = itertools.count(config.seed)
+
+    def authorized() -> bool:
+        scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme == "Basic":
+            expected = f"{config.api_key}:{config.api_secret}".encode()
+            try:
+                return hmac.compare_digest(base64.b64decode(value, validate=True), expected)
+            except ValueError:
+                return False
+        if scheme == "Bearer":
+            try:
+                if config.public_key:
+                    claims = jwt.decode(value, config.public_key, algorithms=["RS256"])
+                else:
+                    claims = jwt.decode(value, options={"verify_signature": False})
+            except jwt.PyJWTError:
+                return False
+            return bool(claims.get("application_id"))
+        return False
+
+    @app.post("/v0.1/dispatch")
+    def dispatch() -> Response | tuple[Response, int]:
+        if not authorized():
+            return _problem(401, "Invalid credentials supplied", "Basic or bearer JWT is required.")
+        body = request.get_json(silent=True)
+        try:
+            load_definition(body)
+        except ValidationError as exc:
+            return _problem(
+                422,
+                "Invalid params",
+                "The value of one or more parameters is invalid.",
+                invalid_parameters=_flatten(exc.messages),
+            )
+        assert isinstance(body, dict)  # load_definition refuses anything else
+        scenario = config.scenario
+        override = request.headers.get("X-Emulator-Scenario")
+        if override:
+            try:
+                scenario = Scenario.from_document(json.loads(override))
+            except (ValueError, TypeError) as exc:
+                return _problem(400, "Invalid scenario", str(exc))
+        the_plan = plan(body, scenario, next(seeds), datetime.now(UTC))
+        plans[the_plan.dispatch_uuid] = the_plan
+        deliverer.schedule(the_plan)
+        return jsonify(dispatch_uuid=the_plan.dispatch_uuid), 202
+
+    @app.get("/_emulator/dispatches/<dispatch_uuid>")
+    def played(dispatch_uuid: str) -> Response | tuple[Response, int]:
+        the_plan = plans.get(dispatch_uuid)
+        if the_plan is None:
+            return _problem(404, "Not found", "No such dispatch.")
+        return jsonify(
+            dispatch_uuid=dispatch_uuid,
+            outcome=the_plan.outcome,
+            winning_step=the_plan.winning_step,
+            planned=len(the_plan.deliveries),
+            delivered=deliverer.sent.get(dispatch_uuid, []),
+        )
+
+    @app.get("/_emulator/status")
+    def status() -> Response:
+        return jsonify(pending=deliverer.pending(), failed=deliverer.failed, dispatches=len(plans))
+
+    return app

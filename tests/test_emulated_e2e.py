@@ -1,0 +1,210 @@
+"""End to end: `dispatch-ledger serve` (gunicorn) against `dispatch-ledger emulate`, over HTTP.
+
+Every failover scenario is played by the stand-in at 600x speed, signed, with
+faults on demand; the ledger's own decision must match what the stand-in played.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import payloads
+from tests.test_e2e import ROOT, Server, free_port
+
+pytestmark = pytest.mark.e2e
+SECRET = "an-end-to-end-signature-secret-32b"
+TOKEN = "an-end-to-end-api-token"
+REQUEST = payloads.fixture("dispatch_request_failover.json")
+BASIC = "Basic " + base64.b64encode(b"emulator:emulator").decode()
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    # The child keeps its own copy of the log's descriptor; ours is closed at once.
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_until(ready: Any, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(log.read_text())
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    folder = tmp_path_factory.mktemp("pair")
+    ledger_port, emulator_port = free_port(), free_port()
+    base = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    ledger = start(
+        ["serve", "--port", str(ledger_port)],
+        base
+        | {
+            "DATA_DIR": str(folder),
+            "HOST": "127.0.0.1",
+            "WEB_CONCURRENCY": "2",
+            "VONAGE_SIGNATURE_SECRET": SECRET,
+            "API_TOKEN": TOKEN,
+            "DISPATCH_API_URL": f"http://127.0.0.1:{emulator_port}",
+            "DISPATCH_API_KEY": "emulator",
+            "DISPATCH_API_SECRET": "emulator",
+        },
+        folder / "ledger.log",
+    )
+    emulator = start(
+        [
+            "emulate",
+            "--port",
+            str(emulator_port),
+            "--time-scale",
+            "600",
+            "--seed",
+            "42",
+            "--webhook-base-url",
+            f"http://127.0.0.1:{ledger_port}",
+        ],
+        base | {"VONAGE_SIGNATURE_SECRET": SECRET},
+        folder / "emulator.log",
+    )
+    ledger_srv = Server(ledger_port, ledger, folder)
+    emulator_srv = Server(emulator_port, emulator, folder)
+    wait_until(
+        lambda: ledger_srv.request("GET", "/readyz")[0] == 200, ledger, folder / "ledger.log"
+    )
+    wait_until(
+        lambda: emulator_srv.request("GET", "/_emulator/status")[0] == 200,
+        emulator,
+        folder / "emulator.log",
+    )
+    yield ledger_srv, emulator_srv
+    for process in (emulator, ledger):
+        process.terminate()
+        process.wait(30)
+
+
+def idle(emulator: Server) -> None:
+    deadline = time.monotonic() + 60
+    while emulator.request("GET", "/_emulator/status")[2]["pending"]:
+        assert time.monotonic() < deadline, "the stand-in never finished delivering"
+        time.sleep(0.1)
+
+
+def test_a_workflow_sent_through_the_ledger_plays_out_and_is_decided(
+    pair: tuple[Server, Server],
+) -> None:
+    ledger, emulator = pair
+    code, _, answer = ledger.request(
+        "POST",
+        "/workflows",
+        json.dumps(REQUEST).encode(),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+    )
+    assert code == 202
+    dispatch_uuid = answer["dispatch_uuid"]
+    idle(emulator)
+    _, _, played = emulator.request("GET", f"/_emulator/dispatches/{dispatch_uuid}")
+    _, _, workflow = ledger.request("GET", f"/workflows/{dispatch_uuid}")
+    assert (workflow["status"], workflow["decided_by"], workflow["definition"]) == (
+        played["outcome"],
+        "definition",
+        "sent",
+    )
+    assert workflow["winning_step"] == played["winning_step"] == 2
+    assert all(d["code"] == 200 for d in played["delivered"])  # signed, so accepted
+
+
+SCENARIOS = {
+    "read at once": ({"channels": {"messenger": "read"}}, []),
+    "delivered, never read": ({}, []),
+    "two failures then sms": (
+        {"channels": {"messenger": "fails", "viber_service_msg": "undeliverable"}},
+        [],
+    ),
+    "everything fails": ({"default": "fails"}, []),
+    "read too late": ({"channels": {"messenger": "read_late", "viber_service_msg": "fails"}}, []),
+    "late delivery after the report": (
+        {"channels": {"messenger": "silent", "viber_service_msg": "delivered_late"}},
+        ["usage_mismatch"],
+    ),
+    "nothing ever happens": ({"default": "silent"}, []),
+    "duplicates and reordering": (
+        {"channels": {"messenger": "fails"}, "faults": {"duplicates": 0.6, "reorder": 40}},
+        [],
+    ),
+    "report before the last statuses": (
+        {
+            "channels": {"messenger": "fails", "viber_service_msg": "fails"},
+            "faults": {"report_first": True},
+        },
+        [],
+    ),
+    "statuses after the report": (
+        {"channels": {"messenger": "fails"}, "faults": {"late_statuses": True}},
+        [],
+    ),
+}
+
+
+def test_every_failover_scenario_end_to_end(pair: tuple[Server, Server]) -> None:
+    ledger, emulator = pair
+    started = {}
+    for name, (scenario, _) in SCENARIOS.items():
+        code, _, answer = emulator.request(
+            "POST",
+            "/v0.1/dispatch",
+            json.dumps(REQUEST).encode(),
+            {
+                "Content-Type": "application/json",
+                "Authorization": BASIC,
+                "X-Emulator-Scenario": json.dumps(scenario),
+            },
+        )
+        assert code == 202, (name, answer)
+        dispatch_uuid = answer["dispatch_uuid"]
+        # Recorded rather than sent: the path for workflows another system sends.
+        code, _, _ = ledger.request(
+            "PUT",
+            f"/workflows/{dispatch_uuid}/definition",
+            json.dumps(REQUEST).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        )
+        assert code == 201
+        started[name] = dispatch_uuid
+    idle(emulator)
+
+    for name, dispatch_uuid in started.items():
+        expected_kinds = SCENARIOS[name][1]
+        _, _, played = emulator.request("GET", f"/_emulator/dispatches/{dispatch_uuid}")
+        code, _, workflow = ledger.request("GET", f"/workflows/{dispatch_uuid}")
+        assert code == 200, name
+        assert workflow["status"] == (played["outcome"] or "pending"), name
+        assert workflow["decided_by"] == "definition", name
+        assert workflow["winning_step"] == played["winning_step"], name
+        assert workflow["reported_status"] == played["outcome"], name
+        assert [d["kind"] for d in workflow["discrepancies"]] == expected_kinds, (name, workflow)
+        assert all(d["code"] == 200 for d in played["delivered"]), name
+        if played["outcome"] is None:
+            assert workflow["current_step"]["step"] == 3

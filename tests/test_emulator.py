@@ -1,0 +1,154 @@
+"""The Dispatch stand-in: its plans follow the failover rules; its API behaves like Dispatch."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from app.emulator.plan import Behavior, Faults, Scenario, plan
+from app.emulator.server import EmulatorConfig, create_emulator
+from tests import payloads
+
+REQUEST = payloads.fixture(
+    "dispatch_request_failover.json"
+)  # messenger read/600, viber delivered/300, sms
+START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+B = Behavior
+
+
+NO_FAULTS = Faults()
+
+
+def play(channels: dict[str, Behavior], faults: Faults = NO_FAULTS, seed: int = 1) -> Any:
+    return plan(REQUEST, Scenario(channels=channels, faults=faults), seed, START)
+
+
+@pytest.mark.parametrize(
+    ("channels", "outcome", "winner"),
+    [
+        ({"messenger": B.READ}, "completed", 1),
+        ({"messenger": B.DELIVERED}, "completed", 2),  # delivered is not read
+        ({"messenger": B.FAILS, "viber_service_msg": B.FAILS}, "completed", 3),
+        ({"messenger": B.READ_LATE, "viber_service_msg": B.DELIVERED_LATE}, "completed", 3),
+        (
+            {"messenger": B.FAILS, "viber_service_msg": B.UNDELIVERABLE, "sms": B.FAILS},
+            "error",
+            None,
+        ),
+        ({"messenger": B.SILENT, "viber_service_msg": B.SILENT, "sms": B.SILENT}, None, None),
+    ],
+)
+def test_plans_follow_the_failover_rules(
+    channels: dict[str, Behavior], outcome: str | None, winner: int | None
+) -> None:
+    played = play(channels)
+    assert (played.outcome, played.winning_step) == (outcome, winner)
+    reports = [d for d in played.deliveries if d.kind == "final-report"]
+    assert len(reports) == (1 if outcome else 0)
+
+
+def test_failover_waits_for_the_expiry_unless_the_message_fails() -> None:
+    slow = play({"messenger": B.DELIVERED})
+    fast = play({"messenger": B.FAILS})
+
+    def second_submission(p: Any) -> float:
+        return [d.event_at for d in p.deliveries if d.payload.get("status") == "submitted"][1]
+
+    assert second_submission(slow) == 601.0  # 600 s expiry, then the next message
+    assert second_submission(fast) < 2.0
+
+
+def test_a_late_delivery_is_missing_from_the_report_total() -> None:
+    played = play({"messenger": B.SILENT, "viber_service_msg": B.DELIVERED_LATE})
+    [report] = [d.payload for d in played.deliveries if d.kind == "final-report"]
+    assert report["usage"] == {"price": "0.0333", "currency": "EUR"}  # SMS only
+    late = [
+        d
+        for d in played.deliveries
+        if d.payload.get("status") == "delivered" and d.payload["to"]["type"] == "viber_service_msg"
+    ]
+    assert late[0].payload["usage"]["price"] == "0.0200"
+    assert late[0].event_at > played.deliveries[-1].event_at or late[0].deliver_at > max(
+        d.deliver_at for d in played.deliveries if d.kind == "final-report"
+    )
+
+
+def test_the_seed_makes_runs_repeatable() -> None:
+    assert play({}, seed=7) == play({}, seed=7)
+    assert play({}, seed=7).dispatch_uuid != play({}, seed=8).dispatch_uuid
+
+
+def test_faults_move_deliveries_not_events() -> None:
+    clean = play({"messenger": B.FAILS}, seed=3)
+    faulty = play(
+        {"messenger": B.FAILS},
+        Faults(duplicates=0.5, reorder=30.0, report_first=True, late_statuses=True),
+        seed=3,
+    )
+
+    def events(p: Any) -> set[str]:
+        return {json.dumps(d.payload, sort_keys=True) for d in p.deliveries}
+
+    assert events(faulty) == events(clean)  # the same callbacks, only when they go differs
+    assert len(faulty.deliveries) > len(clean.deliveries)  # duplicates
+    order = [d.kind for d in faulty.deliveries]
+    assert order.index("final-report") < len(order) - 1  # something comes after the report
+
+
+def test_scenarios_are_read_from_json_and_checked() -> None:
+    scenario = Scenario.from_document(
+        {"channels": {"sms": "fails"}, "default": "read", "faults": {"duplicates": 0.25}}
+    )
+    assert scenario.behavior("sms") is B.FAILS and scenario.behavior("whatsapp") is B.READ
+    assert scenario.faults.duplicates == 0.25
+    for bad in ({"channels": {"sms": "explodes"}}, {"colour": "red"}, {"faults": {"x": 1}}, []):
+        with pytest.raises((ValueError, TypeError)):
+            Scenario.from_document(bad)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def emulator() -> Any:
+    app = create_emulator(EmulatorConfig(webhook_base_url="http://127.0.0.1:9", time_scale=1e-6))
+    return app.test_client()
+
+
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"emulator:emulator").decode()}
+
+
+def test_the_api_answers_202_with_a_dispatch_uuid(emulator: Any) -> None:
+    response = emulator.post("/v0.1/dispatch", json=REQUEST, headers=BASIC)
+    assert response.status_code == 202
+    dispatch_uuid = response.json["dispatch_uuid"]
+    played = emulator.get(f"/_emulator/dispatches/{dispatch_uuid}").json
+    assert (played["outcome"], played["winning_step"]) == ("completed", 2)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Basic " + base64.b64encode(b"emulator:wrong").decode()},
+        {"Authorization": "Bearer not-a-jwt"},
+    ],
+)
+def test_the_api_refuses_bad_credentials_like_dispatch(
+    emulator: Any, headers: dict[str, str]
+) -> None:
+    response = emulator.post("/v0.1/dispatch", json=REQUEST, headers=headers)
+    assert response.status_code == 401
+    assert response.content_type == "application/problem+json"
+    assert response.json["title"] == "Invalid credentials supplied"
+
+
+def test_the_api_refuses_invalid_requests_with_every_parameter_named(emulator: Any) -> None:
+    bad = json.loads(json.dumps(REQUEST))
+    bad["workflow"][0]["failover"]["expiry_time"] = 5
+    bad["workflow"][2]["to"]["number"] = "+44"
+    response = emulator.post("/v0.1/dispatch", json=bad, headers=BASIC)
+    assert response.status_code == 422
+    names = {p["name"] for p in response.json["invalid_parameters"]}
+    assert names == {"workflow.0.failover.expiry_time", "workflow.2.to.number"}
