@@ -59,7 +59,9 @@ class Database:
                     min_size=self._settings.db_pool_min_size,
                     max_size=self._settings.db_pool_max_size,
                     timeout=self._settings.db_pool_timeout,
-                    check=ConnectionPool.check_connection,
+                    # No check on checkout: it costs a round trip per request. A
+                    # connection broken by an outage fails its request with 503
+                    # (the provider retries) and the pool replaces it.
                     # Reconnection backs off exponentially until this gives up;
                     # then the next request starts over at 1 s. Without a cap a
                     # long outage would leave minutes of 503s after recovery.
@@ -78,7 +80,11 @@ class Database:
         """Run `work` in one transaction: all of it commits, or none of it."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                with self.pool.connection() as conn, conn.transaction():
+                # Pipeline mode: BEGIN, COMMIT and statements whose results are
+                # not read travel with the next round trip instead of each
+                # taking one (profiled: BEGIN alone was 22% of worker time).
+                # Reading a result still waits for it, so the logic is unchanged.
+                with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                     return work(conn)
             except _RETRYABLE:
                 if attempt == MAX_ATTEMPTS:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from psycopg import Cursor
 from psycopg.rows import DictRow
 
 from app import storage
@@ -55,7 +56,17 @@ def _receive(
         "event_at": event.occurred_at,
         "received_at": now,
     }
-    row = conn.execute(sql("insert_raw_callback"), params).fetchone()
+    raw = conn.execute(sql("insert_raw_callback"), params)
+    prelocked = None
+    if isinstance(event, StatusEvent) and event.dispatch_uuid is not None:
+        # The common case (the callback names its workflow): the raw insert
+        # and both locks are queued together and read in one round trip. For
+        # a duplicate the locks cost nothing more than the round trip.
+        prelocked = (
+            storage.queue_lock_dispatch(conn, event.dispatch_uuid, now),
+            storage.queue_lock_message(conn, event.message_uuid, now),
+        )
+    row = raw.fetchone()
     if row is None:
         # The same callback again (providers retry): it was applied the first
         # time, so only the delivery is counted.
@@ -64,28 +75,39 @@ def _receive(
         return Receipt("duplicate", dup["id"])
     callback_id: int = row["id"]
     if isinstance(event, StatusEvent):
-        found = _apply_status(conn, event, now)
+        found = _apply_status(conn, event, now, prelocked)
     else:
         found = _apply_final_report(conn, event, now)
     storage.record_discrepancies(conn, found, callback_id, now)
     return Receipt("accepted", callback_id)
 
 
-def _apply_status(conn: Connection, event: StatusEvent, now: datetime) -> list[Discrepancy]:
+def _apply_status(
+    conn: Connection,
+    event: StatusEvent,
+    now: datetime,
+    prelocked: tuple[Cursor[DictRow], Cursor[DictRow]] | None = None,
+) -> list[Discrepancy]:
     # Lock order is the workflow, then the message (as for final reports), so
     # that one workflow's callbacks cannot deadlock each other. The workflow
     # comes from the callback's link or, without one, from what is known.
-    known = storage.find_message_dispatch(conn, event.message_uuid)
-    locked = {
-        uuid: storage.lock_dispatch(conn, uuid, now)
-        for uuid in sorted({d for d in (event.dispatch_uuid, known) if d is not None})
-    }
-    message = storage.lock_message(conn, event.message_uuid, now)
+    if prelocked is not None:
+        assert event.dispatch_uuid is not None
+        locked = {event.dispatch_uuid: storage.locked_dispatch(prelocked[0])}
+        message = storage.locked_message(prelocked[1])
+    else:
+        known = storage.find_message_dispatch(conn, event.message_uuid)
+        locked = {
+            uuid: storage.lock_dispatch(conn, uuid, now)
+            for uuid in sorted({d for d in (event.dispatch_uuid, known) if d is not None})
+        }
+        message = storage.lock_message(conn, event.message_uuid, now)
     transition = apply_status(message, event)
     linked = transition.state.dispatch_uuid
     if linked is not None and linked not in locked:
-        # Linked by a final report after we looked: lock it now. A deadlock
-        # this could cause is detected by PostgreSQL and the unit retried.
+        # Linked elsewhere (by a final report after we looked, or a conflicting
+        # link): lock it now. A deadlock this could cause is detected by
+        # PostgreSQL and the whole unit retried.
         locked[linked] = storage.lock_dispatch(conn, linked, now)
     storage.save_message(conn, transition.state, now)
     for dispatch in locked.values():
@@ -96,16 +118,16 @@ def _apply_status(conn: Connection, event: StatusEvent, now: datetime) -> list[D
 def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) -> list[Discrepancy]:
     # Lock order is always the workflow first, then its messages sorted by id,
     # so that concurrent deliveries of one workflow cannot deadlock.
-    dispatch = storage.lock_dispatch(conn, report.dispatch_uuid, now)
+    locked = storage.lock_dispatch(conn, report.dispatch_uuid, now)
     found: list[Discrepancy] = []
     for reported in sorted(report.messages, key=lambda m: m.message_uuid):
         message = storage.lock_message(conn, reported.message_uuid, now)
         moved = apply_reported_message(message, report.dispatch_uuid, reported)
         storage.save_message(conn, moved.state, now)
         found.extend(moved.discrepancies)
-    transition = apply_final_report(dispatch, report)
+    transition = apply_final_report(locked.state, report)
     storage.save_dispatch(conn, transition.state, now, final_report=True)
-    storage.redecide(conn, transition.state, now)
+    storage.redecide(conn, locked, now, transition.state)
     found.extend(transition.discrepancies)
     return found
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
 from app.db import Connection, jsonb
 from app.definitions import definition_from_steps, steps_document
-from app.failover import Decision, Definition, evaluate
+from app.failover import Definition, evaluate
 from app.queries import sql
 from app.state import (
     Channel,
@@ -101,13 +105,44 @@ def dispatch_params(state: DispatchState) -> dict[str, Any]:
     }
 
 
-def lock_dispatch(conn: Connection, dispatch_uuid: str, received_at: datetime) -> DispatchState:
+@dataclass(frozen=True)
+class LockedDispatch:
+    """A workflow's row, locked for this transaction, with its definition and decision."""
+
+    state: DispatchState
+    definition: Definition | None
+    decided: tuple[Any, ...]  # the stored decision, to skip writing an unchanged one
+
+
+def lock_dispatch(conn: Connection, dispatch_uuid: str, received_at: datetime) -> LockedDispatch:
     """Create the workflow's row if new, then lock it for this transaction."""
+    return locked_dispatch(queue_lock_dispatch(conn, dispatch_uuid, received_at))
+
+
+def queue_lock_dispatch(
+    conn: Connection, dispatch_uuid: str, received_at: datetime
+) -> Cursor[DictRow]:
+    """Queue the statements that create and lock a workflow's row; read with locked_dispatch.
+
+    Units of work run in pipeline mode, so queued statements share one round trip.
+    """
     params = {"dispatch_uuid": dispatch_uuid, "received_at": received_at}
     conn.execute(sql("ensure_dispatch"), params)
-    row = conn.execute(sql("lock_dispatch"), params).fetchone()
-    assert row is not None  # ensured just above, and rows are never deleted
-    return dispatch_from_row(row)
+    return conn.execute(sql("lock_dispatch"), params)
+
+
+def locked_dispatch(cursor: Cursor[DictRow]) -> LockedDispatch:
+    row = cursor.fetchone()
+    assert row is not None  # ensured just before, and rows are never deleted
+    steps = row["definition_steps"]
+    return LockedDispatch(
+        state=dispatch_from_row(row),
+        definition=definition_from_steps(steps) if steps is not None else None,
+        decided=tuple(row[k] for k in _DECISION_COLUMNS),
+    )
+
+
+_DECISION_COLUMNS = ("status", "decided_by", "current_step", "due_at", "decided_at", "winning_step")
 
 
 def ensure_dispatch(conn: Connection, dispatch_uuid: str, received_at: datetime) -> None:
@@ -128,10 +163,21 @@ def save_dispatch(
 
 def lock_message(conn: Connection, message_uuid: str, received_at: datetime) -> MessageState:
     """Create the message's row if new, then lock it for this transaction."""
+    return locked_message(queue_lock_message(conn, message_uuid, received_at))
+
+
+def queue_lock_message(
+    conn: Connection, message_uuid: str, received_at: datetime
+) -> Cursor[DictRow]:
+    """Queue the statements that create and lock a message's row; read with locked_message."""
     params = {"message_uuid": message_uuid, "received_at": received_at}
     conn.execute(sql("ensure_message"), params)
-    row = conn.execute(sql("lock_message"), params).fetchone()
-    assert row is not None  # ensured just above, and rows are never deleted
+    return conn.execute(sql("lock_message"), params)
+
+
+def locked_message(cursor: Cursor[DictRow]) -> MessageState:
+    row = cursor.fetchone()
+    assert row is not None  # ensured just before, and rows are never deleted
     return message_from_row(row)
 
 
@@ -173,37 +219,45 @@ def load_definition(conn: Connection, dispatch_uuid: str) -> Definition | None:
     return None if row is None else definition_from_steps(row["steps"])
 
 
-def redecide(conn: Connection, dispatch: DispatchState, now: datetime) -> Decision:
-    """Decide a locked workflow again from everything known, and reconcile its final report."""
-    params = {"dispatch_uuid": dispatch.dispatch_uuid}
+def redecide(
+    conn: Connection, locked: LockedDispatch, now: datetime, state: DispatchState | None = None
+) -> None:
+    """Decide a locked workflow again from everything known, and reconcile its final report.
+
+    `state` is the workflow's state after this transaction's own transition,
+    if it made one (a final report).
+    """
+    state = state or locked.state
+    if locked.definition is None and state.report is None:
+        return  # nothing to decide from: still pending, decided by nobody
+    params = {"dispatch_uuid": state.dispatch_uuid}
     messages = [
         message_from_row(row)
         for row in conn.execute(sql("lock_dispatch_messages"), params).fetchall()
     ]
-    decision, findings = evaluate(
-        load_definition(conn, dispatch.dispatch_uuid), messages, dispatch.report
+    decision, findings = evaluate(locked.definition, messages, state.report)
+    decided = (
+        decision.status.value,
+        decision.decided_by,
+        decision.current_step,
+        decision.due_at,
+        decision.decided_at,
+        decision.winning_step,
     )
-    conn.execute(
-        sql("save_decision"),
-        {
-            **params,
-            "status": decision.status.value,
-            "decided_by": decision.decided_by,
-            "current_step": decision.current_step,
-            "due_at": decision.due_at,
-            "decided_at": decision.decided_at,
-            "winning_step": decision.winning_step,
-        },
-    )
-    conn.execute(sql("clear_reconciliation"), params)
-    rows = [
-        {**params, "kind": f.kind, "detail": f.detail, "recorded_at": now}
-        for f in dict.fromkeys(findings)  # unique, in order
-    ]
-    if rows:
-        with conn.cursor() as cur:
-            cur.executemany(sql("insert_reconciliation"), rows)
-    return decision
+    # Queued (units of work run in pipeline mode): they go with the commit.
+    if decided != locked.decided:
+        conn.execute(
+            sql("save_decision"), {**params, **dict(zip(_DECISION_COLUMNS, decided, strict=True))}
+        )
+    if state.report is not None:  # findings exist only once there is a report
+        conn.execute(sql("clear_reconciliation"), params)
+        rows = [
+            {**params, "kind": f.kind, "detail": f.detail, "recorded_at": now}
+            for f in dict.fromkeys(findings)  # unique, in order
+        ]
+        if rows:
+            with conn.cursor() as cur:
+                cur.executemany(sql("insert_reconciliation"), rows)
 
 
 def save_definition(
@@ -215,8 +269,8 @@ def save_definition(
     now: datetime,
 ) -> bool:
     """Store a workflow's definition and decide the workflow again; True if it is new."""
-    dispatch = lock_dispatch(conn, dispatch_uuid, now)
-    created = load_definition(conn, dispatch_uuid) is None
+    locked = lock_dispatch(conn, dispatch_uuid, now)
+    created = locked.definition is None
     conn.execute(
         sql("upsert_definition"),
         {
@@ -227,7 +281,7 @@ def save_definition(
             "recorded_at": now,
         },
     )
-    redecide(conn, dispatch, now)
+    redecide(conn, replace(locked, definition=definition), now)
     return created
 
 

@@ -22,11 +22,14 @@ VALUES (%(dispatch_uuid)s, %(received_at)s, %(received_at)s)
 ON CONFLICT ON CONSTRAINT dispatch_pkey DO NOTHING;
 
 -- name: lock_dispatch
--- Read a workflow's row and hold it until commit (NO KEY UPDATE lets message rows keep referencing it).
-SELECT dispatch_uuid, template, reported_status, reported_at, reported_price, reported_currency
-  FROM dispatch
- WHERE dispatch_uuid = %(dispatch_uuid)s
-   FOR NO KEY UPDATE;
+-- Read a workflow's row, its definition and decision; hold the row until commit (NO KEY UPDATE lets messages keep referencing it).
+SELECT d.dispatch_uuid, d.template, d.reported_status, d.reported_at, d.reported_price,
+       d.reported_currency, d.status, d.decided_by, d.current_step, d.due_at, d.decided_at,
+       d.winning_step, w.steps AS definition_steps
+  FROM dispatch d
+  LEFT JOIN workflow_definition w USING (dispatch_uuid)
+ WHERE d.dispatch_uuid = %(dispatch_uuid)s
+   FOR NO KEY UPDATE OF d;
 
 -- name: save_dispatch
 -- Write a workflow's new state after a transition.
