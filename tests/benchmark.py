@@ -288,6 +288,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--preload", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="unmeasured seconds of load before each run"
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -318,6 +321,11 @@ def main() -> None:
         port = free_port()
         server = gunicorn(folder, target, env, port)
         try:
+            if args.warmup:
+                # Fill the pool, prepare statements and warm caches, unmeasured.
+                run_wrk(
+                    wrk, port, args.warmup, args.connections, f"w{index}x{int(time.time())}", lua
+                )
             run_id = f"b{index}x{int(time.time())}"
             print(f"running: {name} ...", flush=True)
             rps, p50, p99, requests, acknowledged, non_2xx = run_wrk(
