@@ -8,14 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
 
-from app import embedded, migrations, workflows
+from app import embedded, migrations, operations, workflows
 from app.config import Settings
 from app.db import Database
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused
@@ -188,6 +188,36 @@ def emulate(
     host = os.environ.get("HOST", "127.0.0.1")
     click.echo(f"Dispatch stand-in on http://{host}:{listen}, calling back {webhook_base_url}")
     run_simple(host, listen, create_emulator(config), threaded=True)
+
+
+@main.command("analyst-role")
+@click.argument("name")
+@click.option("--password-env", metavar="VAR", help="Read the login's password from this variable.")
+def analyst_role(name: str, password_env: str | None) -> None:
+    """Create (or update) a read-only login for the analytics views."""
+    password = os.environ.get(password_env) if password_env else None
+    if password_env and not password:
+        raise click.ClickException(f"{password_env} is not set")
+    try:
+        operations.create_analyst(_database_url(Settings.from_env()), name, password)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    click.echo(f"{name} can read the analytics views (schema analytics) and nothing else")
+
+
+@main.command("prune-raw")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Delete raw callbacks received more than this many days ago.",
+)
+def prune_raw(older_than_days: int) -> None:
+    """Delete old raw callbacks; the current state is kept."""
+    deleted = operations.prune_raw(
+        _database_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
+    )
+    click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
 
 
 @main.command("reprocess-rejects")

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql as pgsql
 
 from app.queries import SQL_DIR
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = SQL_DIR / "migrations"
+VIEWS_DIR = SQL_DIR / "views"
+# The group role analysts' logins belong to; granted SELECT on every view.
+ANALYST_GROUP = "dispatch_ledger_analyst"
+_VIEW_FILENAME = re.compile(r"^\d{2}_([a-z0-9_]+)\.sql$")
 _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # One cluster-wide advisory lock serializes concurrent runners (two releases
 # racing): the second waits, then finds everything applied.
@@ -49,8 +55,64 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+def apply_views(conn: psycopg.Connection[tuple[object, ...]], directory: Path = VIEWS_DIR) -> bool:
+    """(Re)create the analytics views when any file changed; True if they were.
+
+    All are dropped and created again in one transaction: dropping one view
+    drops those built on it, and a changed view may change its columns, which
+    CREATE OR REPLACE refuses. Grants go with a dropped view, so they are
+    given again.
+    """
+    views = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _VIEW_FILENAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: expected NN_view_name.sql")
+        views.append((match[1], path.read_text(encoding="utf-8")))
+    checksum = hashlib.sha256(json.dumps(views).encode()).hexdigest()
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_views ("
+        " id boolean PRIMARY KEY DEFAULT true CHECK (id), checksum text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    row = conn.execute("SELECT checksum FROM schema_views").fetchone()
+    if row is not None and row[0] == checksum:
+        return False
+    with conn.transaction():
+        existing = conn.execute(
+            "SELECT table_name FROM information_schema.views WHERE table_schema = 'analytics'"
+        ).fetchall()
+        for (name,) in existing:
+            conn.execute(
+                pgsql.SQL("DROP VIEW IF EXISTS {} CASCADE").format(
+                    pgsql.Identifier("analytics", str(name))
+                )
+            )
+        for _, text in views:
+            conn.execute(text)  # our own files, never input
+        grant_analyst_group(conn)
+        conn.execute(
+            "INSERT INTO schema_views (id, checksum) VALUES (true, %s)"
+            " ON CONFLICT (id) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
+            (checksum,),
+        )
+    log.info("applied %d analytics views", len(views))
+    return True
+
+
+def grant_analyst_group(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Let the analyst group read the views, if the group exists."""
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ANALYST_GROUP,)).fetchone()
+    if exists:
+        group = pgsql.Identifier(ANALYST_GROUP)
+        conn.execute(pgsql.SQL("GRANT USAGE ON SCHEMA analytics TO {}").format(group))
+        conn.execute(
+            pgsql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO {}").format(group)
+        )
+
+
 def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Apply what has not been applied yet; returns the migrations applied now."""
+    """Apply what has not been applied yet, then the analytics views if they changed."""
     migrations = discover(directory)
     applied_now: list[Migration] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -90,6 +152,8 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
             unknown = sorted(set(applied) - {m.version for m in migrations})
             if unknown:
                 raise MigrationError(f"the database has migrations this code does not: {unknown}")
+            if directory == MIGRATIONS_DIR:
+                apply_views(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now

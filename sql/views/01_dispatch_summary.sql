@@ -1,0 +1,54 @@
+-- analytics.dispatch_summary: one row per workflow, with its outcome, cost and timing.
+CREATE VIEW analytics.dispatch_summary AS
+WITH per_message AS (
+    SELECT m.dispatch_uuid,
+           count(*) AS steps_tried,
+           min(least(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at, m.undeliverable_at))
+               AS first_event_at,
+           sum(m.price) AS computed_cost,
+           CASE WHEN count(DISTINCT m.currency) > 1 THEN 'MIXED' ELSE min(m.currency) END
+               AS cost_currency
+      FROM message m
+     WHERE m.dispatch_uuid IS NOT NULL
+     GROUP BY m.dispatch_uuid
+)
+SELECT d.dispatch_uuid,
+       d.template,
+       d.status,
+       d.decided_by,
+       d.reported_status,
+       coalesce(p.steps_tried, 0) AS steps_tried,
+       d.winning_step,
+       w.steps -> (d.winning_step - 1) ->> 'channel' AS winning_channel,
+       p.computed_cost,
+       p.cost_currency,
+       d.reported_price AS reported_cost,
+       d.reported_currency,
+       p.first_event_at,
+       d.decided_at,
+       CASE WHEN d.status = 'completed' AND d.decided_by = 'definition'
+            THEN extract(epoch FROM d.decided_at - p.first_event_at) END AS seconds_to_success,
+       d.first_received_at,
+       d.updated_at
+  FROM dispatch d
+  LEFT JOIN per_message p USING (dispatch_uuid)
+  LEFT JOIN workflow_definition w USING (dispatch_uuid);
+
+COMMENT ON VIEW analytics.dispatch_summary IS 'One row per workflow (dispatch_uuid): outcome, steps tried, winning channel, cost computed and reported, time to success.';
+COMMENT ON COLUMN analytics.dispatch_summary.dispatch_uuid IS 'The workflow''s id, as Dispatch gave it.';
+COMMENT ON COLUMN analytics.dispatch_summary.template IS 'Dispatch template (failover), from the final report; null before it.';
+COMMENT ON COLUMN analytics.dispatch_summary.status IS 'Status decided by this service: pending, completed or error.';
+COMMENT ON COLUMN analytics.dispatch_summary.decided_by IS 'What decided the status: definition, final_report, or null (not decided yet).';
+COMMENT ON COLUMN analytics.dispatch_summary.reported_status IS 'Status in Dispatch''s final report (completed or error); null until it arrives.';
+COMMENT ON COLUMN analytics.dispatch_summary.steps_tried IS 'Number of messages seen for the workflow (one per step tried).';
+COMMENT ON COLUMN analytics.dispatch_summary.winning_step IS 'Step (1-based) whose message met its condition in time; null if none or no definition.';
+COMMENT ON COLUMN analytics.dispatch_summary.winning_channel IS 'Channel of the winning step, from the workflow definition.';
+COMMENT ON COLUMN analytics.dispatch_summary.computed_cost IS 'Sum of the workflow''s message prices (one price per message), exact.';
+COMMENT ON COLUMN analytics.dispatch_summary.cost_currency IS 'Currency of computed_cost; MIXED if the messages were priced in several.';
+COMMENT ON COLUMN analytics.dispatch_summary.reported_cost IS 'Total in Dispatch''s final report (may miss late deliveries).';
+COMMENT ON COLUMN analytics.dispatch_summary.reported_currency IS 'Currency of reported_cost.';
+COMMENT ON COLUMN analytics.dispatch_summary.first_event_at IS 'Event time of the workflow''s first message event (normally step 1 submitted).';
+COMMENT ON COLUMN analytics.dispatch_summary.decided_at IS 'Event time of the outcome (the winning condition, the last failure, or the final report).';
+COMMENT ON COLUMN analytics.dispatch_summary.seconds_to_success IS 'Seconds from the first event to success, for workflows completed by their definition.';
+COMMENT ON COLUMN analytics.dispatch_summary.first_received_at IS 'When this service first received a callback naming the workflow.';
+COMMENT ON COLUMN analytics.dispatch_summary.updated_at IS 'When this service last changed the workflow.';

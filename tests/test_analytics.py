@@ -1,0 +1,207 @@
+"""Analyst views, the read-only analyst role, and pruning raw callbacks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from freezegun import freeze_time
+from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
+
+from app import create_app, migrations, operations
+from app.extensions import get_db
+from app.migrations import VIEWS_DIR, apply_views
+from tests import payloads
+from tests.conftest import fresh_database, post, query
+
+README = Path(__file__).resolve().parent.parent / "sql" / "README.md"
+VIEWS = [
+    "dispatch_summary",
+    "channel_funnel_daily",
+    "failover_rate",
+    "channel_cost_daily",
+    "disagreements",
+]
+TOKEN = "analytics-token"
+
+
+@pytest.fixture
+def loaded(clean_db: str) -> Iterator[FlaskClient]:
+    """The three-message workflow, with its definition, and a second one that fails."""
+    app: Flask = create_app({"database_url": clean_db, "api_token": TOKEN})
+    client = app.test_client()
+    definition = payloads.fixture("dispatch_request_failover.json")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.put("/workflows/d-1/definition", json=definition, headers=auth).status_code == 201
+    for kind, payload in payloads.three_message_workflow("d-1"):
+        assert post(client, kind, payload).status_code == 200
+    post(
+        client,
+        "message-status",
+        payloads.status(
+            "x-1", "rejected", "2020-01-02T10:00:00Z", channel="messenger", dispatch_uuid="d-2"
+        ),
+    )
+    yield client
+    get_db(app).close()
+
+
+def test_every_view_exists_and_every_column_is_documented(clean_db: str) -> None:
+    rows = query(
+        clean_db,
+        "SELECT c.relname, a.attname, col_description(c.oid, a.attnum)"
+        "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0"
+        " WHERE n.nspname = 'analytics' AND c.relkind = 'v'",
+    )
+    assert {view for view, _, _ in rows} == set(VIEWS)
+    undocumented = [(view, column) for view, column, comment in rows if not comment]
+    assert undocumented == []
+
+
+def test_the_views_answer_from_the_callbacks(loaded: FlaskClient, clean_db: str) -> None:
+    [summary] = query(
+        clean_db,
+        "SELECT status, decided_by, steps_tried, winning_step, winning_channel, computed_cost,"
+        " cost_currency, reported_cost, seconds_to_success"
+        " FROM analytics.dispatch_summary WHERE dispatch_uuid = 'd-1'",
+    )
+    # Messenger delivered but never read: expired; Viber rejected; SMS delivered.
+    assert summary == (
+        "completed",
+        "definition",
+        3,
+        3,
+        "sms",
+        Decimal("0.0433"),
+        "EUR",
+        Decimal("0.02"),
+        Decimal("609.000000"),
+    )
+    funnel = query(
+        clean_db,
+        "SELECT day::text, channel, sent, delivered, read, failed, delivery_rate"
+        " FROM analytics.channel_funnel_daily ORDER BY day, channel",
+    )
+    assert funnel == [
+        ("2020-01-01", "messenger", 1, 1, 0, 0, Decimal("1.0000")),
+        ("2020-01-01", "sms", 1, 1, 0, 0, Decimal("1.0000")),
+        ("2020-01-01", "viber_service_msg", 1, 0, 0, 1, Decimal("0.0000")),
+        ("2020-01-02", "messenger", 1, 0, 0, 1, Decimal("0.0000")),
+    ]
+    assert query(
+        clean_db,
+        "SELECT step, channel, messages, failed_over FROM analytics.failover_rate"
+        " ORDER BY step, channel",
+    ) == [(1, "messenger", 2, 1), (2, "viber_service_msg", 1, 1), (3, "sms", 1, 0)]
+    assert query(
+        clean_db,
+        "SELECT channel, priced_messages, cost FROM analytics.channel_cost_daily ORDER BY channel",
+    ) == [("messenger", 1, Decimal("0.01")), ("sms", 1, Decimal("0.0333"))]
+    assert query(clean_db, "SELECT dispatch_uuid, source, kind FROM analytics.disagreements") == [
+        ("d-1", "final_report", "usage_mismatch")
+    ]
+
+
+def test_views_are_re_applied_when_a_file_changes(server_url: str, tmp_path: Path) -> None:
+    url = fresh_database(server_url, "dl_views")
+    migrations.migrate(url)
+    folder = tmp_path / "views"
+    shutil.copytree(VIEWS_DIR, folder)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert apply_views(conn, folder) is False  # same files: nothing to do
+        path = folder / "04_channel_cost_daily.sql"
+        path.write_text(
+            path.read_text().replace(
+                "sum(m.price) AS cost", "sum(m.price) AS cost,\n       max(m.price) AS top_price"
+            )
+        )
+        assert apply_views(conn, folder) is True
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'analytics' AND table_name = 'channel_cost_daily'"
+        ).fetchall()
+    assert ("top_price",) in columns
+
+
+@pytest.fixture
+def analyst(clean_db: str) -> Iterator[str]:
+    name = f"analyst_{uuid.uuid4().hex[:8]}"
+    operations.create_analyst(clean_db, name, None)
+    yield make_conninfo(clean_db, user=name)
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(name)))
+        conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
+
+
+def test_the_analyst_reads_the_views_and_nothing_else(loaded: FlaskClient, analyst: str) -> None:
+    with psycopg.connect(analyst, autocommit=True) as conn:
+        for view in VIEWS:
+            conn.execute(pgsql.SQL("SELECT * FROM {}").format(pgsql.Identifier("analytics", view)))
+        for table in ("message", "dispatch", "raw_callback", "rejected_callback"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(pgsql.SQL("SELECT 1 FROM {}").format(pgsql.Identifier(table)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE public.mine (id int)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE dispatch SET status = 'error'")
+
+
+def test_the_analyst_keeps_access_when_the_views_are_re_created(
+    loaded: FlaskClient, analyst: str, clean_db: str
+) -> None:
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("UPDATE schema_views SET checksum = 'stale'")
+        assert apply_views(conn) is True
+    with psycopg.connect(analyst) as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.dispatch_summary").fetchone() == (2,)
+
+
+def readme_queries() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL)
+
+
+def test_every_documented_example_runs_as_the_analyst(loaded: FlaskClient, analyst: str) -> None:
+    examples = readme_queries()
+    assert len(examples) >= 5
+    with psycopg.connect(analyst, autocommit=True) as conn:
+        for example in examples:
+            conn.execute(example).fetchall()  # type: ignore[arg-type]
+
+
+def test_pruning_old_raw_callbacks_keeps_the_state(clean_db: str) -> None:
+    app = create_app({"database_url": clean_db})
+    try:
+        client = app.test_client()
+        deliveries = payloads.three_message_workflow("d-1")
+        with freeze_time("2026-01-01T00:00:00Z"):
+            for kind, payload in deliveries[:4]:
+                post(client, kind, payload)
+        with freeze_time("2026-03-01T00:00:00Z"):
+            for kind, payload in deliveries[4:]:
+                post(client, kind, payload)
+        before = client.get("/workflows/d-1").json
+        deleted = operations.prune_raw(
+            clean_db, timedelta(days=30), datetime(2026, 3, 2, tzinfo=UTC), batch=2
+        )
+        assert deleted == 4
+        assert query(clean_db, "SELECT count(*) FROM raw_callback") == [(3,)]
+        assert client.get("/workflows/d-1").json == before
+    finally:
+        get_db(app).close()
+
+
+def test_analyst_names_are_checked(clean_db: str) -> None:
+    for bad in ("Robert'); DROP TABLE message;--", "", "x" * 64, "UPPER"):
+        with pytest.raises(ValueError):
+            operations.create_analyst(clean_db, bad, None)
