@@ -29,6 +29,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     extensions.init_app(app, settings)
     errors.init_app(app)
+    # Imported here, not at the top: gunicorn imports this package to read
+    # app.gunicorn_conf, which must set PROMETHEUS_MULTIPROC_DIR before
+    # prometheus_client is first imported.
+    from app import metrics
+
+    metrics.init_app(app)
 
     from app import openapi, read_api, webhooks, workflow_api
 

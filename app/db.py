@@ -96,6 +96,11 @@ class Database:
                 raise DatabaseUnavailable(str(exc).strip() or "database unavailable") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def pool_stats(self) -> dict[str, int]:
+        """Sizes of this worker's pool (no connection is made for it)."""
+        with self._lock:
+            return self._pool.get_stats() if self._pool is not None else {}
+
     def ping(self) -> None:
         """Check that the database answers; raises DatabaseUnavailable otherwise."""
         self.run(lambda conn: conn.execute("SELECT 1").fetchone())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Heroku-style platforms route to $PORT on all interfaces; Dispatch must reach it.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
@@ -33,3 +34,24 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 # gunicorn 27 opens a control socket at one fixed path under $HOME; two
 # servers on one machine would contend for it, and nothing here uses it.
 control_socket_disable = True
+
+# Prometheus metrics from every worker are kept in one folder, so that any
+# worker can answer a scrape of /metrics for all of them (see app/metrics.py).
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dispatch-ledger-metrics-")
+
+
+def on_exit(server: object) -> None:
+    """Remove the metrics folder this server made for itself."""
+    if _OWN_METRICS_DIR:
+        import shutil
+
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker's gauges stop counting when it exits."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]

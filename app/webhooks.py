@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
-from app import ingest, intake
+from app import ingest, intake, metrics
 from app.auth import AuthFailure, authenticate
 from app.db import DatabaseUnavailable
 from app.errors import ApiError, handle_http_exception
@@ -21,13 +21,15 @@ bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 @bp.post("/message-status")
 def message_status() -> Response:
     """Receive one message-status callback."""
-    return _answer(ingest.receive(get_db(), _load(CallbackKind.MESSAGE_STATUS), _ctype(), _now()))
+    callback = _load(CallbackKind.MESSAGE_STATUS)
+    return _answer(callback, ingest.receive(get_db(), callback, _ctype(), _now()))
 
 
 @bp.post("/final-report")
 def final_report() -> Response:
     """Receive one final-report callback."""
-    return _answer(ingest.receive(get_db(), _load(CallbackKind.FINAL_REPORT), _ctype(), _now()))
+    callback = _load(CallbackKind.FINAL_REPORT)
+    return _answer(callback, ingest.receive(get_db(), callback, _ctype(), _now()))
 
 
 def _now() -> datetime:
@@ -77,6 +79,8 @@ def _authenticate(body: bytes) -> None:
 
 
 def _keep(kind: CallbackKind, body: bytes | None, rejection: Rejection) -> None:
+    metrics.CALLBACKS.labels(kind.value, "rejected").inc()
+    metrics.REJECTS.labels(rejection.reason.value).inc()
     size = len(body) if body is not None else request.content_length
     try:
         ingest.keep_rejection(get_db(), kind, body, size, _ctype(), rejection, _now())
@@ -85,7 +89,8 @@ def _keep(kind: CallbackKind, body: bytes | None, rejection: Rejection) -> None:
         current_app.logger.warning("could not keep a rejected %s callback", kind.value)
 
 
-def _answer(receipt: ingest.Receipt) -> Response:
+def _answer(callback: Callback, receipt: ingest.Receipt) -> Response:
+    metrics.CALLBACKS.labels(callback.kind.value, receipt.outcome).inc()
     return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
 
 

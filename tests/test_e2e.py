@@ -237,6 +237,25 @@ def test_shuffled_concurrent_duplicates_end_in_the_state_of_one_clean_delivery(
     assert row == (12 * 7, 12 * 7 * 4)
 
 
+def test_metrics_add_up_across_gunicorn_workers(server: Server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        text = response.read().decode()
+    finally:
+        conn.close()
+    assert response.status == 200
+    accepted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("dispatch_ledger_callbacks_total{") and 'outcome="accepted"' in line
+    ]
+    # Earlier tests in this module had callbacks accepted by both workers;
+    # whichever worker answers, the total counts them all.
+    assert sum(accepted) >= 12 * 7 + 3
+
+
 def test_sigterm_stops_gunicorn_and_the_embedded_database(server: Server) -> None:
     pgdata = str(server.data_dir / "pgdata")
     assert any(pgdata in " ".join(p.info["cmdline"] or []) for p in _postgres())

@@ -1,0 +1,82 @@
+"""GET /metrics in Prometheus format, summed over all gunicorn workers (multiprocess mode).
+
+gunicorn's config points PROMETHEUS_MULTIPROC_DIR at a folder before the
+workers start, so each worker writes its numbers there and any worker can
+answer a scrape for all of them. Without it (tests, one process) the
+process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY as PROCESS_REGISTRY
+
+CALLBACKS = Counter(
+    "dispatch_ledger_callbacks_total",
+    "Callbacks received, by kind (message_status, final_report) and outcome"
+    " (accepted, duplicate, rejected).",
+    ["kind", "outcome"],
+)
+REJECTS = Counter("dispatch_ledger_rejects_total", "Refused deliveries, by reason.", ["reason"])
+LATENCY = Histogram(
+    "dispatch_ledger_request_seconds",
+    "Time to answer a request, by endpoint.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25),
+)
+POOL = Gauge(
+    "dispatch_ledger_db_pool_connections",
+    "Database pool connections, by state (size: open; available: idle; waiting: requests"
+    " waiting for one), summed over workers.",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+
+
+def _start() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _finish(response: Response) -> Response:
+    started = g.get("metrics_started")
+    if started is not None:
+        LATENCY.labels(request.endpoint or "unrouted").observe(time.perf_counter() - started)
+    return response
+
+
+def observe_pool(stats: dict[str, Any]) -> None:
+    POOL.labels("size").set(stats.get("pool_size", 0))
+    POOL.labels("available").set(stats.get("pool_available", 0))
+    POOL.labels("waiting").set(stats.get("requests_waiting", 0))
+
+
+def metrics_view() -> Response:
+    """The metrics of every worker, in Prometheus's text format."""
+    from app.extensions import get_db
+
+    observe_pool(get_db().pool_stats())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = PROCESS_REGISTRY
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
