@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
-from app import errors, extensions
+from app import errors, extensions, logs
 from app.config import Settings
 
 
@@ -19,6 +18,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         settings = settings.with_overrides(test_config)
 
     app = Flask(__name__)
+    # Before anything logs: Flask adds its own plain handler to a logger that has none.
+    logs.init_app(app)
     app.config.update(
         # Werkzeug stops a chunked body at this length *without* an error, so
         # it may read one byte more than allowed: a body that long is too large.
@@ -42,6 +43,4 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(read_api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(workflow_api.bp)
-    if not app.debug:
-        logging.getLogger("app").setLevel(logging.INFO)
     return app

@@ -81,6 +81,10 @@ def _authenticate(body: bytes) -> None:
 def _keep(kind: CallbackKind, body: bytes | None, rejection: Rejection) -> None:
     metrics.CALLBACKS.labels(kind.value, "rejected").inc()
     metrics.REJECTS.labels(rejection.reason.value).inc()
+    # The reason only: bodies and credentials stay out of the logs.
+    current_app.logger.info(
+        "refused a %s callback: %s (%d)", kind.value, rejection.reason.value, rejection.http_status
+    )
     size = len(body) if body is not None else request.content_length
     try:
         ingest.keep_rejection(get_db(), kind, body, size, _ctype(), rejection, _now())
