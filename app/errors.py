@@ -8,6 +8,7 @@ from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app.db import DatabaseUnavailable
+from app.intake import Rejection
 
 
 class ApiError(HTTPException):
@@ -24,6 +25,13 @@ class ApiError(HTTPException):
         self.code = code
         self.errors = errors or {}
         self.extra_headers = headers or {}
+
+    @classmethod
+    def from_rejection(
+        cls, rejection: Rejection, headers: dict[str, str] | None = None
+    ) -> ApiError:
+        """The answer to a refused body: its status, message and field errors."""
+        return cls(rejection.http_status, rejection.message, rejection.errors, headers)
 
     def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
         return [*super().get_headers(*args, **kwargs), *self.extra_headers.items()]

@@ -148,14 +148,15 @@ def validate(kind: CallbackKind, payload: Any, body: bytes) -> Callback:
         else:
             event = load_final_report(payload)
     except ValidationError as exc:
-        errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise Rejection(
-            422,
-            Reason.SCHEMA_VIOLATION,
-            "The callback does not match the Dispatch API reference.",
-            json_keys(errors),
-        ) from None
+        message = "The callback does not match the Dispatch API reference."
+        raise schema_rejection(exc, message) from None
     return Callback(kind=kind, body=body, payload=payload, event=event)
+
+
+def schema_rejection(exc: ValidationError, message: str) -> Rejection:
+    """A 422 refusal carrying marshmallow's field errors, ready to send as JSON."""
+    errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    return Rejection(422, Reason.SCHEMA_VIOLATION, message, json_keys(errors))
 
 
 def json_keys(errors: Any) -> Any:

@@ -61,9 +61,7 @@ def _load(kind: CallbackKind) -> Callback:
     except Rejection as rejection:
         _keep(kind, body, rejection)
         headers = _CHALLENGE if rejection.reason is Reason.UNAUTHORIZED else None
-        raise ApiError(
-            rejection.http_status, rejection.message, rejection.errors, headers
-        ) from None
+        raise ApiError.from_rejection(rejection, headers) from None
 
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="dispatch-ledger"'}

@@ -42,14 +42,14 @@ def _json_body() -> Any:
             raise intake.too_large(settings.max_body_bytes)
         return intake.parse_json(body, settings.max_json_depth)
     except Rejection as rejection:
-        raise ApiError(rejection.http_status, rejection.message, rejection.errors) from None
+        raise ApiError.from_rejection(rejection) from None
 
 
 def _validated(call: Any) -> Any:
     try:
         return call()
     except Rejection as rejection:
-        raise ApiError(rejection.http_status, rejection.message, rejection.errors) from None
+        raise ApiError.from_rejection(rejection) from None
 
 
 @bp.put("/workflows/<path:dispatch_uuid>/definition")

@@ -13,7 +13,7 @@ from app.config import Settings
 from app.db import Database
 from app.definitions import load_definition
 from app.failover import Definition
-from app.intake import Reason, Rejection, json_keys
+from app.intake import schema_rejection
 from app.queries import sql
 from app.readmodel import iso
 
@@ -23,12 +23,8 @@ def validate(body: Any) -> Definition:
     try:
         return load_definition(body)
     except ValidationError as exc:
-        errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise Rejection(
-            422,
-            Reason.SCHEMA_VIOLATION,
-            "The workflow definition does not follow the Dispatch API reference.",
-            json_keys(errors),
+        raise schema_rejection(
+            exc, "The workflow definition does not follow the Dispatch API reference."
         ) from None
 
 
