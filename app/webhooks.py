@@ -44,6 +44,7 @@ def _load(kind: CallbackKind) -> Callback:
     """Size, authenticity, media type, JSON and schema checks; a refusal is kept, then answered."""
     settings = get_settings()
     body: bytes | None = None
+    size = request.content_length
     try:
         if (request.content_length or 0) > settings.max_body_bytes:
             raise intake.too_large(settings.max_body_bytes)
@@ -51,15 +52,17 @@ def _load(kind: CallbackKind) -> Callback:
             body = request.get_data(cache=True)
         except RequestEntityTooLarge:
             raise intake.too_large(settings.max_body_bytes) from None
-        if len(body) > settings.max_body_bytes:
-            # A chunked body (no Content-Length) cut at MAX_CONTENT_LENGTH.
+        size = len(body)
+        if size > settings.max_body_bytes:
+            # A chunked body (no Content-Length) cut at MAX_CONTENT_LENGTH: at
+            # least this large, and not kept.
             body = None
             raise intake.too_large(settings.max_body_bytes)
         _authenticate(body)
         intake.check_media_type(_ctype())
         return intake.read(kind, body, settings.max_json_depth)
     except Rejection as rejection:
-        _keep(kind, body, rejection)
+        _keep(kind, body, size, rejection)
         headers = _CHALLENGE if rejection.reason is Reason.UNAUTHORIZED else None
         raise ApiError.from_rejection(rejection, headers) from None
 
@@ -76,14 +79,13 @@ def _authenticate(body: bytes) -> None:
         raise Rejection(401, Reason.UNAUTHORIZED, str(failure)) from None
 
 
-def _keep(kind: CallbackKind, body: bytes | None, rejection: Rejection) -> None:
+def _keep(kind: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection) -> None:
     metrics.CALLBACKS.labels(kind.value, "rejected").inc()
     metrics.REJECTS.labels(rejection.reason.value).inc()
     # The reason only: bodies and credentials stay out of the logs.
     current_app.logger.info(
         "refused a %s callback: %s (%d)", kind.value, rejection.reason.value, rejection.http_status
     )
-    size = len(body) if body is not None else request.content_length
     try:
         ingest.keep_rejection(get_db(), kind, body, size, _ctype(), rejection, _now())
     except DatabaseUnavailable:
@@ -101,7 +103,8 @@ def keep_failed_delivery(error: InternalServerError) -> Response:
     """Keep the body of a delivery the service failed on, so that a fix can replay it."""
     kind = _KINDS.get(request.endpoint or "")
     if kind is not None:
-        _keep(kind, request.get_data(cache=True), ingest.internal_error())
+        body = request.get_data(cache=True)
+        _keep(kind, body, len(body), ingest.internal_error())
     return handle_http_exception(error)
 
 

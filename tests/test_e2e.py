@@ -125,6 +125,12 @@ def test_a_chunked_body_over_the_limit_is_refused(server: Server) -> None:
         assert json.loads(response.read())["code"] == 413
     finally:
         conn.close()
+    with psycopg.connect(database_url(server)) as db:
+        kept = db.execute(
+            "SELECT body IS NULL, body_size FROM rejected_callback WHERE reason = 'too_large'"
+        ).fetchall()
+    # Kept without its body, and known to be over the limit (256 KiB).
+    assert len(kept) == 1 and kept[0][0] and kept[0][1] > 256 * 1024
 
 
 def database_url(server: Server) -> str:
