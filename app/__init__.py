@@ -37,10 +37,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     metrics.init_app(app)
 
-    from app import openapi, read_api, webhooks, workflow_api
+    from app import dashboard, openapi, read_api, webhooks, workflow_api
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(read_api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(workflow_api.bp)
+    app.register_blueprint(dashboard.bp)
     return app

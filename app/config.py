@@ -42,6 +42,8 @@ class Settings:
     # Bearer token for the write endpoints (POST /workflows, PUT .../definition);
     # unset, they are off: they send messages on the account's behalf.
     api_token: str | None = field(default=None, repr=False)
+    # HTTP Basic password for /dashboard; unset, the dashboard is off.
+    dashboard_password: str | None = field(default=None, repr=False)
     # How late a failover or a final report may be before it is listed as overdue.
     overdue_grace_seconds: int = 300
     # Dispatch's API, for sending workflows (point it at a stand-in for tests).

@@ -1,0 +1,146 @@
+"""The dashboard: password, charts and a timeline, rendered in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from freezegun import freeze_time
+from PIL import Image
+
+from app import create_app
+from app.dashboard import COLOURS
+from app.extensions import get_db
+from tests import payloads
+from tests.conftest import post
+
+PASSWORD = "dashboard-password"
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"ops:{PASSWORD}".encode()).decode()}
+TOKEN = "dashboard-token"
+
+
+@pytest.fixture
+def dash(clean_db: str) -> Iterator[FlaskClient]:
+    app: Flask = create_app(
+        {"database_url": clean_db, "dashboard_password": PASSWORD, "api_token": TOKEN}
+    )
+    client = app.test_client()
+    client.put(
+        "/workflows/d-1/definition",
+        json=payloads.fixture("dispatch_request_failover.json"),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    for kind, payload in payloads.three_message_workflow("d-1"):
+        post(client, kind, payload)
+    yield client
+    get_db(app).close()
+
+
+def test_the_dashboard_is_off_without_a_password(client: FlaskClient) -> None:
+    response = client.get("/dashboard", headers=AUTH)
+    assert response.status_code == 404
+    assert "DASHBOARD_PASSWORD" in response.json["message"]  # type: ignore[index]
+
+
+def test_the_dashboard_needs_the_password(dash: FlaskClient) -> None:
+    assert dash.get("/dashboard").status_code == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:guess").decode()}
+    assert dash.get("/dashboard", headers=wrong).status_code == 401
+    assert dash.get("/dashboard", headers=AUTH).status_code == 200
+
+
+def test_the_overview_shows_the_funnel_failover_and_workflows(dash: FlaskClient) -> None:
+    # The fixture's events are from 2020-01-01; a week later, seen over 7 days.
+    with freeze_time("2020-01-07T12:00:00Z"):
+        page = dash.get("/dashboard?days=7", headers=AUTH).get_data(as_text=True)
+        empty = dash.get("/dashboard?days=5", headers=AUTH).get_data(as_text=True)
+    assert "No messages in this period." in empty
+    assert page.count("<title>sms ") == 4 and page.count("<title>messenger ") == 4
+    assert "step 2 viber_service_msg" in page
+    assert ">d-1</a>" in page
+    assert dash.get("/dashboard?days=0", headers=AUTH).status_code == 400
+
+
+def test_the_timeline_shows_each_step_its_statuses_and_deadline(dash: FlaskClient) -> None:
+    page = dash.get("/dashboard/workflows/d-1", headers=AUTH).get_data(as_text=True)
+    assert page.count("<circle") == 6  # 3 messages x 2 statuses
+    assert "deadline" in page
+    assert 'id="outcome">completed' in page
+    assert dash.get("/dashboard/workflows/nope", headers=AUTH).status_code == 404
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "headless Chromium is needed: apt-get install chromium"
+    return found
+
+
+def screenshot(html: str, folder: Path, name: str) -> Image.Image:
+    page, png = folder / f"{name}.html", folder / f"{name}.png"
+    page.write_text(html)
+    subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={folder / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1280,1000",
+            f"--screenshot={png}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return Image.open(png).convert("RGB")
+
+
+def colours(image: Image.Image) -> Counter[tuple[int, int, int]]:
+    """How many pixels of each RGB colour the image has."""
+    data = image.tobytes()
+    return Counter(zip(data[0::3], data[1::3], data[2::3], strict=True))
+
+
+def rgb(colour: str) -> tuple[int, int, int]:
+    return (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16))
+
+
+@pytest.mark.browser
+def test_chromium_draws_the_charts_and_the_timeline(dash: FlaskClient, tmp_path: Path) -> None:
+    with freeze_time("2020-01-07T12:00:00Z"):
+        html = dash.get("/dashboard?days=7", headers=AUTH).get_data(as_text=True)
+    overview = screenshot(html, tmp_path, "overview")
+    assert overview.size == (1280, 1000)
+    pixels = colours(overview)
+    # Bars of every series are painted, in proportion: delivered (2 of 4
+    # messages) and failed (2) bars, and the orange failover bars.
+    for series in ("sent", "delivered", "failed"):
+        assert pixels[rgb(COLOURS[series])] > 200, series
+    assert pixels[rgb("#f97316")] > 500  # failover rate bars
+    # The chart sits in the upper part of the page, below the heading.
+    top = overview.crop((0, 0, 1280, 400))
+    assert colours(top)[rgb(COLOURS["delivered"])] > 200
+
+    timeline = screenshot(
+        dash.get("/dashboard/workflows/d-1", headers=AUTH).get_data(as_text=True),
+        tmp_path,
+        "timeline",
+    )
+    dots = colours(timeline)
+    for status in ("submitted", "delivered", "rejected"):
+        assert dots[rgb(COLOURS[status])] > 60, status  # circles of radius 7
+    assert dots[rgb("#dbeafe")] > 100  # the waiting window up to a deadline
