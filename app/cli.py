@@ -220,6 +220,30 @@ def prune_raw(older_than_days: int) -> None:
     click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
 
 
+@main.command()
+@click.option("--dispatches", type=click.IntRange(min=1), required=True, help="How many workflows.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed, for repeatable data.")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Spread the workflows over this many past days.",
+)
+def generate(dispatches: int, seed: int, days: int) -> None:
+    """Make realistic workflows through the same code paths as real callbacks."""
+    from app.generate import generate as make
+
+    settings = Settings.from_env()
+    db = Database(_database_url(settings), settings)
+    try:
+        with click.progressbar(length=dispatches, label="workflows") as bar:
+            callbacks = make(db, dispatches, seed=seed, days=days, progress=bar.update)
+    finally:
+        db.close()
+    click.echo(f"stored {dispatches} workflows, {callbacks} callbacks")
+
+
 @main.command("reprocess-rejects")
 def reprocess_rejects_command() -> None:
     """Run kept rejects through today's schemas; recovered ones are applied."""

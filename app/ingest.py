@@ -41,6 +41,13 @@ def receive(db: Database, callback: Callback, content_type: str | None, now: dat
     return db.run(lambda conn: _receive(conn, callback, content_type, now))
 
 
+def receive_in(
+    conn: Connection, callback: Callback, content_type: str | None, now: datetime
+) -> Receipt:
+    """`receive` inside a transaction the caller runs (for batches of callbacks)."""
+    return _receive(conn, callback, content_type, now)
+
+
 def _receive(
     conn: Connection, callback: Callback, content_type: str | None, now: datetime
 ) -> Receipt:
