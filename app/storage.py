@@ -145,13 +145,6 @@ def locked_dispatch(cursor: Cursor[DictRow]) -> LockedDispatch:
 _DECISION_COLUMNS = ("status", "decided_by", "current_step", "due_at", "decided_at", "winning_step")
 
 
-def ensure_dispatch(conn: Connection, dispatch_uuid: str, received_at: datetime) -> None:
-    """Create the workflow's row if new, without locking an existing one."""
-    conn.execute(
-        sql("ensure_dispatch"), {"dispatch_uuid": dispatch_uuid, "received_at": received_at}
-    )
-
-
 def save_dispatch(
     conn: Connection, state: DispatchState, received_at: datetime, final_report: bool
 ) -> None:
@@ -212,11 +205,6 @@ def record_discrepancies(
 def find_message_dispatch(conn: Connection, message_uuid: str) -> str | None:
     row = conn.execute(sql("find_message_dispatch"), {"message_uuid": message_uuid}).fetchone()
     return None if row is None else str(row["dispatch_uuid"]) if row["dispatch_uuid"] else None
-
-
-def load_definition(conn: Connection, dispatch_uuid: str) -> Definition | None:
-    row = conn.execute(sql("get_definition_steps"), {"dispatch_uuid": dispatch_uuid}).fetchone()
-    return None if row is None else definition_from_steps(row["steps"])
 
 
 def redecide(

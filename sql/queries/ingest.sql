@@ -102,10 +102,6 @@ SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_typ
   FROM message
  WHERE dispatch_uuid = %(dispatch_uuid)s;
 
--- name: get_definition_steps
--- The steps of a workflow's definition, if it has one.
-SELECT steps FROM workflow_definition WHERE dispatch_uuid = %(dispatch_uuid)s;
-
 -- name: save_decision
 -- Write what was decided for a workflow.
 UPDATE dispatch
