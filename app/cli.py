@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -31,6 +33,16 @@ def _database_url(settings: Settings) -> str:
         return settings.database_url
     click.echo(f"DATABASE_URL is not set: using the embedded PostgreSQL in {settings.data_dir}")
     return embedded.start(settings.data_dir)
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[Database]:
+    """The configured (or embedded) database, closed when the command is done."""
+    db = Database(_database_url(settings), settings)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 @click.group()
@@ -97,16 +109,14 @@ def send(request_file: Any) -> None:
     """Validate a Dispatch request (JSON file, - for stdin), send it, and record it."""
     settings = Settings.from_env()
     body = json.loads(request_file.read())
-    db = Database(_database_url(settings), settings)
     try:
-        dispatch_uuid = workflows.send(db, body, settings, datetime.now(UTC))
+        with _database(settings) as db:
+            dispatch_uuid = workflows.send(db, body, settings, datetime.now(UTC))
     except Rejection as rejection:
         click.echo(json.dumps(rejection.errors, indent=2), err=True)
         raise click.ClickException(rejection.message) from None
     except (DispatchNotConfigured, DispatchRefused) as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        db.close()
     click.echo(dispatch_uuid)
 
 
@@ -119,12 +129,9 @@ def send(request_file: Any) -> None:
 def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
     """List workflows whose failover or final report is overdue."""
     settings = Settings.from_env()
-    db = Database(_database_url(settings), settings)
     allowed = grace if grace is not None else settings.overdue_grace_seconds
-    try:
+    with _database(settings) as db:
         found = workflows.overdue(db, datetime.now(UTC), allowed, limit=10_000)
-    finally:
-        db.close()
     for item in found:
         doc = item.document()
         if as_json:
@@ -235,12 +242,8 @@ def generate(dispatches: int, seed: int, days: int) -> None:
     from app.generate import generate as make
 
     settings = Settings.from_env()
-    db = Database(_database_url(settings), settings)
-    try:
-        with click.progressbar(length=dispatches, label="workflows") as bar:
-            callbacks = make(db, dispatches, seed=seed, days=days, progress=bar.update)
-    finally:
-        db.close()
+    with _database(settings) as db, click.progressbar(length=dispatches, label="workflows") as bar:
+        callbacks = make(db, dispatches, seed=seed, days=days, progress=bar.update)
     click.echo(f"stored {dispatches} workflows, {callbacks} callbacks")
 
 
@@ -248,11 +251,8 @@ def generate(dispatches: int, seed: int, days: int) -> None:
 def reprocess_rejects_command() -> None:
     """Run kept rejects through today's schemas; recovered ones are applied."""
     settings = Settings.from_env()
-    db = Database(_database_url(settings), settings)
-    try:
+    with _database(settings) as db:
         summary = reprocess_rejects(db, settings.max_json_depth, datetime.now(UTC))
-    finally:
-        db.close()
     click.echo(
         f"recovered {summary.recovered}, already stored {summary.duplicates}, "
         f"still rejected {summary.still_rejected}"

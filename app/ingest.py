@@ -38,19 +38,13 @@ class Receipt:
 
 def receive(db: Database, callback: Callback, content_type: str | None, now: datetime) -> Receipt:
     """Store the raw callback and apply it; a duplicate changes nothing but a counter."""
-    return db.run(lambda conn: _receive(conn, callback, content_type, now))
+    return db.run(lambda conn: receive_in(conn, callback, content_type, now))
 
 
 def receive_in(
     conn: Connection, callback: Callback, content_type: str | None, now: datetime
 ) -> Receipt:
-    """`receive` inside a transaction the caller runs (for batches of callbacks)."""
-    return _receive(conn, callback, content_type, now)
-
-
-def _receive(
-    conn: Connection, callback: Callback, content_type: str | None, now: datetime
-) -> Receipt:
+    """`receive` inside a transaction the caller runs (reprocessing, batches)."""
     event = callback.event
     params = {
         "kind": callback.kind.value,
@@ -220,7 +214,7 @@ def _recover(
     reject_id: int, callback: Callback, content_type: str | None, now: datetime
 ) -> Callable[[Connection], Receipt]:
     def work(conn: Connection) -> Receipt:
-        receipt = _receive(conn, callback, content_type, now)
+        receipt = receive_in(conn, callback, content_type, now)
         params = {"id": reject_id, "raw_callback_id": receipt.callback_id, "now": now}
         conn.execute(sql("resolve_reject"), params)
         return receipt

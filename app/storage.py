@@ -219,9 +219,10 @@ def redecide(
     if locked.definition is None and state.report is None:
         return  # nothing to decide from: still pending, decided by nobody
     params = {"dispatch_uuid": state.dispatch_uuid}
+    # Stable while the workflow's row is locked: every writer of its messages locks it first.
     messages = [
         message_from_row(row)
-        for row in conn.execute(sql("lock_dispatch_messages"), params).fetchall()
+        for row in conn.execute(sql("get_dispatch_messages"), params).fetchall()
     ]
     decision, findings = evaluate(locked.definition, messages, state.report)
     decided = (

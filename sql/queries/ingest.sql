@@ -94,14 +94,6 @@ ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING;
 -- The workflow a message is known to belong to, if any (read without a lock).
 SELECT dispatch_uuid FROM message WHERE message_uuid = %(message_uuid)s;
 
--- name: lock_dispatch_messages
--- All messages of a workflow (stable while its row is locked: every writer locks it first).
-SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
-       from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at
-  FROM message
- WHERE dispatch_uuid = %(dispatch_uuid)s;
-
 -- name: save_decision
 -- Write what was decided for a workflow.
 UPDATE dispatch
