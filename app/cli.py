@@ -237,13 +237,21 @@ def prune_raw(older_than_days: int) -> None:
     show_default=True,
     help="Spread the workflows over this many past days.",
 )
-def generate(dispatches: int, seed: int, days: int) -> None:
+@click.option(
+    "--mix",
+    type=click.Choice(["typical", "long"]),
+    default="typical",
+    show_default=True,
+    help="typical: 2-3 step workflows, about 1.6 messages each; "
+    "long: 4 steps waiting for read, about 3 messages each.",
+)
+def generate(dispatches: int, seed: int, days: int, mix: str) -> None:
     """Make realistic workflows through the same code paths as real callbacks."""
     from app.generate import generate as make
 
     settings = Settings.from_env()
     with _database(settings) as db, click.progressbar(length=dispatches, label="workflows") as bar:
-        callbacks = make(db, dispatches, seed=seed, days=days, progress=bar.update)
+        callbacks = make(db, dispatches, seed=seed, days=days, mix=mix, progress=bar.update)
     click.echo(f"stored {dispatches} workflows, {callbacks} callbacks")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +57,42 @@ _BEHAVIOURS = [
     (Behavior.READ_LATE, 6),
     (Behavior.DELIVERED_LATE, 4),
 ]
+# A campaign whose audience seldom reads rich messages in time: every step
+# waits for `read`, so about four in five fail over, and a workflow sends about
+# three messages. This is the mix of the scale figures in BENCHMARKS.md
+# (1 million workflows, 3 million messages).
+_LONG_SHAPES = [
+    [
+        ("messenger", "read", 600),
+        ("whatsapp", "read", 900),
+        ("viber_service_msg", "read", 600),
+        ("sms", None, None),
+    ],
+    [
+        ("whatsapp", "read", 900),
+        ("messenger", "read", 600),
+        ("viber_service_msg", "read", 600),
+        ("sms", None, None),
+    ],
+]
+_LONG_BEHAVIOURS = [
+    (Behavior.READ, 18),
+    (Behavior.DELIVERED, 47),
+    (Behavior.FAILS, 10),
+    (Behavior.UNDELIVERABLE, 8),
+    (Behavior.SILENT, 5),
+    (Behavior.READ_LATE, 8),
+    (Behavior.DELIVERED_LATE, 4),
+]
+
+
+@dataclass(frozen=True)
+class Mix:
+    shapes: list[list[tuple[str, str | None, int | None]]]
+    behaviours: list[tuple[Behavior, int]]
+
+
+MIXES = {"typical": Mix(_SHAPES, _BEHAVIOURS), "long": Mix(_LONG_SHAPES, _LONG_BEHAVIOURS)}
 
 
 def _request(shape: list[tuple[str, str | None, int | None]]) -> dict[str, Any]:
@@ -73,12 +110,14 @@ def _request(shape: list[tuple[str, str | None, int | None]]) -> dict[str, Any]:
     return {"template": "failover", "workflow": workflow}
 
 
-def workflows(count: int, seed: int, days: int, now: datetime) -> Iterator[tuple[Any, list[Any]]]:
-    """(request, callbacks as (kind, payload)) for `count` workflows, spread over `days`."""
+def workflows(
+    count: int, seed: int, days: int, now: datetime, mix: str = "typical"
+) -> Iterator[tuple[str, Any, list[Any]]]:
+    """`count` workflows spread over `days`: (dispatch_uuid, request, [(kind, payload)])."""
     rng = random.Random(seed)
-    behaviours, weights = zip(*_BEHAVIOURS, strict=True)
+    behaviours, weights = zip(*MIXES[mix].behaviours, strict=True)
     for _ in range(count):
-        request = _request(rng.choice(_SHAPES))
+        request = _request(rng.choice(MIXES[mix].shapes))
         channels = {step["to"]["type"] for step in request["workflow"]}
         scenario = Scenario(
             channels={c: rng.choices(behaviours, weights)[0] for c in channels},
@@ -86,7 +125,7 @@ def workflows(count: int, seed: int, days: int, now: datetime) -> Iterator[tuple
         )
         started = now - timedelta(seconds=rng.uniform(0, days * 86400))
         played = plan(request, scenario, rng.getrandbits(64), started)
-        yield request, [(d.kind, d.payload) for d in played.deliveries]
+        yield played.dispatch_uuid, request, [(d.kind, d.payload) for d in played.deliveries]
 
 
 def generate(
@@ -96,22 +135,23 @@ def generate(
     days: int = 30,
     batch: int = 50,
     now: datetime | None = None,
+    mix: str = "typical",
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
     """Store `count` workflows; returns how many callbacks went through ingest."""
     now = now or datetime.now(UTC)
     callbacks = 0
-    pending: list[tuple[Any, list[Any]]] = []
+    pending: list[tuple[str, Any, list[Any]]] = []
 
     def flush() -> None:
         nonlocal callbacks
         work = list(pending)
         db.run(lambda conn: _store(conn, work, now))
-        callbacks += sum(len(items) for _, items in work)
+        callbacks += sum(len(items) for _, _, items in work)
         progress(len(work))
         pending.clear()
 
-    for item in workflows(count, seed, days, now):
+    for item in workflows(count, seed, days, now, mix):
         pending.append(item)
         if len(pending) >= batch:
             flush()
@@ -120,9 +160,8 @@ def generate(
     return callbacks
 
 
-def _store(conn: Connection, work: list[tuple[Any, list[Any]]], now: datetime) -> None:
-    for request, deliveries in work:
-        dispatch_uuid = deliveries[0][1]["_links"]["workflow"]["dispatch_uuid"]
+def _store(conn: Connection, work: list[tuple[str, Any, list[Any]]], now: datetime) -> None:
+    for dispatch_uuid, request, deliveries in work:
         storage.save_definition(
             conn, dispatch_uuid, request, load_definition(request), "recorded", now
         )

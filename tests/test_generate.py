@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.db import Database
-from app.generate import generate, workflows
+from app.generate import MIXES, generate, workflows
 from tests.conftest import query
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -29,9 +29,7 @@ def test_generated_workflows_are_stored_and_decided(db: Database, clean_db: str)
 
 def test_the_same_seed_makes_the_same_workflows() -> None:
     def ids(seed: int) -> list[str]:
-        return [
-            d[0][1]["_links"]["workflow"]["dispatch_uuid"] for _, d in workflows(5, seed, 7, NOW)
-        ]
+        return [dispatch_uuid for dispatch_uuid, _, _ in workflows(5, seed, 7, NOW)]
 
     assert ids(9) == ids(9)
     assert ids(9) != ids(10)
@@ -44,3 +42,20 @@ def test_the_generate_command(clean_db: str) -> None:
     assert result.exit_code == 0, result.output
     assert "stored 12 workflows" in result.output
     assert query(clean_db, "SELECT count(*) FROM dispatch") == [(12,)]
+
+
+def test_the_mixes_the_command_offers_are_the_ones_there_are() -> None:
+    option = next(p for p in main.commands["generate"].params if p.name == "mix")
+    assert set(option.type.choices) == set(MIXES)  # type: ignore[attr-defined]
+
+
+def test_the_long_mix_sends_about_three_messages_per_workflow(db: Database, clean_db: str) -> None:
+    generate(db, 200, seed=4, days=3, now=NOW, mix="long")
+    [(dispatches, messages)] = query(
+        clean_db, "SELECT count(DISTINCT dispatch_uuid), count(*) FROM message"
+    )
+    assert dispatches == 200
+    assert 2.6 <= messages / dispatches <= 3.4
+    typical = workflows(200, 4, 3, NOW)
+    sent = sum(len({p["message_uuid"] for _, p in d if "message_uuid" in p}) for *_, d in typical)
+    assert sent / 200 < 2
