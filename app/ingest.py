@@ -112,6 +112,7 @@ def _apply_status(
         locked[linked] = storage.lock_dispatch(conn, linked, now)
     storage.save_message(conn, transition.state, now)
     for dispatch in locked.values():
+        storage.refresh_rollups(conn, dispatch.state.dispatch_uuid)
         storage.redecide(conn, dispatch, now)
     return list(transition.discrepancies)
 
@@ -121,13 +122,20 @@ def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) ->
     # so that concurrent deliveries of one workflow cannot deadlock.
     locked = storage.lock_dispatch(conn, report.dispatch_uuid, now)
     found: list[Discrepancy] = []
+    changed = {report.dispatch_uuid}
     for reported in sorted(report.messages, key=lambda m: m.message_uuid):
         message = storage.lock_message(conn, reported.message_uuid, now)
         moved = apply_reported_message(message, report.dispatch_uuid, reported)
         storage.save_message(conn, moved.state, now)
         found.extend(moved.discrepancies)
+        # A message the report claims from another workflow (a conflict, kept
+        # as a discrepancy) may change that workflow's rollups too. Its row is
+        # locked out of order here; a deadlock is detected and the unit retried.
+        changed |= {u for u in (message.dispatch_uuid, moved.state.dispatch_uuid) if u}
     transition = apply_final_report(locked.state, report)
     storage.save_dispatch(conn, transition.state, now, final_report=True)
+    for dispatch_uuid in sorted(changed):
+        storage.refresh_rollups(conn, dispatch_uuid)
     storage.redecide(conn, locked, now, transition.state)
     found.extend(transition.discrepancies)
     return found

@@ -142,7 +142,15 @@ def locked_dispatch(cursor: Cursor[DictRow]) -> LockedDispatch:
     )
 
 
-_DECISION_COLUMNS = ("status", "decided_by", "current_step", "due_at", "decided_at", "winning_step")
+_DECISION_COLUMNS = (
+    "status",
+    "decided_by",
+    "current_step",
+    "due_at",
+    "decided_at",
+    "winning_step",
+    "winning_channel",
+)
 
 
 def save_dispatch(
@@ -202,6 +210,15 @@ def record_discrepancies(
             cur.executemany(sql("insert_discrepancy"), rows)
 
 
+def refresh_rollups(conn: Connection, dispatch_uuid: str) -> None:
+    """Queue the recount of a locked workflow's message rollups (steps, channels, cost).
+
+    Call it after its messages changed in this transaction. The analytics
+    views read these instead of aggregating every message on every query.
+    """
+    conn.execute(sql("refresh_rollups"), {"dispatch_uuid": dispatch_uuid})
+
+
 def find_message_dispatch(conn: Connection, message_uuid: str) -> str | None:
     row = conn.execute(sql("find_message_dispatch"), {"message_uuid": message_uuid}).fetchone()
     return None if row is None else str(row["dispatch_uuid"]) if row["dispatch_uuid"] else None
@@ -225,13 +242,17 @@ def redecide(
         for row in conn.execute(sql("get_dispatch_messages"), params).fetchall()
     ]
     decision, findings = evaluate(locked.definition, messages, state.report)
+    winner = decision.winning_step
     decided = (
         decision.status.value,
         decision.decided_by,
         decision.current_step,
         decision.due_at,
         decision.decided_at,
-        decision.winning_step,
+        winner,
+        locked.definition.steps[winner - 1].channel.value
+        if locked.definition is not None and winner is not None
+        else None,
     )
     # Queued (units of work run in pipeline mode): they go with the commit.
     if decided != locked.decided:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
 import shutil
 import uuid
@@ -9,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,8 +21,11 @@ from freezegun import freeze_time
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from app import create_app, migrations, operations
+from app import create_app, ingest, migrations, operations
+from app.db import Database
 from app.extensions import get_db
+from app.generate import KINDS, workflows
+from app.intake import read
 from app.migrations import VIEWS_DIR, apply_views
 from tests import payloads
 from tests.conftest import fresh_database, post, query
@@ -205,3 +211,99 @@ def test_analyst_names_are_checked(clean_db: str) -> None:
     for bad in ("Robert'); DROP TABLE message;--", "", "x" * 64, "UPPER"):
         with pytest.raises(ValueError):
             operations.create_analyst(clean_db, bad, None)
+
+
+# What the rollups on each workflow's row must equal: the messages, aggregated afresh.
+FRESH_ROLLUPS = """
+SELECT d.dispatch_uuid, coalesce(r.steps_tried, 0), coalesce(r.channels, '{}'), r.cost,
+       r.currency, r.first_event_at
+  FROM dispatch d
+  LEFT JOIN (SELECT dispatch_uuid, count(*)::integer AS steps_tried,
+                    array_agg(channel ORDER BY least(submitted_at, delivered_at, read_at,
+                                                     rejected_at, undeliverable_at) NULLS LAST,
+                              message_uuid) FILTER (WHERE channel IS NOT NULL) AS channels,
+                    sum(price) AS cost,
+                    CASE WHEN count(DISTINCT currency) > 1 THEN 'MIXED' ELSE min(currency) END
+                        AS currency,
+                    min(least(submitted_at, delivered_at, read_at, rejected_at,
+                              undeliverable_at)) AS first_event_at
+               FROM message GROUP BY dispatch_uuid) r USING (dispatch_uuid)
+ ORDER BY 1
+"""
+KEPT_ROLLUPS = """
+SELECT dispatch_uuid, steps_tried, message_channels, computed_cost, cost_currency, first_event_at
+  FROM dispatch ORDER BY 1
+"""
+
+
+def test_rollups_equal_the_messages_in_any_arrival_order(db: Database, clean_db: str) -> None:
+    rng = random.Random(77)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    callbacks: list[tuple[str, dict[str, Any]]] = []
+    for mix in ("typical", "long"):
+        for _, _, deliveries in workflows(30, rng.randrange(1000), 2, now, mix):
+            callbacks.extend(deliveries)
+    for kind, payload in callbacks:
+        # Some statuses arrive without their workflow link, as the spec allows.
+        if kind == "message-status" and rng.random() < 0.3:
+            payload.pop("_links", None)
+    # Final reports that claim another workflow's message (a conflict): one of
+    # the two ids wins its conflict, whichever way the winner is chosen.
+    reports = [p for k, p in callbacks if k == "final-report" and p["_links"]["messages"]]
+    for n, thief_uuid in enumerate(("0000-thief", "zzzz-thief")):
+        thief = json.loads(json.dumps(reports[n]))
+        thief["dispatch_uuid"] = thief_uuid
+        thief["_links"]["messages"] = reports[n + 2]["_links"]["messages"][:1]
+        callbacks.append(("final-report", thief))
+    rng.shuffle(callbacks)
+    for kind, payload in callbacks:
+        ingest.receive(db, read(KINDS[kind], json.dumps(payload).encode(), 32), None, now)
+    kept = query(clean_db, KEPT_ROLLUPS)
+    assert kept == query(clean_db, FRESH_ROLLUPS)
+    linked = query(clean_db, "SELECT count(*) FROM message WHERE dispatch_uuid IS NOT NULL")
+    assert sum(steps for _, steps, *_ in kept) == linked[0][0]
+    assert any(len(channels) >= 3 for _, _, channels, *_ in kept)
+
+
+def test_migration_0004_fills_the_rollups_of_existing_workflows(
+    server_url: str, tmp_path: Path
+) -> None:
+    url = fresh_database(server_url, "dl_rollups")
+    for path in sorted(migrations.MIGRATIONS_DIR.glob("000[123]_*.sql")):
+        shutil.copy(path, tmp_path)
+    migrations.migrate(url, tmp_path)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            """
+            INSERT INTO dispatch (dispatch_uuid, status, decided_by, winning_step,
+                                  first_received_at, updated_at)
+            VALUES ('a', 'completed', 'definition', 2, now(), now()),
+                   ('b', 'pending', NULL, NULL, now(), now()),
+                   ('c', 'pending', NULL, NULL, now(), now());
+            INSERT INTO workflow_definition (dispatch_uuid, source, request, steps, recorded_at)
+            VALUES ('a', 'recorded', '{}',
+                    '[{"channel": "whatsapp"}, {"channel": "sms"}]', now());
+            INSERT INTO message (message_uuid, dispatch_uuid, channel, status, submitted_at,
+                                 delivered_at, price, currency, first_received_at, updated_at)
+            VALUES ('a2', 'a', 'sms', 'delivered', '2026-03-01 10:05Z', '2026-03-01 10:06Z',
+                    0.0333, 'EUR', now(), now()),
+                   ('a1', 'a', 'whatsapp', 'submitted', '2026-03-01 10:00Z', NULL, 0.01, 'USD',
+                    now(), now()),
+                   ('b1', 'b', NULL, 'submitted', '2026-03-02 10:00Z', NULL, NULL, NULL,
+                    now(), now());
+            """
+        )
+    migrations.migrate(url)
+    assert query(url, KEPT_ROLLUPS) == query(url, FRESH_ROLLUPS)
+    assert query(url, KEPT_ROLLUPS)[0][1:] == (
+        2,
+        ["whatsapp", "sms"],
+        Decimal("0.0433"),
+        "MIXED",
+        datetime(2026, 3, 1, 10, tzinfo=UTC),
+    )
+    assert query(
+        url,
+        "SELECT dispatch_uuid, winning_channel, steps_tried FROM analytics.dispatch_summary"
+        " ORDER BY 1",
+    ) == [("a", "sms", 2), ("b", None, 1), ("c", None, 0)]

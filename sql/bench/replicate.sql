@@ -19,12 +19,14 @@ SELECT k, make_interval(days => %(days)s * (k %% %(bands)s)) AS back
 INSERT INTO dispatch (dispatch_uuid, template, status, reported_status, reported_at,
                       reported_price, reported_currency, final_report_received_at,
                       first_received_at, updated_at, decided_by, current_step, due_at,
-                      decided_at, winning_step)
+                      decided_at, winning_step, winning_channel, steps_tried, message_channels,
+                      computed_cost, cost_currency, first_event_at)
 SELECT md5(d.dispatch_uuid || '/' || c.k)::uuid::text, d.template, d.status, d.reported_status,
        d.reported_at - c.back, d.reported_price, d.reported_currency,
        d.final_report_received_at - c.back, d.first_received_at - c.back,
        d.updated_at - c.back, d.decided_by, d.current_step, d.due_at - c.back,
-       d.decided_at - c.back, d.winning_step
+       d.decided_at - c.back, d.winning_step, d.winning_channel, d.steps_tried,
+       d.message_channels, d.computed_cost, d.cost_currency, d.first_event_at - c.back
   FROM dispatch d CROSS JOIN copy_shift c;
 
 -- name: copy_definitions

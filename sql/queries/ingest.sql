@@ -25,7 +25,7 @@ ON CONFLICT ON CONSTRAINT dispatch_pkey DO NOTHING;
 -- Read a workflow's row, its definition and decision; hold the row until commit (NO KEY UPDATE lets messages keep referencing it).
 SELECT d.dispatch_uuid, d.template, d.reported_status, d.reported_at, d.reported_price,
        d.reported_currency, d.status, d.decided_by, d.current_step, d.due_at, d.decided_at,
-       d.winning_step, w.steps AS definition_steps
+       d.winning_step, d.winning_channel, w.steps AS definition_steps
   FROM dispatch d
   LEFT JOIN workflow_definition w USING (dispatch_uuid)
  WHERE d.dispatch_uuid = %(dispatch_uuid)s
@@ -94,6 +94,32 @@ ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING;
 -- The workflow a message is known to belong to, if any (read without a lock).
 SELECT dispatch_uuid FROM message WHERE message_uuid = %(message_uuid)s;
 
+-- name: refresh_rollups
+-- Recount a locked workflow's message rollups (for the analytics views); unchanged rows are not rewritten.
+UPDATE dispatch d
+   SET steps_tried = r.steps_tried,
+       message_channels = r.message_channels,
+       computed_cost = r.computed_cost,
+       cost_currency = r.cost_currency,
+       first_event_at = r.first_event_at
+  FROM (SELECT count(*)::integer AS steps_tried,
+               coalesce(array_agg(m.channel ORDER BY least(m.submitted_at, m.delivered_at,
+                                                           m.read_at, m.rejected_at,
+                                                           m.undeliverable_at) NULLS LAST,
+                                  m.message_uuid)
+                          FILTER (WHERE m.channel IS NOT NULL), '{}') AS message_channels,
+               sum(m.price) AS computed_cost,
+               CASE WHEN min(m.currency) <> max(m.currency) THEN 'MIXED' ELSE min(m.currency) END
+                   AS cost_currency,
+               min(least(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at,
+                         m.undeliverable_at)) AS first_event_at
+          FROM message m
+         WHERE m.dispatch_uuid = %(dispatch_uuid)s) r
+ WHERE d.dispatch_uuid = %(dispatch_uuid)s
+   AND (d.steps_tried, d.message_channels, d.computed_cost, d.cost_currency, d.first_event_at)
+       IS DISTINCT FROM
+       (r.steps_tried, r.message_channels, r.computed_cost, r.cost_currency, r.first_event_at);
+
 -- name: save_decision
 -- Write what was decided for a workflow.
 UPDATE dispatch
@@ -102,7 +128,8 @@ UPDATE dispatch
        current_step = %(current_step)s,
        due_at = %(due_at)s,
        decided_at = %(decided_at)s,
-       winning_step = %(winning_step)s
+       winning_step = %(winning_step)s,
+       winning_channel = %(winning_channel)s
  WHERE dispatch_uuid = %(dispatch_uuid)s;
 
 -- name: clear_reconciliation

@@ -1,38 +1,26 @@
 -- analytics.dispatch_summary: one row per workflow, with its outcome, cost and timing.
 CREATE VIEW analytics.dispatch_summary AS
-WITH per_message AS (
-    SELECT m.dispatch_uuid,
-           count(*) AS steps_tried,
-           min(least(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at, m.undeliverable_at))
-               AS first_event_at,
-           sum(m.price) AS computed_cost,
-           CASE WHEN count(DISTINCT m.currency) > 1 THEN 'MIXED' ELSE min(m.currency) END
-               AS cost_currency
-      FROM message m
-     WHERE m.dispatch_uuid IS NOT NULL
-     GROUP BY m.dispatch_uuid
-)
+-- Per-workflow message figures are rollups kept on the workflow's row by the
+-- service (migration 0004), so that this view reads one table.
 SELECT d.dispatch_uuid,
        d.template,
        d.status,
        d.decided_by,
        d.reported_status,
-       coalesce(p.steps_tried, 0) AS steps_tried,
+       d.steps_tried::bigint AS steps_tried,
        d.winning_step,
-       w.steps -> (d.winning_step - 1) ->> 'channel' AS winning_channel,
-       p.computed_cost,
-       p.cost_currency,
+       d.winning_channel,
+       d.computed_cost,
+       d.cost_currency,
        d.reported_price AS reported_cost,
        d.reported_currency,
-       p.first_event_at,
+       d.first_event_at,
        d.decided_at,
        CASE WHEN d.status = 'completed' AND d.decided_by = 'definition'
-            THEN extract(epoch FROM d.decided_at - p.first_event_at) END AS seconds_to_success,
+            THEN extract(epoch FROM d.decided_at - d.first_event_at) END AS seconds_to_success,
        d.first_received_at,
        d.updated_at
-  FROM dispatch d
-  LEFT JOIN per_message p USING (dispatch_uuid)
-  LEFT JOIN workflow_definition w USING (dispatch_uuid);
+  FROM dispatch d;
 
 COMMENT ON VIEW analytics.dispatch_summary IS 'One row per workflow (dispatch_uuid): outcome, steps tried, winning channel, cost computed and reported, time to success.';
 COMMENT ON COLUMN analytics.dispatch_summary.dispatch_uuid IS 'The workflow''s id, as Dispatch gave it.';
