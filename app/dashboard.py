@@ -60,7 +60,7 @@ def overview() -> str:
     funnel, failover, recent = db.run(
         lambda conn: (
             conn.execute(sql("dashboard_funnel"), {"since": since}).fetchall(),
-            conn.execute(sql("dashboard_failover")).fetchall(),
+            conn.execute(sql("dashboard_failover"), {"since": since}).fetchall(),
             conn.execute(sql("list_recent"), {"limit": 20}).fetchall(),
         )
     )

@@ -37,6 +37,7 @@ VIEWS = [
     "failover_rate",
     "channel_cost_daily",
     "disagreements",
+    "failover_rate_daily",
 ]
 TOKEN = "analytics-token"
 
@@ -110,6 +111,17 @@ def test_the_views_answer_from_the_callbacks(loaded: FlaskClient, clean_db: str)
         "SELECT step, channel, messages, failed_over FROM analytics.failover_rate"
         " ORDER BY step, channel",
     ) == [(1, "messenger", 2, 1), (2, "viber_service_msg", 1, 1), (3, "sms", 1, 0)]
+    # The same, per day each workflow began: d-1 on 2020-01-01, the other on 01-02.
+    assert query(
+        clean_db,
+        "SELECT day::text, step, channel, messages, failed_over FROM analytics.failover_rate_daily"
+        " ORDER BY day, step, channel",
+    ) == [
+        ("2020-01-01", 1, "messenger", 1, 1),
+        ("2020-01-01", 2, "viber_service_msg", 1, 1),
+        ("2020-01-01", 3, "sms", 1, 0),
+        ("2020-01-02", 1, "messenger", 1, 0),
+    ]
     assert query(
         clean_db,
         "SELECT channel, priced_messages, cost FROM analytics.channel_cost_daily ORDER BY channel",

@@ -62,6 +62,7 @@ def test_the_overview_shows_the_funnel_failover_and_workflows(dash: FlaskClient)
         page = dash.get("/dashboard?days=7", headers=AUTH).get_data(as_text=True)
         empty = dash.get("/dashboard?days=5", headers=AUTH).get_data(as_text=True)
     assert "No messages in this period." in empty
+    assert "No workflows began in this period." in empty and "step 2" not in empty
     assert page.count("<title>sms ") == 4 and page.count("<title>messenger ") == 4
     assert "step 2 viber_service_msg" in page
     assert ">d-1</a>" in page

@@ -8,7 +8,10 @@ SELECT channel, sum(sent)::int AS sent, sum(delivered)::int AS delivered,
  ORDER BY channel;
 
 -- name: dashboard_failover
--- Failover rate by step and channel, over the workflows of the period.
-SELECT step, channel, messages, failed_over, failover_rate
-  FROM analytics.failover_rate
+-- Failover rate by step and channel, over the workflows begun in the period.
+SELECT step, channel, sum(messages)::int AS messages, sum(failed_over)::int AS failed_over,
+       round(sum(failed_over) / sum(messages), 4) AS failover_rate
+  FROM analytics.failover_rate_daily
+ WHERE day >= %(since)s
+ GROUP BY step, channel
  ORDER BY step, channel;
