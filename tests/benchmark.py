@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -136,6 +137,40 @@ class Result:
     non_2xx: int
     lost: int | None = None
     in_flight: int | None = None  # stored, but answered after wrk stopped listening
+    # CPU time per request of the measured run, from /proc (milliseconds).
+    server_cpu_ms: float = 0.0
+    database_cpu_ms: float = 0.0
+    wrk_cpu_ms: float = 0.0
+
+
+def process_cpu(server_pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of gunicorn (master and workers) and of PostgreSQL's processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited while we looked
+        pid = int(text.split(" ", 1)[0])
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        ppid, seconds = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+        if pid == server_pid or ppid == server_pid:
+            found[pid] = ("server", seconds)
+        elif comm.startswith("postgres"):
+            found[pid] = ("database", seconds)
+    return found
+
+
+def cpu_used(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per group between two snapshots (processes started in between count from 0)."""
+    used: dict[str, float] = {"server": 0.0, "database": 0.0}
+    for pid, (group, seconds) in after.items():
+        used[group] += seconds - before.get(pid, (group, 0.0))[1]
+    return used
 
 
 def free_port() -> int:
@@ -328,13 +363,27 @@ def main() -> None:
                 )
             run_id = f"b{index}x{int(time.time())}"
             print(f"running: {name} ...", flush=True)
+            before, wrk_before = (
+                process_cpu(server.pid),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
             rps, p50, p99, requests, acknowledged, non_2xx = run_wrk(
                 wrk, port, args.seconds, args.connections, run_id, lua
+            )
+            used, wrk_after = (
+                cpu_used(before, process_cpu(server.pid)),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
             )
         finally:
             server.terminate()
             server.wait(30)
         result = Result(name, rps, p50, p99, requests, acknowledged, non_2xx)
+        wrk_seconds = (wrk_after.ru_utime + wrk_after.ru_stime) - (
+            wrk_before.ru_utime + wrk_before.ru_stime
+        )
+        result.server_cpu_ms = used["server"] * 1000 / requests
+        result.database_cpu_ms = used["database"] * 1000 / requests
+        result.wrk_cpu_ms = wrk_seconds * 1000 / requests
         if target == "wsgi:app":
             # Every acknowledged callback must be stored; more may be stored
             # than acknowledged (answered after wrk stopped counting).
@@ -357,6 +406,21 @@ def main() -> None:
         print(
             f"| {r.name} | {r.rps:,.0f} | {r.rps / ceiling:.0%} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
             f" | {r.acknowledged:,} | {r.non_2xx} | {lost} |"
+        )
+    # Where the 2 cores went: CPU time per request, and what that allows at most.
+    cores = os.cpu_count() or 1
+    print()
+    print(
+        "| server | gunicorn CPU ms/request | PostgreSQL CPU ms/request | wrk CPU ms/request"
+        " | cores busy | at most, if the cores were all ours (requests/s) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        per_request = r.server_cpu_ms + r.database_cpu_ms + r.wrk_cpu_ms
+        print(
+            f"| {r.name} | {r.server_cpu_ms:.2f} | {r.database_cpu_ms:.2f} | {r.wrk_cpu_ms:.2f}"
+            f" | {per_request * r.rps / 1000:.2f} of {cores}"
+            f" | {cores * 1000 / per_request:,.0f} |"
         )
     print(json.dumps([r.__dict__ for r in results]), file=sys.stderr)
     if any(r.lost for r in results):
