@@ -227,6 +227,30 @@ def prune_raw(older_than_days: int) -> None:
     click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
 
 
+@main.command("prune-rejects")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Delete rejects last received more than this many days ago.",
+)
+@click.option(
+    "--unresolved",
+    is_flag=True,
+    help="Also delete rejects never recovered (their only copy): after a flood of junk.",
+)
+def prune_rejects(older_than_days: int, unresolved: bool) -> None:
+    """Delete old kept rejects: recovered ones, or also unrecovered ones when asked."""
+    deleted = operations.prune_rejects(
+        _database_url(Settings.from_env()),
+        timedelta(days=older_than_days),
+        datetime.now(UTC),
+        unresolved=unresolved,
+    )
+    which = "rejects" if unresolved else "recovered rejects"
+    click.echo(f"deleted {deleted} {which} older than {older_than_days} days")
+
+
 @main.command()
 @click.option("--dispatches", type=click.IntRange(min=1), required=True, help="How many workflows.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed, for repeatable data.")

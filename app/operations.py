@@ -1,4 +1,4 @@
-"""Operator tasks: read-only analyst logins, and pruning old raw callbacks."""
+"""Operator tasks: read-only analyst logins, and pruning old raw callbacks and rejects."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from app.migrations import ANALYST_GROUP, grant_analyst_group
+from app.queries import sql
 
 _ROLE_NAME = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 
@@ -52,16 +53,33 @@ def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 
     The current state (workflows, messages, decisions, disagreements) is kept:
     only the raw copies go, so the state can no longer be rebuilt from them.
     """
-    cutoff = now - older_than
+    return _delete_in_batches(conninfo, "prune_raw_batch", {"cutoff": now - older_than}, batch)
+
+
+def prune_rejects(
+    conninfo: str,
+    older_than: timedelta,
+    now: datetime,
+    unresolved: bool = False,
+    batch: int = 10_000,
+) -> int:
+    """Delete kept rejects last received before now - older_than; returns how many.
+
+    Resolved rejects (recovered by reprocess-rejects, so stored as raw
+    callbacks) go by default. Unresolved ones are the only copy of what was
+    refused, so they go only when asked: after a flood of junk, for example.
+    """
+    params = {"cutoff": now - older_than, "unresolved": unresolved}
+    return _delete_in_batches(conninfo, "prune_rejects_batch", params, batch)
+
+
+def _delete_in_batches(conninfo: str, query: str, params: dict[str, object], batch: int) -> int:
+    # Short transactions, so that a large prune never holds many row locks at once.
     deleted = 0
     with psycopg.connect(conninfo, autocommit=True) as conn:
         while True:
             with conn.transaction():
-                count = conn.execute(
-                    "DELETE FROM raw_callback WHERE id IN ("
-                    " SELECT id FROM raw_callback WHERE received_at < %s ORDER BY id LIMIT %s)",
-                    (cutoff, batch),
-                ).rowcount
+                count = conn.execute(sql(query), {**params, "batch": batch}).rowcount
             deleted += count
             if count < batch:
                 return deleted

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
@@ -22,6 +23,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
 from app import create_app, ingest, migrations, operations
+from app.cli import main
 from app.db import Database
 from app.extensions import get_db
 from app.generate import KINDS, workflows
@@ -319,3 +321,37 @@ def test_migration_0004_fills_the_rollups_of_existing_workflows(
         "SELECT dispatch_uuid, winning_channel, steps_tried FROM analytics.dispatch_summary"
         " ORDER BY 1",
     ) == [("a", "sms", 2), ("b", None, 1), ("c", None, 0)]
+
+
+def test_pruning_rejects_keeps_unrecovered_ones_unless_asked(clean_db: str) -> None:
+    app = create_app({"database_url": clean_db})
+    try:
+        client = app.test_client()
+        with freeze_time("2026-01-01T00:00:00Z"):
+            for n in range(3):
+                assert post(client, "message-status", {"junk": n}).status_code == 422
+        with freeze_time("2026-11-20T00:00:00Z"):
+            assert post(client, "message-status", {"junk": "recent"}).status_code == 422
+    finally:
+        get_db(app).close()
+    # One old reject was recovered (as reprocess-rejects marks it).
+    with psycopg.connect(clean_db) as conn:
+        conn.execute(
+            "UPDATE rejected_callback SET resolved_at = now()"
+            " WHERE id = (SELECT min(id) FROM rejected_callback)"
+        )
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(
+            main,
+            ["prune-rejects", "--older-than-days", "30", *args],
+            env={"DATABASE_URL": clean_db},
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "deleted 1 recovered rejects" in run()
+    assert query(clean_db, "SELECT count(*) FROM rejected_callback") == [(3,)]
+    assert "deleted 2 rejects" in run("--unresolved")
+    # The recent one stays, whatever was asked.
+    assert query(clean_db, "SELECT count(*) FROM rejected_callback") == [(1,)]

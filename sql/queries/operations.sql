@@ -1,0 +1,16 @@
+-- name: prune_raw_batch
+-- Delete up to `batch` raw callbacks received before the cutoff, oldest first.
+DELETE FROM raw_callback
+ WHERE id IN (SELECT id FROM raw_callback
+               WHERE received_at < %(cutoff)s
+               ORDER BY id
+               LIMIT %(batch)s);
+
+-- name: prune_rejects_batch
+-- Delete up to `batch` rejects last received before the cutoff: resolved ones, and unresolved ones only when asked.
+DELETE FROM rejected_callback
+ WHERE id IN (SELECT id FROM rejected_callback
+               WHERE last_received_at < %(cutoff)s
+                 AND (resolved_at IS NOT NULL OR %(unresolved)s)
+               ORDER BY id
+               LIMIT %(batch)s);
