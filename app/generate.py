@@ -118,7 +118,9 @@ def workflows(
     behaviours, weights = zip(*MIXES[mix].behaviours, strict=True)
     for _ in range(count):
         request = _request(rng.choice(MIXES[mix].shapes))
-        channels = {step["to"]["type"] for step in request["workflow"]}
+        # Sorted: a set's order follows the per-process hash seed, and the
+        # same --seed must give the same data in every process.
+        channels = sorted({step["to"]["type"] for step in request["workflow"]})
         scenario = Scenario(
             channels={c: rng.choices(behaviours, weights)[0] for c in channels},
             faults=Faults(duplicates=0.02),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from click.testing import CliRunner
@@ -33,6 +36,26 @@ def test_the_same_seed_makes_the_same_workflows() -> None:
 
     assert ids(9) == ids(9)
     assert ids(9) != ids(10)
+
+
+def test_the_same_seed_makes_the_same_callbacks_in_every_process() -> None:
+    # Each process hashes strings with its own seed; nothing generated may
+    # depend on that (sets of channel names once did).
+    script = (
+        "import hashlib, json; from datetime import UTC, datetime;"
+        "from app.generate import workflows;"
+        "w = list(workflows(20, 4, 7, datetime(2026, 3, 1, tzinfo=UTC), 'long'));"
+        "print(hashlib.sha256(json.dumps(w, sort_keys=True).encode()).hexdigest())"
+    )
+
+    def digest(hash_seed: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        return run.stdout.strip()
+
+    assert len({digest(seed) for seed in ("1", "2", "3", "4")}) == 1
 
 
 def test_the_generate_command(clean_db: str) -> None:
