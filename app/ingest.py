@@ -104,12 +104,13 @@ def _apply_status(
         }
         message = storage.lock_message(conn, event.message_uuid, now)
     transition = apply_status(message, event)
-    linked = transition.state.dispatch_uuid
-    if linked is not None and linked not in locked:
-        # Linked elsewhere (by a final report after we looked, or a conflicting
-        # link): lock it now. A deadlock this could cause is detected by
-        # PostgreSQL and the whole unit retried.
-        locked[linked] = storage.lock_dispatch(conn, linked, now)
+    linked = (message.dispatch_uuid, transition.state.dispatch_uuid)
+    for other in sorted({u for u in linked if u is not None} - locked.keys()):
+        # Linked elsewhere (by a final report after we looked), or a link that
+        # wins a conflict and so leaves the workflow the message was counted
+        # in: both workflows change, so lock the missing one now. A deadlock
+        # this could cause is detected by PostgreSQL and the unit retried.
+        locked[other] = storage.lock_dispatch(conn, other, now)
     storage.save_message(conn, transition.state, now)
     for dispatch in locked.values():
         storage.refresh_rollups(conn, dispatch.state.dispatch_uuid)
@@ -128,15 +129,19 @@ def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) ->
         moved = apply_reported_message(message, report.dispatch_uuid, reported)
         storage.save_message(conn, moved.state, now)
         found.extend(moved.discrepancies)
-        # A message the report claims from another workflow (a conflict, kept
-        # as a discrepancy) may change that workflow's rollups too. Its row is
-        # locked out of order here; a deadlock is detected and the unit retried.
         changed |= {u for u in (message.dispatch_uuid, moved.state.dispatch_uuid) if u}
     transition = apply_final_report(locked.state, report)
     storage.save_dispatch(conn, transition.state, now, final_report=True)
-    for dispatch_uuid in sorted(changed):
-        storage.refresh_rollups(conn, dispatch_uuid)
+    storage.refresh_rollups(conn, report.dispatch_uuid)
     storage.redecide(conn, locked, now, transition.state)
+    # A message the report claims from another workflow (a conflict, kept as
+    # a discrepancy) may change that workflow too: lock it (out of order, so a
+    # deadlock is possible; PostgreSQL detects it and the unit is retried),
+    # then recount and re-decide it from what is committed now.
+    for other in sorted(changed - {report.dispatch_uuid}):
+        other_locked = storage.lock_dispatch(conn, other, now)
+        storage.refresh_rollups(conn, other)
+        storage.redecide(conn, other_locked, now)
     found.extend(transition.discrepancies)
     return found
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -22,9 +23,10 @@ from freezegun import freeze_time
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from app import create_app, ingest, migrations, operations
+from app import create_app, ingest, migrations, operations, storage
 from app.cli import main
 from app.db import Database
+from app.definitions import load_definition
 from app.extensions import get_db
 from app.generate import KINDS, workflows
 from app.intake import read
@@ -255,7 +257,13 @@ def test_rollups_equal_the_messages_in_any_arrival_order(db: Database, clean_db:
     now = datetime(2026, 3, 1, tzinfo=UTC)
     callbacks: list[tuple[str, dict[str, Any]]] = []
     for mix in ("typical", "long"):
-        for _, _, deliveries in workflows(30, rng.randrange(1000), 2, now, mix):
+        for dispatch_uuid, request, deliveries in workflows(30, rng.randrange(1000), 2, now, mix):
+            # Recorded as `send` records them, so workflows are decided by their definition.
+            db.run(
+                lambda conn, u=dispatch_uuid, r=request: storage.save_definition(
+                    conn, u, r, load_definition(r), "recorded", now
+                )
+            )
             callbacks.extend(deliveries)
     for kind, payload in callbacks:
         # Some statuses arrive without their workflow link, as the spec allows.
@@ -274,9 +282,68 @@ def test_rollups_equal_the_messages_in_any_arrival_order(db: Database, clean_db:
         ingest.receive(db, read(KINDS[kind], json.dumps(payload).encode(), 32), None, now)
     kept = query(clean_db, KEPT_ROLLUPS)
     assert kept == query(clean_db, FRESH_ROLLUPS)
+    assert_decisions_are_current(db, clean_db, now)
     linked = query(clean_db, "SELECT count(*) FROM message WHERE dispatch_uuid IS NOT NULL")
     assert sum(steps for _, steps, *_ in kept) == linked[0][0]
     assert any(len(channels) >= 3 for _, _, channels, *_ in kept)
+
+
+@pytest.mark.parametrize("thief", ["0000-thief", "zzzz-thief"])
+def test_a_message_claimed_by_two_workflows_is_counted_once_in_any_order(
+    db: Database, clean_db: str, thief: str
+) -> None:
+    # The status links the message to its workflow; another workflow's final
+    # report claims it too. Whichever link wins the conflict, the message is
+    # counted in the winner's rollups only, and both workflows are decided
+    # from that, whatever the order the three deliveries arrive in.
+    owner = "5555-owner"
+    message = {"message_uuid": "m-1", "href": "m-1", "channel": "sms", "status": "delivered"}
+    deliveries = [
+        ("message-status", payloads.status("m-1", "submitted", "2026-02-01T10:00:00Z")),
+        (
+            "message-status",
+            payloads.status(
+                "m-1", "delivered", "2026-02-01T10:00:05Z", dispatch_uuid=owner, price="0.01"
+            ),
+        ),
+        (
+            "final-report",
+            payloads.final_report(thief, "completed", "2026-02-01T10:01:00Z", [message]),
+        ),
+    ]
+    winner = min(owner, thief)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    # The owner was sent through `send`: one SMS step, so losing the message
+    # changes its decision as well as its rollups.
+    request = payloads.fixture("dispatch_request_failover.json")
+    request["workflow"] = request["workflow"][-1:]
+    for order in itertools.permutations(deliveries):
+        with psycopg.connect(clean_db, autocommit=True) as conn:
+            conn.execute("TRUNCATE dispatch, message, raw_callback, discrepancy CASCADE")
+        db.run(
+            lambda conn: storage.save_definition(
+                conn, owner, request, load_definition(request), "recorded", now
+            )
+        )
+        for kind, payload in order:
+            ingest.receive(db, read(KINDS[kind], json.dumps(payload).encode(), 32), None, now)
+        kept = query(clean_db, KEPT_ROLLUPS)
+        assert kept == query(clean_db, FRESH_ROLLUPS)
+        assert {u: steps for u, steps, *_ in kept if steps} == {winner: 1}
+        assert_decisions_are_current(db, clean_db, now)
+
+
+def assert_decisions_are_current(db: Database, clean_db: str, now: datetime) -> None:
+    """Deciding every workflow again from what is stored changes nothing."""
+    rows = "SELECT * FROM dispatch ORDER BY dispatch_uuid"
+    before = query(clean_db, rows)
+    for (dispatch_uuid,) in query(clean_db, "SELECT dispatch_uuid FROM dispatch"):
+        db.run(
+            lambda conn, u=dispatch_uuid: storage.redecide(
+                conn, storage.lock_dispatch(conn, u, now), now
+            )
+        )
+    assert query(clean_db, rows) == before
 
 
 def test_migration_0004_fills_the_rollups_of_existing_workflows(
