@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from flask.testing import FlaskClient
 
@@ -120,3 +121,26 @@ def test_hostile_values_are_stored_and_served_as_plain_data(
     assert query(clean_db, "SELECT count(*) FROM message") == [(1,)]
     [(body,)] = query(clean_db, "SELECT body FROM raw_callback")
     assert json.loads(bytes(body))["message_uuid"] == value
+
+
+def test_a_callback_stuck_behind_a_migrations_lock_gets_503_and_its_retry_is_applied(
+    client: FlaskClient, clean_db: str
+) -> None:
+    # A release's migration holds the workflow table's lock (an ALTER TABLE
+    # does) for longer than the statement timeout: the callback is answered
+    # 503 with Retry-After, nothing of it is written, and the provider's retry
+    # after the release is applied whole.
+    delivery = payloads.status("m-locked", "delivered", "2026-01-01T10:00:00Z", dispatch_uuid="d-1")
+    with psycopg.connect(clean_db) as release:
+        release.execute("LOCK TABLE dispatch IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        blocked = post(client, "message-status", delivery)
+        waited = time.monotonic() - started
+    assert blocked.status_code == 503 and blocked.headers["Retry-After"]
+    assert blocked.get_json()["code"] == 503
+    assert 9 < waited < 20  # the statement timeout, not the pool's or a hang
+    assert query(clean_db, "SELECT count(*) FROM raw_callback") == [(0,)]
+    assert query(clean_db, "SELECT count(*) FROM rejected_callback") == [(0,)]
+    retried = post(client, "message-status", delivery)
+    assert retried.status_code == 200 and retried.get_json()["status"] == "accepted"
+    assert query(clean_db, "SELECT status, dispatch_uuid FROM message") == [("delivered", "d-1")]
