@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -149,7 +150,11 @@ def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
 @click.option("--webhook-base-url", required=True, help="Where callbacks go: URL/webhooks/...")
 @click.option("--port", type=int, help="Port to listen on (default: $PORT or 8001).")
 @click.option("--scenario", "scenario_text", help="JSON scenario, or @FILE, for every workflow.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for repeatable runs.")
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed, to repeat a run (default: a new one each run, printed at start).",
+)
 @click.option(
     "--time-scale",
     type=float,
@@ -161,7 +166,7 @@ def emulate(
     webhook_base_url: str,
     port: int | None,
     scenario_text: str | None,
-    seed: int,
+    seed: int | None,
     time_scale: float,
 ) -> None:
     """Run a local stand-in of Dispatch that plays workflows out and calls back."""
@@ -181,6 +186,10 @@ def emulate(
             scenario = Scenario.from_document(json.loads(text))
         except (ValueError, TypeError) as exc:
             raise click.BadParameter(str(exc), param_hint="--scenario") from None
+    if seed is None:
+        # A fixed default would hand out the same ids again after a restart,
+        # and the ledger would take the new workflows for the old ones.
+        seed = secrets.randbits(63)
     config = EmulatorConfig(
         webhook_base_url=webhook_base_url,
         scenario=scenario,
@@ -194,6 +203,7 @@ def emulate(
     listen = port or int(os.environ.get("PORT", "8001"))
     host = os.environ.get("HOST", "127.0.0.1")
     click.echo(f"Dispatch stand-in on http://{host}:{listen}, calling back {webhook_base_url}")
+    click.echo(f"Seed {seed} (--seed {seed} repeats this run)")
     run_simple(host, listen, create_emulator(config), threaded=True)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,8 @@ import pytest
 from app.emulator.plan import Behavior, Faults, Scenario, plan
 from app.emulator.server import EmulatorConfig, create_emulator
 from tests import payloads
+from tests.test_e2e import Server, free_port
+from tests.test_emulated_e2e import start, wait_until
 
 REQUEST = payloads.fixture(
     "dispatch_request_failover.json"
@@ -127,6 +132,20 @@ def test_the_api_answers_202_with_a_dispatch_uuid(emulator: Any) -> None:
     assert (played["outcome"], played["winning_step"]) == ("completed", 2)
 
 
+def first_ids(seed: int, count: int = 3) -> list[str]:
+    config = EmulatorConfig(webhook_base_url="http://127.0.0.1:9", seed=seed, time_scale=1e-6)
+    client = create_emulator(config).test_client()
+    return [
+        client.post("/v0.1/dispatch", json=REQUEST, headers=BASIC).json["dispatch_uuid"]
+        for _ in range(count)
+    ]
+
+
+def test_a_run_is_repeated_by_its_seed_and_runs_with_nearby_seeds_share_no_workflow() -> None:
+    assert first_ids(5) == first_ids(5)
+    assert not set(first_ids(5)) & set(first_ids(6))
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -152,3 +171,31 @@ def test_the_api_refuses_invalid_requests_with_every_parameter_named(emulator: A
     assert response.status_code == 422
     names = {p["name"] for p in response.json["invalid_parameters"]}
     assert names == {"workflow.0.failover.expiry_time", "workflow.2.to.number"}
+
+
+@pytest.mark.e2e
+def test_each_run_of_the_command_has_ids_of_its_own_unless_seeded(tmp_path: Path) -> None:
+    # Restarting the stand-in against the same ledger must not hand out the
+    # ids of workflows the ledger already has.
+    def run(*seed: str) -> tuple[str, str]:
+        port = free_port()
+        log = tmp_path / f"emulator-{port}.log"
+        args = ["emulate", "--port", str(port), "--webhook-base-url", "http://127.0.0.1:9"]
+        process = start([*args, *seed], dict(os.environ), log)
+        try:
+            stand_in = Server(port, process, tmp_path)
+            wait_until(lambda: stand_in.request("GET", "/_emulator/status")[0] == 200, process, log)
+            body = json.dumps(REQUEST).encode()
+            headers = {"Content-Type": "application/json", **BASIC}
+            code, _, answer = stand_in.request("POST", "/v0.1/dispatch", body, headers)
+            assert code == 202
+        finally:
+            process.terminate()
+            process.wait(30)
+        printed = re.search(r"--seed (\d+) repeats this run", log.read_text())
+        assert printed is not None
+        return answer["dispatch_uuid"], printed.group(1)
+
+    (first, seed), (second, _) = run(), run()
+    assert first != second
+    assert run("--seed", seed) == (first, seed)

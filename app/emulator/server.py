@@ -9,6 +9,7 @@ import hmac
 import itertools
 import json
 import logging
+import random
 import threading
 import time
 import urllib.error
@@ -172,7 +173,9 @@ def create_emulator(config: EmulatorConfig) -> Flask:
     app = Flask(__name__)
     deliverer = Deliverer(config)
     plans: dict[str, Plan] = {}
-    seeds = itertools.count(config.seed)
+    # Each workflow's seed is drawn from the run's: runs with nearby seeds
+    # share no workflow (counting up from the seed would shift them by one).
+    seeds = random.Random(config.seed)
 
     def authorized() -> bool:
         scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
@@ -215,7 +218,7 @@ def create_emulator(config: EmulatorConfig) -> Flask:
                 scenario = Scenario.from_document(json.loads(override))
             except (ValueError, TypeError) as exc:
                 return _problem(400, "Invalid scenario", str(exc))
-        the_plan = plan(body, scenario, next(seeds), datetime.now(UTC))
+        the_plan = plan(body, scenario, seeds.getrandbits(64), datetime.now(UTC))
         plans[the_plan.dispatch_uuid] = the_plan
         deliverer.schedule(the_plan)
         return jsonify(dispatch_uuid=the_plan.dispatch_uuid), 202
