@@ -263,7 +263,11 @@ def prune_rejects(older_than_days: int, unresolved: bool) -> None:
 
 @main.command()
 @click.option("--dispatches", type=click.IntRange(min=1), required=True, help="How many workflows.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed, for repeatable data.")
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed, to make the same workflows again (default: a new one each run, printed).",
+)
 @click.option(
     "--days",
     type=click.IntRange(min=1),
@@ -279,10 +283,15 @@ def prune_rejects(older_than_days: int, unresolved: bool) -> None:
     help="typical: 2-3 step workflows, about 1.6 messages each; "
     "long: 4 steps waiting for read, about 3 messages each.",
 )
-def generate(dispatches: int, seed: int, days: int, mix: str) -> None:
+def generate(dispatches: int, seed: int | None, days: int, mix: str) -> None:
     """Make realistic workflows through the same code paths as real callbacks."""
     from app.generate import generate as make
 
+    if seed is None:
+        # A fixed default would make the same ids on a second run, which would
+        # land on the first run's workflows as conflicts instead of adding more.
+        seed = secrets.randbits(63)
+    click.echo(f"seed {seed}")
     settings = Settings.from_env()
     with _database(settings) as db, click.progressbar(length=dispatches, label="workflows") as bar:
         callbacks = make(db, dispatches, seed=seed, days=days, mix=mix, progress=bar.update)

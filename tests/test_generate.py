@@ -67,6 +67,22 @@ def test_the_generate_command(clean_db: str) -> None:
     assert query(clean_db, "SELECT count(*) FROM dispatch") == [(12,)]
 
 
+def test_each_run_of_the_command_adds_workflows_of_its_own_unless_seeded(clean_db: str) -> None:
+    def run(*seed: str) -> str:
+        args = ["generate", "--dispatches", "5", *seed]
+        result = CliRunner().invoke(main, args, env={"DATABASE_URL": clean_db})
+        assert result.exit_code == 0, result.output
+        return result.output.split()[1]  # "seed N" comes first
+
+    seed = run()
+    run()
+    assert query(clean_db, "SELECT count(*) FROM dispatch") == [(10,)]
+    # Nothing from one run landed on the other's workflows.
+    assert query(clean_db, "SELECT count(*) FROM discrepancy WHERE kind ~ 'conflict$'") == [(0,)]
+    run("--seed", seed)
+    assert query(clean_db, "SELECT count(*) FROM dispatch") == [(10,)]
+
+
 def test_the_mixes_the_command_offers_are_the_ones_there_are() -> None:
     option = next(p for p in main.commands["generate"].params if p.name == "mix")
     assert set(option.type.choices) == set(MIXES)  # type: ignore[attr-defined]
