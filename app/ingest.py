@@ -137,7 +137,7 @@ def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) ->
     # A message the report claims from another workflow (a conflict, kept as
     # a discrepancy) may change that workflow too: lock it (out of order, so a
     # deadlock is possible; PostgreSQL detects it and the unit is retried),
-    # then recount and re-decide it from what is committed now.
+    # then recount and re-decide it with the messages as they now stand.
     for other in sorted(changed - {report.dispatch_uuid}):
         other_locked = storage.lock_dispatch(conn, other, now)
         storage.refresh_rollups(conn, other)
