@@ -1,0 +1,118 @@
+"""A Heroku-style deploy: the Procfile's processes, run as a platform runs them.
+
+A platform runs `release:` once per deploy, then `web:` with $PORT set, both
+through a shell, with the app's environment and nothing else: here only
+PATH, DATABASE_URL and PORT. It stops a web process with SIGTERM and kills
+it 30 seconds later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.specifiers import SpecifierSet
+
+from tests import payloads
+from tests.conftest import fresh_database, query
+from tests.test_e2e import ROOT, Server, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def procfile() -> dict[str, str]:
+    processes = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, command = line.partition(":")
+            processes[name.strip()] = command.strip()
+    return processes
+
+
+def test_the_procfile_declares_a_web_and_a_release_process() -> None:
+    processes = procfile()
+    assert set(processes) == {"web", "release"}
+    # Migrations run in the release phase only, never in every web process.
+    assert "migrate" in processes["release"] and "migrate" not in processes["web"]
+
+
+def test_the_buildpack_installs_this_project_editable(tmp_path: Path) -> None:
+    # Heroku's Python buildpack installs from requirements.txt (it does not
+    # install from pyproject.toml alone). Editable, so `dispatch-ledger migrate`
+    # in the release phase finds sql/ beside app/.
+    report = tmp_path / "report.json"
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet"]
+    subprocess.run(
+        [*pip, "--report", str(report), "-r", "requirements.txt"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    installs = json.loads(report.read_text())["install"]
+    ours = [i for i in installs if i["metadata"]["name"] == "dispatch-ledger"]
+    assert [i["download_info"]["dir_info"] for i in ours] == [{"editable": True}]
+    assert Path(ours[0]["download_info"]["url"].removeprefix("file://")) == ROOT
+    # The platform's Python: the version pinned for it is one the project supports.
+    pinned = (ROOT / ".python-version").read_text().strip()
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        supported = tomllib.load(f)["project"]["requires-python"]
+    assert SpecifierSet(supported).contains(pinned + ".0")
+
+
+def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_path: Path) -> None:
+    url = fresh_database(server_url, "dl_deploy")
+    port = free_port()
+    env = {
+        # The platform puts the installed packages' scripts on PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "DATABASE_URL": url,
+        "PORT": str(port),
+    }
+    processes = procfile()
+
+    release = subprocess.run(
+        ["sh", "-c", processes["release"]], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert release.returncode == 0, release.stdout + release.stderr
+    assert query(url, "SELECT count(*) > 0 FROM schema_migration") == [(True,)]
+
+    log = tmp_path / "web.log"
+    with log.open("wb") as out:
+        web = subprocess.Popen(
+            ["sh", "-c", f"exec {processes['web']}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        server = Server(port, web, tmp_path)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if server.request("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert web.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        code, _, answer = server.post_json(
+            "/webhooks/message-status", payloads.fixture("message_status_sample.json")
+        )
+        assert (code, answer["status"]) == (200, "accepted")
+        assert query(url, "SELECT count(*) FROM raw_callback") == [(1,)]
+    finally:
+        # The platform's stop: SIGTERM, then SIGKILL after 30 s.
+        web.send_signal(signal.SIGTERM)
+        try:
+            assert web.wait(30) == 0, log.read_text()
+        finally:
+            if web.poll() is None:
+                web.kill()
