@@ -9,6 +9,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
+from app.definitions import DispatchRequestSchema
 from app.schemas import (
     ChannelField,
     FinalReportSchema,
@@ -39,25 +40,35 @@ _RECEIPT = {
 }
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+_ERRORS = {
+    400: "Malformed JSON",
+    401: "Not shown to come from Vonage",
+    403: "Off: API_TOKEN is not set",
+    404: "Not found",
+    413: "Body too large",
+    415: "Not application/json",
+    422: "Does not match the Dispatch API reference",
+    502: "Dispatch refused the request, or could not be reached",
+    503: "Database unavailable; retry after Retry-After seconds",
+}
+_TOKEN_REQUIRED = {401: "A valid API token is required"}
+
+
+def _errors(*codes: int, described: dict[int, str] | None = None) -> dict[str, Any]:
+    descriptions = _ERRORS | (described or {})
     return {
         str(code): {
-            "description": description,
+            "description": descriptions[code],
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
             },
         }
-        for code, description in [
-            (400, "Malformed JSON"),
-            (401, "Not shown to come from Vonage"),
-            (404, "Not found"),
-            (413, "Body too large"),
-            (415, "Not application/json"),
-            (422, "Does not match the Dispatch API reference"),
-            (503, "Database unavailable; retry after Retry-After seconds"),
-        ]
-        if code in codes
+        for code in codes
     }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _webhook(schema: str, summary: str) -> dict[str, Any]:
@@ -102,10 +113,90 @@ def _read(name: str, summary: str) -> dict[str, Any]:
     }
 
 
+_DISPATCH_REQUEST = {"$ref": "#/components/schemas/DispatchRequest"}
+_OBJECT = {"type": "object"}
+_PATH_ID = {"name": "dispatch_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _workflows() -> dict[str, Any]:
+    def query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema}
+
+    return {
+        "get": {
+            "summary": "Overdue workflows (overdue=true), or the latest to change",
+            "parameters": [
+                query("overdue", {"type": "string", "enum": ["true", "false"]}),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                query("grace", {"type": "integer", "minimum": 0, "maximum": 7 * 86400}),
+            ],
+            "responses": {"200": _json(_OBJECT, "The workflows"), **_errors(400, 503)},
+        },
+        "post": {
+            "summary": "Validate a Dispatch request, send it to Dispatch, and record it",
+            "security": [{"apiToken": []}],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _DISPATCH_REQUEST}},
+            },
+            "responses": {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "required": ["dispatch_uuid"],
+                        "properties": {"dispatch_uuid": {"type": "string"}},
+                    },
+                    "Sent and recorded",
+                ),
+                **_errors(400, 401, 403, 413, 415, 422, 502, 503, described=_TOKEN_REQUIRED),
+            },
+        },
+    }
+
+
+def _definition() -> dict[str, Any]:
+    return {
+        "put": {
+            "summary": "Record the definition of a workflow another system sent",
+            "security": [{"apiToken": []}],
+            "parameters": [_PATH_ID],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _DISPATCH_REQUEST}},
+            },
+            "responses": {
+                "200": _json(_OBJECT, "Replaced"),
+                "201": _json(_OBJECT, "Recorded"),
+                **_errors(400, 401, 403, 404, 413, 415, 422, 503, described=_TOKEN_REQUIRED),
+            },
+        },
+        "get": {
+            "summary": "A workflow's stored definition (it holds numbers and texts)",
+            "security": [{"apiToken": []}],
+            "parameters": [_PATH_ID],
+            "responses": {
+                "200": _json(_OBJECT, "The definition"),
+                **_errors(401, 403, 404, 503, described=_TOKEN_REQUIRED),
+            },
+        },
+    }
+
+
+def _schema_name(schema: Any) -> str:
+    # Callbacks and Dispatch requests both have parties and media, of other
+    # shapes: the request's own are prefixed so that neither hides the other.
+    # A schema narrowed with only=... is a shape of its own, named after it.
+    cls = schema if isinstance(schema, type) else type(schema)
+    name: str = cls.__name__.removesuffix("Schema")
+    only = getattr(schema, "only", None) if not isinstance(schema, type) else None
+    name += "".join(field.title() for field in sorted(only or ()))
+    return f"Request{name}" if cls.__module__ == "app.definitions" else name
+
+
 @cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3 document (built once; it depends only on the code)."""
-    plugin = MarshmallowPlugin()
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(
         title="dispatch-ledger",
         version="1",
@@ -124,6 +215,8 @@ def document() -> dict[str, Any]:
         "signature", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
     spec.components.security_scheme("basic", {"type": "http", "scheme": "basic"})
+    spec.components.security_scheme("apiToken", {"type": "http", "scheme": "bearer"})
+    spec.components.schema("DispatchRequest", schema=DispatchRequestSchema)
     spec.path(
         "/webhooks/message-status",
         operations=_webhook("MessageStatus", "Receive a message-status callback"),
@@ -134,6 +227,8 @@ def document() -> dict[str, Any]:
     )
     spec.path("/workflows/{dispatch_uuid}", operations=_read("dispatch_uuid", "One workflow"))
     spec.path("/messages/{message_uuid}", operations=_read("message_uuid", "One message"))
+    spec.path("/workflows", operations=_workflows())
+    spec.path("/workflows/{dispatch_uuid}/definition", operations=_definition())
     return spec.to_dict()
 
 

@@ -20,7 +20,12 @@ bp = Blueprint("workflow_api", __name__)
 
 
 def _require_token() -> None:
-    """Write endpoints act for the account owner: a bearer API_TOKEN is required."""
+    """Definitions are the account owner's: a bearer API_TOKEN is required.
+
+    Sending and recording act for the owner; a stored definition holds the
+    recipients' numbers and the message texts, which the public read API
+    never shows.
+    """
     token = get_settings().api_token
     if not token:
         raise ApiError(403, "This endpoint is off: set API_TOKEN to enable it.")
@@ -67,6 +72,7 @@ def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
 @bp.get("/workflows/<path:dispatch_uuid>/definition")
 def get_definition(dispatch_uuid: str) -> Response:
     """A workflow's stored definition."""
+    _require_token()
     document = workflows.definition(get_db(), dispatch_uuid)
     if document is None:
         raise ApiError(404, f"No definition is stored for {dispatch_uuid!r}.")

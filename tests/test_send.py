@@ -110,7 +110,7 @@ def test_a_valid_workflow_is_sent_answered_202_and_recorded(
         dispatch_uuid = response.json["dispatch_uuid"]  # type: ignore[index]
         [(_, sent)] = dispatch_api.received
         assert sent == REQUEST
-        stored = client.get(f"/workflows/{dispatch_uuid}/definition").json
+        stored = client.get(f"/workflows/{dispatch_uuid}/definition", headers=AUTH).json
         assert stored is not None and stored["source"] == "sent"
         doc = client.get(f"/workflows/{dispatch_uuid}").json
         assert doc is not None

@@ -68,7 +68,7 @@ def test_a_definition_is_recorded_replaced_and_read_back(api: FlaskClient) -> No
         "sms",
     ]
     assert define(api).status_code == 200
-    stored = api.get(f"/workflows/{D}/definition").json
+    stored = api.get(f"/workflows/{D}/definition", headers=AUTH).json
     assert stored is not None and stored["request"] == REQUEST
     assert workflow(api)["definition"] == "recorded"
 
@@ -77,6 +77,16 @@ def test_writing_needs_the_api_token(api: FlaskClient, clean_db: str) -> None:
     assert api.put(f"/workflows/{D}/definition", json=REQUEST).status_code == 401
     wrong = {"Authorization": "Bearer not-the-token"}
     assert api.put(f"/workflows/{D}/definition", json=REQUEST, headers=wrong).status_code == 401
+    assert define(api).status_code == 201
+    # Reading one back too: it holds the recipients' numbers and the texts.
+    for headers in ({}, wrong):
+        response = api.get(f"/workflows/{D}/definition", headers=headers)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert "447700900000" not in response.get_data(as_text=True)
+    # The public read API shows the steps, never the numbers or the texts.
+    public = api.get(f"/workflows/{D}").get_data(as_text=True)
+    assert '"steps"' in public and "447700900000" not in public and "shipped" not in public
     off = create_app({"database_url": clean_db})  # no API_TOKEN: writes are off
     try:
         response = off.test_client().put(f"/workflows/{D}/definition", json=REQUEST, headers=AUTH)
