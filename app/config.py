@@ -42,6 +42,9 @@ class Settings:
     # Bearer token for the write endpoints (POST /workflows, PUT .../definition);
     # unset, they are off: they send messages on the account's behalf.
     api_token: str | None = field(default=None, repr=False)
+    # Bearer token for reading workflows, messages and /metrics (API_TOKEN
+    # works too); unset, those stay open, as the read API's contract has it.
+    read_api_token: str | None = field(default=None, repr=False)
     # HTTP Basic password for /dashboard; unset, the dashboard is off.
     dashboard_password: str | None = field(default=None, repr=False)
     # How late a failover or a final report may be before it is listed as overdue.

@@ -65,7 +65,10 @@ def observe_pool(stats: dict[str, Any]) -> None:
 
 def metrics_view() -> Response:
     """The metrics of every worker, in Prometheus's text format."""
+    from app.access import require_read_access
     from app.extensions import get_db
+
+    require_read_access()
 
     observe_pool(get_db().pool_stats())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -95,10 +95,16 @@ def _webhook(schema: str, summary: str) -> dict[str, Any]:
     }
 
 
+# Open unless READ_API_TOKEN is set; then that token or API_TOKEN.
+_READ_SECURITY: list[dict[str, list[str]]] = [{}, {"readToken": []}, {"apiToken": []}]
+_READ_REFUSED = {401: "A valid read token is required (READ_API_TOKEN is set)"}
+
+
 def _read(name: str, summary: str) -> dict[str, Any]:
     return {
         "get": {
             "summary": summary,
+            "security": _READ_SECURITY,
             "parameters": [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             ],
@@ -107,7 +113,7 @@ def _read(name: str, summary: str) -> dict[str, Any]:
                     "description": summary,
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
-                **_errors(404, 503),
+                **_errors(401, 404, 503, described=_READ_REFUSED),
             },
         }
     }
@@ -125,12 +131,16 @@ def _workflows() -> dict[str, Any]:
     return {
         "get": {
             "summary": "Overdue workflows (overdue=true), or the latest to change",
+            "security": _READ_SECURITY,
             "parameters": [
                 query("overdue", {"type": "string", "enum": ["true", "false"]}),
                 query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                 query("grace", {"type": "integer", "minimum": 0, "maximum": 7 * 86400}),
             ],
-            "responses": {"200": _json(_OBJECT, "The workflows"), **_errors(400, 503)},
+            "responses": {
+                "200": _json(_OBJECT, "The workflows"),
+                **_errors(400, 401, 503, described=_READ_REFUSED),
+            },
         },
         "post": {
             "summary": "Validate a Dispatch request, send it to Dispatch, and record it",
@@ -216,6 +226,7 @@ def document() -> dict[str, Any]:
     )
     spec.components.security_scheme("basic", {"type": "http", "scheme": "basic"})
     spec.components.security_scheme("apiToken", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("readToken", {"type": "http", "scheme": "bearer"})
     spec.components.schema("DispatchRequest", schema=DispatchRequestSchema)
     spec.path(
         "/webhooks/message-status",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from app import readmodel
+from app.access import require_read_access
 from app.errors import ApiError
 from app.extensions import get_db
 
@@ -15,6 +16,7 @@ bp = Blueprint("read_api", __name__)
 @bp.get("/workflows/<path:dispatch_uuid>")
 def get_workflow(dispatch_uuid: str) -> Response:
     """One workflow: decided and reported status, usage, messages."""
+    require_read_access()
     document = readmodel.workflow(get_db(), dispatch_uuid)
     if document is None:
         raise ApiError(404, f"No workflow with dispatch_uuid {dispatch_uuid!r} has been seen.")
@@ -24,6 +26,7 @@ def get_workflow(dispatch_uuid: str) -> Response:
 @bp.get("/messages/<path:message_uuid>")
 def get_message(message_uuid: str) -> Response:
     """One message with its workflow's dispatch_uuid."""
+    require_read_access()
     document = readmodel.message(get_db(), message_uuid)
     if document is None:
         raise ApiError(404, f"No message with message_uuid {message_uuid!r} has been seen.")

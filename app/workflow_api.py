@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from app import intake, workflows
+from app.access import require_api_token, require_read_access
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
@@ -17,25 +17,6 @@ from app.queries import sql
 from app.readmodel import iso
 
 bp = Blueprint("workflow_api", __name__)
-
-
-def _require_token() -> None:
-    """Definitions are the account owner's: a bearer API_TOKEN is required.
-
-    Sending and recording act for the owner; a stored definition holds the
-    recipients' numbers and the message texts, which the public read API
-    never shows.
-    """
-    token = get_settings().api_token
-    if not token:
-        raise ApiError(403, "This endpoint is off: set API_TOKEN to enable it.")
-    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
-        raise ApiError(
-            401, "A valid API token is required.", headers={"WWW-Authenticate": "Bearer"}
-        )
 
 
 def _json_body() -> Any:
@@ -60,7 +41,7 @@ def _validated(call: Any) -> Any:
 @bp.put("/workflows/<path:dispatch_uuid>/definition")
 def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
     """Record the definition of a workflow another system sent."""
-    _require_token()
+    require_api_token()
     if not 1 <= len(dispatch_uuid) <= 50:
         raise ApiError(404, "A dispatch_uuid has 1 to 50 characters.")
     body = _json_body()
@@ -72,7 +53,7 @@ def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
 @bp.get("/workflows/<path:dispatch_uuid>/definition")
 def get_definition(dispatch_uuid: str) -> Response:
     """A workflow's stored definition."""
-    _require_token()
+    require_api_token()
     document = workflows.definition(get_db(), dispatch_uuid)
     if document is None:
         raise ApiError(404, f"No definition is stored for {dispatch_uuid!r}.")
@@ -82,7 +63,7 @@ def get_definition(dispatch_uuid: str) -> Response:
 @bp.post("/workflows")
 def post_workflow() -> tuple[Response, int]:
     """Validate a Dispatch request, send it to Dispatch, and record it."""
-    _require_token()
+    require_api_token()
     body = _json_body()
     settings = get_settings()
     try:
@@ -101,6 +82,7 @@ def post_workflow() -> tuple[Response, int]:
 @bp.get("/workflows")
 def list_workflows() -> Response:
     """Workflows that are overdue (?overdue=true), or the latest to change."""
+    require_read_access()
     args = request.args
     limit = _int_arg("limit", 100, 1, 1000)
     overdue = args.get("overdue", "false").lower()
