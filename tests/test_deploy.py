@@ -8,6 +8,7 @@ it 30 seconds later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
+from app.config import Settings
 from tests import payloads
 from tests.conftest import fresh_database, query
 from tests.test_e2e import ROOT, Server, free_port
@@ -41,6 +43,13 @@ def test_the_procfile_declares_a_web_and_a_release_process() -> None:
     assert set(processes) == {"web", "release"}
     # Migrations run in the release phase only, never in every web process.
     assert "migrate" in processes["release"] and "migrate" not in processes["web"]
+
+
+def test_the_manifest_offers_only_settings_the_service_reads() -> None:
+    manifest = json.loads((ROOT / "app.json").read_text())
+    settings = {f.name.upper() for f in dataclasses.fields(Settings)}
+    assert set(manifest["env"]) <= settings | {"WEB_CONCURRENCY"}  # gunicorn's
+    assert manifest["addons"][0]["plan"].startswith("heroku-postgresql")
 
 
 def test_the_buildpack_installs_this_project_editable(tmp_path: Path) -> None:
