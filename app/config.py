@@ -39,8 +39,9 @@ class Settings:
     # HTTP Basic credentials, for setups that put them in the webhook URL.
     webhook_basic_user: str | None = None
     webhook_basic_password: str | None = field(default=None, repr=False)
-    # Bearer token for the write endpoints (POST /workflows, PUT .../definition);
-    # unset, they are off: they send messages on the account's behalf.
+    # Bearer token for the owner's endpoints (POST /workflows, PUT and GET
+    # .../definition); unset, they are off: they send messages on the
+    # account's behalf, and definitions hold numbers and texts.
     api_token: str | None = field(default=None, repr=False)
     # Bearer token for reading workflows, messages and /metrics (API_TOKEN
     # works too); unset, those stay open, as the read API's contract has it.
