@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import re
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app.emulator import server as emulator_server
 from app.emulator.plan import Behavior, Faults, Scenario, plan
 from app.emulator.server import EmulatorConfig, create_emulator
 from tests import payloads
@@ -199,3 +203,70 @@ def test_each_run_of_the_command_has_ids_of_its_own_unless_seeded(tmp_path: Path
     (first, seed), (second, _) = run(), run()
     assert first != second
     assert run("--seed", seed) == (first, seed)
+
+
+class FlakyReceiver:
+    """A webhook receiver that fails each callback's first `failures` deliveries with 503."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.seen: list[tuple[bytes, str]] = []  # (body, Authorization) of every attempt
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.seen.append((body, self.headers.get("Authorization", "")))
+                tries = sum(1 for seen, _ in receiver.seen if seen == body)
+                self.send_response(503 if tries <= receiver.failures else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def play_against(receiver: FlakyReceiver, secret: str) -> dict[str, Any]:
+    config = EmulatorConfig(
+        webhook_base_url=receiver.url, seed=3, time_scale=1e6, signature_secret=secret
+    )
+    client = create_emulator(config).test_client()
+    dispatch_uuid = client.post("/v0.1/dispatch", json=REQUEST, headers=BASIC).json["dispatch_uuid"]
+    deadline = time.monotonic() + 30
+    while client.get("/_emulator/status").json["pending"]:
+        assert time.monotonic() < deadline, "the stand-in never finished delivering"
+        time.sleep(0.02)
+    played: dict[str, Any] = client.get(f"/_emulator/dispatches/{dispatch_uuid}").json
+    return played
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real backoff is 0.2 s to 8 s between attempts; the rule is the same.
+    monkeypatch.setattr(emulator_server, "RETRY_DELAYS", (0.01,) * 6)
+
+
+def test_a_delivery_without_a_2xx_is_retried_signed_afresh(quick_retries: None) -> None:
+    receiver = FlakyReceiver(failures=2)
+    played = play_against(receiver, "a-signature-secret-of-32-bytes!!")
+    assert played["planned"] == len(played["delivered"]) > 0
+    assert {(d["code"], d["attempts"]) for d in played["delivered"]} == {(200, 3)}
+    # Every callback came three times, the same body each time, each with a token of its own.
+    bodies = [body for body, _ in receiver.seen]
+    assert len(bodies) == 3 * played["planned"]
+    assert all(bodies.count(body) == 3 for body in bodies)
+    tokens = [auth for _, auth in receiver.seen]
+    assert all(t.startswith("Bearer ") for t in tokens) and len(set(tokens)) == len(tokens)
+
+
+def test_a_delivery_that_never_gets_a_2xx_is_given_up_after_seven_attempts(
+    quick_retries: None,
+) -> None:
+    receiver = FlakyReceiver(failures=100)
+    played = play_against(receiver, "a-signature-secret-of-32-bytes!!")
+    assert {(d["code"], d["attempts"]) for d in played["delivered"]} == {(503, 7)}
+    assert len(receiver.seen) == 7 * played["planned"]
