@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
+from app.config import Settings
+from app.dispatch_client import authorization
 from app.emulator import server as emulator_server
 from app.emulator.plan import Behavior, Faults, Scenario, plan
 from app.emulator.server import EmulatorConfig, create_emulator
@@ -270,3 +279,24 @@ def test_a_delivery_that_never_gets_a_2xx_is_given_up_after_seven_attempts(
     played = play_against(receiver, "a-signature-secret-of-32-bytes!!")
     assert {(d["code"], d["attempts"]) for d in played["delivered"]} == {(503, 7)}
     assert len(receiver.seen) == 7 * played["planned"]
+
+
+def test_the_api_takes_the_ledgers_jwt_checked_against_the_applications_key() -> None:
+    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2)]
+    pems = [
+        k.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode() for k in keys
+    ]
+    public = keys[0].public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    config = EmulatorConfig(
+        webhook_base_url="http://127.0.0.1:9", time_scale=1e-6, public_key=public.decode()
+    )
+    client = create_emulator(config).test_client()
+
+    def answer(pem: str, application_id: str = "an-application") -> int:
+        settings = Settings(dispatch_application_id=application_id, dispatch_private_key=pem)
+        headers = {"Authorization": authorization(settings, time.time())}
+        status: int = client.post("/v0.1/dispatch", json=REQUEST, headers=headers).status_code
+        return status
+
+    assert answer(pems[0]) == 202  # signed with the application's key, as the ledger signs
+    assert answer(pems[1]) == 401  # another key
