@@ -14,8 +14,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, ingest, readmodel
+from app import create_app, ingest, readmodel, storage
 from app.db import Database
+from app.definitions import load_definition
 from app.intake import CallbackKind, read
 from tests import payloads
 from tests.conftest import post, query
@@ -179,3 +180,49 @@ def test_bad_input_is_still_refused_while_the_database_is_down(offline_app: Flas
     client = offline_app.test_client()
     # Keeping the reject fails, but the answer to the sender must not change.
     assert post(client, "message-status", b"{broken").status_code == 400
+
+
+def test_workflows_that_claim_each_others_messages_concurrently_end_consistent(
+    db: Database, clean_db: str
+) -> None:
+    # Statuses link each message to its owner, and the owner's final report
+    # lists it; another workflow's report claims it too, and the next one's
+    # as well, so that transactions lock workflows in crossing orders. The
+    # deadlocks this can cause are retried; the end state must be as if the
+    # deliveries had come one by one.
+    from tests.test_analytics import FRESH_ROLLUPS, KEPT_ROLLUPS, assert_decisions_are_current
+
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    request = payloads.fixture("dispatch_request_failover.json")
+    request["workflow"] = request["workflow"][-1:]  # one SMS step
+    deliveries: list[payloads.Delivery] = []
+    sets = 12
+    for n in range(sets):
+        owner, thief = f"{n:02d}-owner", f"{'0000' if n % 2 else 'zzzz'}-thief-{n:02d}"
+        db.run(
+            lambda conn, owner=owner: storage.save_definition(
+                conn, owner, request, load_definition(request), "recorded", now
+            )
+        )
+        mine, next_one = f"m-{n:02d}", f"m-{(n + 1) % sets:02d}"
+        listed = [
+            {"message_uuid": m, "href": m, "channel": "sms", "status": "delivered"}
+            for m in (mine, next_one)
+        ]
+        at = f"2026-02-01T10:{n:02d}"
+        deliveries += [
+            ("message-status", payloads.status(mine, "submitted", f"{at}:00Z")),
+            (
+                "message-status",
+                payloads.status(mine, "delivered", f"{at}:05Z", dispatch_uuid=owner, price="0.01"),
+            ),
+            ("final-report", payloads.final_report(owner, "completed", f"{at}:30Z", listed[:1])),
+            ("final-report", payloads.final_report(thief, "completed", f"{at}:40Z", listed)),
+        ]
+    random.Random(11).shuffle(deliveries)
+    outcomes = _deliver_all(db, deliveries, threads=8)
+    assert outcomes == ["accepted"] * len(deliveries)
+    kept = query(clean_db, KEPT_ROLLUPS)
+    assert kept == query(clean_db, FRESH_ROLLUPS)
+    assert sum(steps for _, steps, *_ in kept) == sets  # each message counted once
+    assert_decisions_are_current(db, clean_db, now)
