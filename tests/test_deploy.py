@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from app.config import Settings
 from tests import payloads
 from tests.conftest import fresh_database, query
 from tests.test_e2e import ROOT, Server, free_port
+from tests.test_emulated_e2e import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,15 +103,7 @@ def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_
         )
     try:
         server = Server(port, web, tmp_path)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if server.request("GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert web.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_until(lambda: server.request("GET", "/readyz")[0] == 200, web, log)
         code, _, answer = server.post_json(
             "/webhooks/message-status", payloads.fixture("message_status_sample.json")
         )
