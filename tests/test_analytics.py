@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from app.extensions import get_db
 from app.generate import KINDS, workflows
 from app.intake import read
 from app.migrations import VIEWS_DIR, apply_views
-from tests import payloads
+from tests import payloads, scale
 from tests.conftest import fresh_database, post, query
 
 README = Path(__file__).resolve().parent.parent / "sql" / "README.md"
@@ -189,13 +188,12 @@ def test_the_analyst_keeps_access_when_the_views_are_re_created(
         assert conn.execute("SELECT count(*) FROM analytics.dispatch_summary").fetchone() == (2,)
 
 
-def readme_queries() -> list[str]:
-    return re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL)
-
-
 def test_every_documented_example_runs_as_the_analyst(loaded: FlaskClient, analyst: str) -> None:
-    examples = readme_queries()
+    # Read as the scale script reads them, so that every one it times is run
+    # here; and every SQL block must come with its question, or it would time none.
+    examples = [statement for _, statement in scale.examples()]
     assert len(examples) >= 5
+    assert len(examples) == README.read_text().count("```sql")
     with psycopg.connect(analyst, autocommit=True) as conn:
         for example in examples:
             conn.execute(example).fetchall()  # type: ignore[arg-type]
