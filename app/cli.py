@@ -146,6 +146,15 @@ def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
         sys.exit(1)
 
 
+def _seed_or_new(seed: int | None) -> int:
+    """The seed asked for, or a new one for this run.
+
+    A fixed default would make the same ids on every run: a second run would
+    land on the first one's workflows (as conflicts) instead of adding its own.
+    """
+    return secrets.randbits(63) if seed is None else seed
+
+
 @main.command()
 @click.option("--webhook-base-url", required=True, help="Where callbacks go: URL/webhooks/...")
 @click.option("--port", type=int, help="Port to listen on (default: $PORT or 8001).")
@@ -186,10 +195,7 @@ def emulate(
             scenario = Scenario.from_document(json.loads(text))
         except (ValueError, TypeError) as exc:
             raise click.BadParameter(str(exc), param_hint="--scenario") from None
-    if seed is None:
-        # A fixed default would hand out the same ids again after a restart,
-        # and the ledger would take the new workflows for the old ones.
-        seed = secrets.randbits(63)
+    seed = _seed_or_new(seed)
     config = EmulatorConfig(
         webhook_base_url=webhook_base_url,
         scenario=scenario,
@@ -287,10 +293,7 @@ def generate(dispatches: int, seed: int | None, days: int, mix: str) -> None:
     """Make realistic workflows through the same code paths as real callbacks."""
     from app.generate import generate as make
 
-    if seed is None:
-        # A fixed default would make the same ids on a second run, which would
-        # land on the first run's workflows as conflicts instead of adding more.
-        seed = secrets.randbits(63)
+    seed = _seed_or_new(seed)
     click.echo(f"seed {seed}")
     settings = Settings.from_env()
     with _database(settings) as db, click.progressbar(length=dispatches, label="workflows") as bar:
