@@ -113,8 +113,7 @@ def _apply_status(
         locked[other] = storage.lock_dispatch(conn, other, now)
     storage.save_message(conn, transition.state, now)
     for dispatch in locked.values():
-        storage.refresh_rollups(conn, dispatch.state.dispatch_uuid)
-        storage.redecide(conn, dispatch, now)
+        storage.messages_changed(conn, dispatch, now)
     return list(transition.discrepancies)
 
 
@@ -123,25 +122,22 @@ def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) ->
     # so that concurrent deliveries of one workflow cannot deadlock.
     locked = storage.lock_dispatch(conn, report.dispatch_uuid, now)
     found: list[Discrepancy] = []
-    changed = {report.dispatch_uuid}
+    touched: set[str] = set()  # the workflows the listed messages belonged to, or now do
     for reported in sorted(report.messages, key=lambda m: m.message_uuid):
         message = storage.lock_message(conn, reported.message_uuid, now)
         moved = apply_reported_message(message, report.dispatch_uuid, reported)
         storage.save_message(conn, moved.state, now)
         found.extend(moved.discrepancies)
-        changed |= {u for u in (message.dispatch_uuid, moved.state.dispatch_uuid) if u}
+        touched |= {u for u in (message.dispatch_uuid, moved.state.dispatch_uuid) if u}
     transition = apply_final_report(locked.state, report)
     storage.save_dispatch(conn, transition.state, now, final_report=True)
-    storage.refresh_rollups(conn, report.dispatch_uuid)
-    storage.redecide(conn, locked, now, transition.state)
+    storage.messages_changed(conn, locked, now, transition.state)
     # A message the report claims from another workflow (a conflict, kept as
     # a discrepancy) may change that workflow too: lock it (out of order, so a
     # deadlock is possible; PostgreSQL detects it and the unit is retried),
     # then recount and re-decide it with the messages as they now stand.
-    for other in sorted(changed - {report.dispatch_uuid}):
-        other_locked = storage.lock_dispatch(conn, other, now)
-        storage.refresh_rollups(conn, other)
-        storage.redecide(conn, other_locked, now)
+    for other in sorted(touched - {report.dispatch_uuid}):
+        storage.messages_changed(conn, storage.lock_dispatch(conn, other, now), now)
     found.extend(transition.discrepancies)
     return found
 

@@ -210,13 +210,17 @@ def record_discrepancies(
             cur.executemany(sql("insert_discrepancy"), rows)
 
 
-def refresh_rollups(conn: Connection, dispatch_uuid: str) -> None:
-    """Queue the recount of a locked workflow's message rollups (steps, channels, cost).
+def messages_changed(
+    conn: Connection, locked: LockedDispatch, now: datetime, state: DispatchState | None = None
+) -> None:
+    """A locked workflow's messages changed in this transaction: recount it, decide it again.
 
-    Call it after its messages changed in this transaction. The analytics
-    views read these instead of aggregating every message on every query.
+    Both, always together: a message that joins or leaves a workflow changes
+    its rollups (steps, channels, cost, which the analytics views read instead
+    of aggregating every message) and can change its decision.
     """
-    conn.execute(sql("refresh_rollups"), {"dispatch_uuid": dispatch_uuid})
+    conn.execute(sql("refresh_rollups"), {"dispatch_uuid": locked.state.dispatch_uuid})
+    redecide(conn, locked, now, state)
 
 
 def find_message_dispatch(conn: Connection, message_uuid: str) -> str | None:
