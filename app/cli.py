@@ -18,11 +18,11 @@ from typing import Any
 
 import click
 
-from app import embedded, migrations, operations, workflows
+from app import embedded, migrations, operations, rejects, workflows
+from app.auth import Credentials
 from app.config import Settings
 from app.db import Database
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused
-from app.ingest import reprocess_rejects
 from app.intake import Rejection
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,16 @@ def _seed_or_new(seed: int | None) -> int:
 
 
 @main.command()
-@click.option("--webhook-base-url", required=True, help="Where callbacks go: URL/webhooks/...")
+@click.option(
+    "--webhook-base-url",
+    help="Where callbacks go, each kind to its own URL: URL/webhooks/message-status and"
+    " URL/webhooks/final-report.",
+)
+@click.option(
+    "--status-url",
+    help="Send every callback to this one URL instead (as Dispatch does with an application's"
+    " status URL), for example http://127.0.0.1:8000/webhooks/status.",
+)
 @click.option("--port", type=int, help="Port to listen on (default: $PORT or 8001).")
 @click.option("--scenario", "scenario_text", help="JSON scenario, or @FILE, for every workflow.")
 @click.option(
@@ -172,7 +181,8 @@ def _seed_or_new(seed: int | None) -> int:
     help="Emulated seconds per real second (600: a 600 s expiry in 1 s).",
 )
 def emulate(
-    webhook_base_url: str,
+    webhook_base_url: str | None,
+    status_url: str | None,
     port: int | None,
     scenario_text: str | None,
     seed: int | None,
@@ -186,6 +196,8 @@ def emulate(
 
     if time_scale <= 0:
         raise click.BadParameter("must be positive", param_hint="--time-scale")
+    if not (webhook_base_url or status_url):
+        raise click.UsageError("give --webhook-base-url or --status-url")
     scenario = Scenario()
     if scenario_text:
         text = scenario_text
@@ -197,7 +209,8 @@ def emulate(
             raise click.BadParameter(str(exc), param_hint="--scenario") from None
     seed = _seed_or_new(seed)
     config = EmulatorConfig(
-        webhook_base_url=webhook_base_url,
+        webhook_base_url=webhook_base_url or "",
+        status_url=status_url,
         scenario=scenario,
         seed=seed,
         time_scale=time_scale,
@@ -208,7 +221,8 @@ def emulate(
     )
     listen = port or int(os.environ.get("PORT", "8001"))
     host = os.environ.get("HOST", "127.0.0.1")
-    click.echo(f"Dispatch stand-in on http://{host}:{listen}, calling back {webhook_base_url}")
+    target = status_url or webhook_base_url
+    click.echo(f"Dispatch stand-in on http://{host}:{listen}, calling back {target}")
     click.echo(f"Seed {seed} (--seed {seed} repeats this run)")
     run_simple(host, listen, create_emulator(config), threaded=True)
 
@@ -303,14 +317,21 @@ def generate(dispatches: int, seed: int | None, days: int, mix: str) -> None:
 
 @main.command("reprocess-rejects")
 def reprocess_rejects_command() -> None:
-    """Run kept rejects through today's schemas; recovered ones are applied."""
+    """Run kept rejects through today's checks (secrets too); recovered ones are applied.
+
+    Exits with status 1 while any kept reject remains unrecovered.
+    """
     settings = Settings.from_env()
+    credentials = Credentials.from_settings(settings)
     with _database(settings) as db:
-        summary = reprocess_rejects(db, settings.max_json_depth, datetime.now(UTC))
+        summary = rejects.reprocess(db, credentials, settings.max_json_depth, datetime.now(UTC))
     click.echo(
         f"recovered {summary.recovered}, already stored {summary.duplicates}, "
-        f"still rejected {summary.still_rejected}"
+        f"still rejected {summary.still_rejected}, failed {summary.failed}; "
+        f"{summary.remaining} unrecovered rejects remain"
     )
+    if summary.remaining:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ class Settings:
     # under the 30 s that Heroku-style routers allow a request.
     db_pool_timeout: float = 5.0
     retry_after_seconds: int = 5
+    # What refused deliveries may store per reason and hour (bodies and rows).
+    # Past it they are still answered and counted, but not kept. Deliveries
+    # with a valid signature are always kept whole: they are Vonage's.
+    rejects_kept_bytes_per_hour: int = 16 * 1024 * 1024
     # Signed webhooks: the application's signature secret (and the previous
     # one while a rotation is under way). Kept out of repr so it never logs.
     vonage_signature_secret: str | None = field(default=None, repr=False)
@@ -96,6 +100,7 @@ class Settings:
             "max_json_depth",
             "db_pool_max_size",
             "retry_after_seconds",
+            "rejects_kept_bytes_per_hour",
             "signature_max_age_seconds",
             "overdue_grace_seconds",
         )

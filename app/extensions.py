@@ -25,13 +25,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             "PostgreSQL and sets it; otherwise point it at your database."
         )
     app.extensions[_DB] = Database(settings.database_url, settings)
-    secrets = (settings.vonage_signature_secret, settings.vonage_signature_secret_previous)
-    app.extensions[_CREDENTIALS] = Credentials(
-        secrets=tuple(s for s in secrets if s),
-        max_age_seconds=settings.signature_max_age_seconds,
-        basic_user=settings.webhook_basic_user,
-        basic_password=settings.webhook_basic_password,
-    )
+    app.extensions[_CREDENTIALS] = Credentials.from_settings(settings)
     if any(len(secret.encode()) < 32 for secret in app.extensions[_CREDENTIALS].secrets):
         # HS256 keys under 32 bytes are weak (RFC 7518 3.2); Vonage's are
         # chosen by the account owner, so say so instead of refusing to start.

@@ -1,10 +1,8 @@
-"""Store a callback and apply it to the state, in one transaction; keep what is refused."""
+"""Store a callback and apply it to the state, in one transaction."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -14,7 +12,7 @@ from psycopg.rows import DictRow
 
 from app import storage
 from app.db import Connection, Database, jsonb
-from app.intake import Callback, CallbackKind, Reason, Rejection, read
+from app.intake import Callback
 from app.queries import sql
 from app.state import (
     Discrepancy,
@@ -140,109 +138,3 @@ def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) ->
         storage.messages_changed(conn, storage.lock_dispatch(conn, other, now), now)
     found.extend(transition.discrepancies)
     return found
-
-
-def keep_rejection(
-    db: Database,
-    kind: CallbackKind,
-    body: bytes | None,
-    body_size: int | None,
-    content_type: str | None,
-    rejection: Rejection,
-    now: datetime,
-) -> int:
-    """Keep a refused delivery (the same body again counts one more attempt)."""
-    params = {
-        "kind": kind.value,
-        "body": body,
-        "body_sha256": hashlib.sha256(body).digest() if body is not None else None,
-        "body_size": body_size,
-        "content_type": content_type,
-        "http_status": rejection.http_status,
-        "reason": rejection.reason.value,
-        "message": rejection.message,
-        "errors": jsonb(rejection.errors),
-        "received_at": now,
-    }
-
-    def work(conn: Connection) -> int:
-        row = conn.execute(sql("upsert_rejected_callback"), params).fetchone()
-        assert row is not None  # an upsert always returns its row
-        return int(row["id"])
-
-    return db.run(work)
-
-
-@dataclass
-class ReprocessSummary:
-    recovered: int = 0
-    duplicates: int = 0
-    still_rejected: int = 0
-
-
-def reprocess_rejects(
-    db: Database, max_depth: int, now: datetime, batch_size: int = 100
-) -> ReprocessSummary:
-    """Run every kept reject through today's checks; recovered ones are applied and resolved.
-
-    The media type is not checked again: a body that is valid JSON of the
-    right shape is recovered even if a proxy mislabelled it. Deliveries that
-    failed authenticity are never replayed.
-    """
-    summary = ReprocessSummary()
-    after_id = 0
-    while True:
-        batch = db.run(_list_rejects(after_id, batch_size))
-        if not batch:
-            return summary
-        for row in batch:
-            after_id = row["id"]
-            kind = CallbackKind(row["kind"])
-            try:
-                callback = read(kind, bytes(row["body"]), max_depth)
-            except Rejection as rejection:
-                _note_failure(db, row["id"], rejection, now)
-                summary.still_rejected += 1
-                continue
-            receipt = db.run(_recover(row["id"], callback, row["content_type"], now))
-            if receipt.outcome == "accepted":
-                summary.recovered += 1
-            else:
-                summary.duplicates += 1
-
-
-def _list_rejects(after_id: int, limit: int) -> Callable[[Connection], list[DictRow]]:
-    def work(conn: Connection) -> list[DictRow]:
-        params = {"after_id": after_id, "limit": limit}
-        return conn.execute(sql("list_reprocessable_rejects"), params).fetchall()
-
-    return work
-
-
-def _recover(
-    reject_id: int, callback: Callback, content_type: str | None, now: datetime
-) -> Callable[[Connection], Receipt]:
-    def work(conn: Connection) -> Receipt:
-        receipt = receive_in(conn, callback, content_type, now)
-        params = {"id": reject_id, "raw_callback_id": receipt.callback_id, "now": now}
-        conn.execute(sql("resolve_reject"), params)
-        return receipt
-
-    return work
-
-
-def _note_failure(db: Database, reject_id: int, rejection: Rejection, now: datetime) -> None:
-    params = {
-        "id": reject_id,
-        "now": now,
-        "http_status": rejection.http_status,
-        "reason": rejection.reason.value,
-        "message": rejection.message,
-        "errors": jsonb(rejection.errors),
-    }
-    db.run(lambda conn: conn.execute(sql("note_failed_reprocess"), params))
-
-
-def internal_error() -> Rejection:
-    """The rejection kept when the service itself failed on a delivery."""
-    return Rejection(500, Reason.INTERNAL_ERROR, "The service failed on this callback.")

@@ -32,6 +32,8 @@ class Reason(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SCHEMA_VIOLATION = "schema_violation"
     UNAUTHORIZED = "unauthorized"
+    # No Authorization at all: Vonage's own fallback on an internal error (503, retried).
+    UNSIGNED = "unsigned"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -43,6 +45,9 @@ class Rejection(Exception):
     reason: Reason
     message: str
     errors: dict[str, Any] = field(default_factory=dict)
+    # The bearer token a refused delivery came with, kept so that
+    # `reprocess-rejects` can verify it again after a secret is fixed.
+    token: str | None = None
 
     def __str__(self) -> str:
         return f"{self.http_status} {self.reason}: {self.message}"
@@ -139,6 +144,32 @@ def _unstorable(value: Any, max_depth: int) -> str | None:
     return None
 
 
+def kind_of(payload: Any, hint: CallbackKind) -> CallbackKind:
+    """Tell a callback's kind by its shape, whichever URL it came to.
+
+    Dispatch sends both kinds to the application's status URL, so the URL is
+    only a hint: a status has `message_uuid` at the top, a final report has
+    `dispatch_uuid` (and `template`). A body of neither shape is checked
+    against the hinted kind's schema, so that its field errors say what is missing.
+    """
+    if not isinstance(payload, dict):
+        return hint
+    status = "message_uuid" in payload
+    report = "dispatch_uuid" in payload and ("template" in payload or not status)
+    if status and report:
+        raise Rejection(
+            422,
+            Reason.SCHEMA_VIOLATION,
+            "The callback has the shape of both a message status and a final report.",
+            {"_schema": ["Both message_uuid and dispatch_uuid with template at the top."]},
+        )
+    if status:
+        return CallbackKind.MESSAGE_STATUS
+    if report:
+        return CallbackKind.FINAL_REPORT
+    return hint
+
+
 def validate(kind: CallbackKind, payload: Any, body: bytes) -> Callback:
     """Check a parsed payload against the callback's schema."""
     try:
@@ -168,6 +199,7 @@ def json_keys(errors: Any) -> Any:
     return errors
 
 
-def read(kind: CallbackKind, body: bytes, max_depth: int) -> Callback:
-    """Parse and validate a body (the media type is the HTTP layer's business)."""
-    return validate(kind, parse_json(body, max_depth), body)
+def read(hint: CallbackKind, body: bytes, max_depth: int) -> Callback:
+    """Parse, tell the kind and validate a body (the media type is the HTTP layer's business)."""
+    payload = parse_json(body, max_depth)
+    return validate(kind_of(payload, hint), payload, body)

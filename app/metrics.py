@@ -31,6 +31,12 @@ CALLBACKS = Counter(
     ["kind", "outcome"],
 )
 REJECTS = Counter("dispatch_ledger_rejects_total", "Refused deliveries, by reason.", ["reason"])
+REJECTS_DROPPED = Counter(
+    "dispatch_ledger_rejects_not_kept_total",
+    "Refused deliveries counted but not kept: their reason's REJECTS_KEPT_BYTES_PER_HOUR was"
+    " spent.",
+    ["reason"],
+)
 LATENCY = Histogram(
     "dispatch_ledger_request_seconds",
     "Time to answer a request, by endpoint.",

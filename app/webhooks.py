@@ -1,35 +1,57 @@
-"""POST /webhooks/message-status and /webhooks/final-report: Dispatch's callbacks."""
+"""POST /webhooks/status (and /message-status, /final-report): Dispatch's callbacks.
+
+Dispatch sends both kinds of callback to the application's status URL, so
+every one of these URLs takes both, told apart by their shape; the URL is
+only a hint for a body of neither shape.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
-from app import ingest, intake, metrics
-from app.auth import AuthFailure, authenticate
-from app.db import DatabaseUnavailable
+from app import ingest, intake, metrics, rejects
+from app.auth import AuthFailure, Method, Unsigned, authenticate, bearer_token
 from app.errors import ApiError, handle_http_exception
 from app.extensions import get_credentials, get_db, get_settings
 from app.intake import Callback, CallbackKind, Reason, Rejection
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
+# Each URL's hint: the kind a body of neither shape is checked against.
+_HINTS = {
+    "webhooks.status": CallbackKind.MESSAGE_STATUS,
+    "webhooks.message_status": CallbackKind.MESSAGE_STATUS,
+    "webhooks.final_report": CallbackKind.FINAL_REPORT,
+}
+
+
+@bp.post("/status")
+def status() -> Response:
+    """Receive any Dispatch callback: a message status or a final report."""
+    return _receive()
+
 
 @bp.post("/message-status")
 def message_status() -> Response:
-    """Receive one message-status callback."""
-    callback = _load(CallbackKind.MESSAGE_STATUS)
-    return _answer(callback, ingest.receive(get_db(), callback, _ctype(), _now()))
+    """Receive a Dispatch callback (registered as the message-status URL)."""
+    return _receive()
 
 
 @bp.post("/final-report")
 def final_report() -> Response:
-    """Receive one final-report callback."""
-    callback = _load(CallbackKind.FINAL_REPORT)
-    return _answer(callback, ingest.receive(get_db(), callback, _ctype(), _now()))
+    """Receive a Dispatch callback (registered as the final-report URL)."""
+    return _receive()
+
+
+def _receive() -> Response:
+    callback = _load(_HINTS[request.endpoint or ""])
+    receipt = ingest.receive(get_db(), callback, _ctype(), _now())
+    metrics.CALLBACKS.labels(callback.kind.value, receipt.outcome).inc()
+    return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
 
 
 def _now() -> datetime:
@@ -40,11 +62,12 @@ def _ctype() -> str | None:
     return request.headers.get("Content-Type")
 
 
-def _load(kind: CallbackKind) -> Callback:
+def _load(hint: CallbackKind) -> Callback:
     """Size, authenticity, media type, JSON and schema checks; a refusal is kept, then answered."""
     settings = get_settings()
     body: bytes | None = None
     size = request.content_length
+    proven = False
     try:
         if (request.content_length or 0) > settings.max_body_bytes:
             raise intake.too_large(settings.max_body_bytes)
@@ -58,57 +81,82 @@ def _load(kind: CallbackKind) -> Callback:
             # least this large, and not kept.
             body = None
             raise intake.too_large(settings.max_body_bytes)
-        _authenticate(body)
+        proven = g.callback_proven = _authenticate(body) != "none"
         intake.check_media_type(_ctype())
-        return intake.read(kind, body, settings.max_json_depth)
+        return intake.read(hint, body, settings.max_json_depth)
     except Rejection as rejection:
-        _keep(kind, body, size, rejection)
-        headers = _CHALLENGE if rejection.reason is Reason.UNAUTHORIZED else None
-        raise ApiError.from_rejection(rejection, headers) from None
+        _keep(hint, body, size, rejection, proven)
+        raise ApiError.from_rejection(rejection, _headers(rejection)) from None
 
 
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="dispatch-ledger"'}
+def _headers(rejection: Rejection) -> dict[str, str] | None:
+    if rejection.reason is Reason.UNAUTHORIZED:
+        return {"WWW-Authenticate": 'Bearer realm="dispatch-ledger"'}
+    if rejection.http_status == 503:
+        return {"Retry-After": str(get_settings().retry_after_seconds)}
+    return None
 
 
-def _authenticate(body: bytes) -> None:
+def _authenticate(body: bytes) -> Method:
+    header = request.headers.get("Authorization")
     try:
-        authenticate(request.headers.get("Authorization"), body, time.time(), get_credentials())
+        return authenticate(header, body, time.time(), get_credentials())
+    except Unsigned as failure:
+        # Vonage's own fallback on an internal error: a 5xx makes it retry.
+        current_app.logger.warning("an unsigned callback: answered 503 so that it is retried")
+        raise Rejection(503, Reason.UNSIGNED, f"{failure} Retry it signed.") from None
     except AuthFailure as failure:
-        # The reason is safe to send back; the token itself is never logged.
+        # The reason is safe to send back; the token is never logged, only
+        # kept with the body so that a fixed secret can verify it later.
         current_app.logger.warning("refused a callback: %s", failure)
-        raise Rejection(401, Reason.UNAUTHORIZED, str(failure)) from None
+        token = bearer_token(header)
+        raise Rejection(401, Reason.UNAUTHORIZED, str(failure), token=token) from None
 
 
-def _keep(kind: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection) -> None:
-    metrics.CALLBACKS.labels(kind.value, "rejected").inc()
+def _keep(
+    hint: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection, proven: bool
+) -> None:
+    metrics.CALLBACKS.labels(hint.value, "rejected").inc()
     metrics.REJECTS.labels(rejection.reason.value).inc()
     # The reason only: bodies and credentials stay out of the logs.
     current_app.logger.info(
-        "refused a %s callback: %s (%d)", kind.value, rejection.reason.value, rejection.http_status
+        "refused a callback: %s (%d)", rejection.reason.value, rejection.http_status
     )
+    settings = get_settings()
     try:
-        ingest.keep_rejection(get_db(), kind, body, size, _ctype(), rejection, _now())
-    except DatabaseUnavailable:
-        # The refusal still stands; the sender retries and it is kept then.
-        current_app.logger.warning("could not keep a rejected %s callback", kind.value)
-
-
-def _answer(callback: Callback, receipt: ingest.Receipt) -> Response:
-    metrics.CALLBACKS.labels(callback.kind.value, receipt.outcome).inc()
-    return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
+        kept = rejects.keep(
+            get_db(),
+            hint,
+            body,
+            size,
+            _ctype(),
+            rejection,
+            _now(),
+            budget_bytes=settings.rejects_kept_bytes_per_hour,
+            always_keep=proven,
+        )
+    except Exception:
+        # The refusal still stands (and a 5xx is retried, then kept); keeping
+        # is best effort and must not turn a 4xx into a 500.
+        current_app.logger.warning("could not keep a refused callback", exc_info=True)
+        return
+    if kept.reject_id is None:
+        metrics.REJECTS_DROPPED.labels(rejection.reason.value).inc()
+        if kept.first_dropped:
+            current_app.logger.warning(
+                "refused callbacks (%s) passed REJECTS_KEPT_BYTES_PER_HOUR=%d this hour: "
+                "until the hour ends they are counted in reject_window but not kept",
+                rejection.reason.value,
+                settings.rejects_kept_bytes_per_hour,
+            )
 
 
 @bp.errorhandler(InternalServerError)
 def keep_failed_delivery(error: InternalServerError) -> Response:
     """Keep the body of a delivery the service failed on, so that a fix can replay it."""
-    kind = _KINDS.get(request.endpoint or "")
-    if kind is not None:
+    hint = _HINTS.get(request.endpoint or "")
+    if hint is not None:
         body = request.get_data(cache=True)
-        _keep(kind, body, len(body), ingest.internal_error())
+        proven = bool(g.get("callback_proven"))
+        _keep(hint, body, len(body), rejects.internal_error(), proven)
     return handle_http_exception(error)
-
-
-_KINDS = {
-    "webhooks.message_status": CallbackKind.MESSAGE_STATUS,
-    "webhooks.final_report": CallbackKind.FINAL_REPORT,
-}

@@ -1,7 +1,8 @@
 """End to end: `dispatch-ledger serve` (gunicorn) against `dispatch-ledger emulate`, over HTTP.
 
 Every failover scenario is played by the stand-in at 600x speed, signed, with
-faults on demand; the ledger's own decision must match what the stand-in played.
+faults on demand, every callback sent to the one status URL; the ledger's own
+decision must match what the stand-in played.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
             "600",
             "--seed",
             "42",
-            "--webhook-base-url",
-            f"http://127.0.0.1:{ledger_port}",
+            # Both kinds to one URL, as Dispatch does with an application's status URL.
+            "--status-url",
+            f"http://127.0.0.1:{ledger_port}/webhooks/status",
         ],
         base | {"VONAGE_SIGNATURE_SECRET": SECRET},
         folder / "emulator.log",

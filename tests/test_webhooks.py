@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from app import create_app, ingest
+from app import create_app, ingest, rejects
+from app.auth import Credentials
 from app.db import Database
 from app.extensions import get_db
 from tests import payloads
@@ -223,7 +224,7 @@ def test_a_failure_inside_the_service_writes_nothing_half_way_and_keeps_the_body
 
     # Once fixed, the kept body is recovered by reprocessing.
     monkeypatch.undo()
-    summary = ingest.reprocess_rejects(db, 32, _now())
+    summary = rejects.reprocess(db, Credentials(), 32, _now())
     assert (summary.recovered, summary.still_rejected) == (1, 0)
     assert client.get(f"/messages/{UUID}").json["status"] == "delivered"  # type: ignore[index]
 
@@ -254,10 +255,10 @@ def test_reprocessing_recovers_what_todays_checks_accept(
     post(client, "message-status", late, content_type="text/plain")
     post(client, "message-status", late)
 
-    summary = ingest.reprocess_rejects(db, 32, _now())
+    summary = rejects.reprocess(db, Credentials(), 32, _now())
     assert (summary.recovered, summary.duplicates, summary.still_rejected) == (2, 1, 1)
     # Nothing left to do: a second run touches only what still fails.
-    again = ingest.reprocess_rejects(db, 32, _now())
+    again = rejects.reprocess(db, Credentials(), 32, _now())
     assert (again.recovered, again.duplicates, again.still_rejected) == (0, 0, 1)
 
     rows = query(
@@ -346,3 +347,41 @@ def test_a_late_delivery_missing_from_the_report_total_is_in_the_computed_usage(
     assert workflow is not None
     assert workflow["usage"] == {"EUR": "0.0346"}
     assert workflow["reported_usage"] == {"EUR": "0.02"}
+
+
+STATUS_URLS = ["status", "message-status", "final-report"]
+
+
+@pytest.mark.parametrize("url", STATUS_URLS)
+def test_every_status_url_takes_both_kinds_told_apart_by_shape(
+    client: FlaskClient, clean_db: str, url: str
+) -> None:
+    """Dispatch sends both kinds to the application's status URL: none may be refused."""
+    assert post(client, url, SAMPLE_STATUS).json == {"status": "accepted", "callback_id": 1}
+    report = payloads.fixture("final_report_sample.json")
+    assert post(client, url, report).json == {"status": "accepted", "callback_id": 2}
+    kinds = query(clean_db, "SELECT kind FROM raw_callback ORDER BY id")
+    assert kinds == [("message_status",), ("final_report",)]
+    workflow = client.get(f"/workflows/{report['dispatch_uuid']}").json
+    assert workflow is not None and workflow["reported_status"] == "completed"
+
+
+@pytest.mark.parametrize("url", STATUS_URLS)
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"status": "delivered"}, "message_uuid"),
+        ([SAMPLE_STATUS], "_schema"),
+        ({**SAMPLE_STATUS, "dispatch_uuid": "d", "template": "failover"}, "_schema"),
+    ],
+)
+def test_a_body_of_neither_shape_is_refused_and_kept(
+    client: FlaskClient, clean_db: str, url: str, body: Any, field: str
+) -> None:
+    response = post(client, url, body)
+    assert response.status_code == 422
+    if field == "message_uuid" and url == "final-report":
+        field = "dispatch_uuid"  # the URL's hint says which fields a shapeless body misses
+    assert response.json is not None and field in response.json["errors"]
+    assert query(clean_db, "SELECT reason FROM rejected_callback") == [("schema_violation",)]
+    assert query(clean_db, "SELECT count(*) FROM raw_callback") == [(0,)]

@@ -12,7 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, ingest
+from app import create_app, rejects
+from app.auth import Credentials
 from app.db import Database
 from app.extensions import get_db
 from tests import payloads
@@ -59,13 +60,14 @@ def test_the_previous_secret_works_during_a_rotation(signed: FlaskClient) -> Non
 
 
 REFUSED = {
-    "unsigned": ({}, BODY),
     "forged": (bearer(BODY, "an-attacker-guessing-a-secret-32b"), BODY),
     "tampered": (bearer(BODY), BODY.replace(b"delivered", b"read")),
     "stale": (bearer(BODY, iat=0), BODY),
     "future": (bearer(BODY, iat=4_102_444_800), BODY),  # 2100-01-01
     "other scheme": ({"Authorization": "Token " + token(BODY)}, BODY),
-    "malformed and unsigned": ({}, b"{not json"),
+    "NaN iat": (bearer(BODY, iat=float("nan")), BODY),
+    "expired": (bearer(BODY, exp=1_000_000_000), BODY),
+    "not yet valid": (bearer(BODY, nbf=4_102_444_800), BODY),
 }
 
 
@@ -84,24 +86,85 @@ def test_forged_tampered_stale_and_unsigned_callbacks_are_refused_and_kept(
     assert query(clean_db, "SELECT body, reason, http_status FROM rejected_callback") == [
         (body, "unauthorized", 401)
     ]
-    # Neither the secret nor the token is echoed, logged or stored.
-    secrets = [SECRET, OLD_SECRET, *(v.split(" ", 1)[-1] for v in headers.values())]
+    # A bearer token is kept with the body (to be verified again after a
+    # secret is fixed); no other credential is, and nothing is echoed or logged.
+    offered = headers["Authorization"].split(" ", 1)[-1]
+    kept_tokens = [offered] if headers["Authorization"].startswith("Bearer ") else []
+    assert query(clean_db, "SELECT tokens FROM rejected_callback") == [(kept_tokens,)]
     stored = json.dumps(query(clean_db, "SELECT message, errors::text FROM rejected_callback"))
-    for secret in secrets:
+    for secret in (SECRET, OLD_SECRET, offered):
         assert secret not in response.get_data(as_text=True)
         assert secret not in caplog.text
         assert secret not in stored
 
 
-def test_refused_deliveries_are_counted_and_never_replayed(
+def _reprocess(db: Database, *secrets: str) -> rejects.ReprocessSummary:
+    return rejects.reprocess(db, Credentials(secrets=secrets), 32, datetime.now(UTC))
+
+
+def test_an_unsigned_callback_gets_503_so_vonage_retries_it(
     signed: FlaskClient, clean_db: str, db: Database
 ) -> None:
     for _ in range(3):
-        assert send(signed, {})[0] == 401
-    assert query(clean_db, "SELECT attempts FROM rejected_callback") == [(3,)]
-    summary = ingest.reprocess_rejects(db, 32, datetime(2026, 1, 1, tzinfo=UTC))
-    assert (summary.recovered, summary.still_rejected) == (0, 0)
+        response = signed.post("/webhooks/message-status", data=BODY, headers=JSON)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert response.json is not None and "Authorization" in response.json["message"]
+    assert query(clean_db, "SELECT reason, http_status, attempts FROM rejected_callback") == [
+        ("unsigned", 503, 3)
+    ]
+    # Its content is never applied unverified: replaying it waits for the retry.
+    summary = _reprocess(db, SECRET)
+    assert (summary.recovered, summary.still_rejected, summary.remaining) == (0, 1, 1)
     assert query(clean_db, "SELECT count(*) FROM raw_callback") == [(0,)]
+    # Vonage's retry comes signed: accepted, and the kept copy is then settled.
+    assert send(signed, bearer(BODY))[0] == 200
+    summary = _reprocess(db, SECRET)
+    assert (summary.duplicates, summary.remaining) == (1, 0)
+    assert query(
+        clean_db, "SELECT resolved_at IS NOT NULL, raw_callback_id FROM rejected_callback"
+    ) == [(True, 1)]
+
+
+def test_an_empty_authorization_header_is_unsigned_too(signed: FlaskClient) -> None:
+    assert send(signed, {"Authorization": "  "})[0] == 503
+
+
+def test_after_a_wrong_secret_is_fixed_the_kept_tokens_recover_the_genuine_callbacks(
+    clean_db: str, db: Database
+) -> None:
+    """An operator set the wrong secret: Vonage's callbacks got 401 and were dropped by Vonage."""
+    wrong = create_app({"database_url": clean_db, "vonage_signature_secret": "w" * 32})
+    genuine = [
+        json.dumps(payloads.status(f"m-{i}", "delivered", "2020-01-01T15:00:00Z")).encode()
+        for i in range(3)
+    ]
+    forged = json.dumps(payloads.status("m-forged", "read", "2020-01-01T15:00:00Z")).encode()
+    try:
+        client = wrong.test_client()
+        # Signed with the real secret long ago: replay ignores the token's age.
+        headers = [bearer(genuine[0]), bearer(genuine[1], iat=0), bearer(genuine[2])]
+        for body, header in zip(genuine, headers, strict=True):
+            assert send(client, header, body)[0] == 401
+        assert send(client, bearer(forged, "an-attacker-guessing-a-secret-32b"), forged)[0] == 401
+        # A genuine token over another body (tampered in flight) proves nothing.
+        assert send(client, bearer(genuine[0]), genuine[0].replace(b"delivered", b"read"))[0] == 401
+    finally:
+        get_db(wrong).close()
+
+    assert _reprocess(db, "w" * 32).remaining == 5  # still the wrong secret: nothing recovered
+    summary = _reprocess(db, SECRET)
+    assert (summary.recovered, summary.still_rejected, summary.remaining) == (3, 2, 2)
+    stored = query(clean_db, "SELECT message_uuid, status FROM message ORDER BY 1")
+    assert stored == [("m-0", "delivered"), ("m-1", "delivered"), ("m-2", "delivered")]
+
+
+def test_a_reject_keeps_the_latest_few_distinct_tokens(signed: FlaskClient, clean_db: str) -> None:
+    for n in range(10):
+        assert send(signed, bearer(BODY, "x" * 32, jti=str(n % 9)))[0] == 401
+    [(tokens, attempts)] = query(clean_db, "SELECT tokens, attempts FROM rejected_callback")
+    assert attempts == 10
+    assert len(tokens) == 8 == len(set(tokens))
 
 
 def test_basic_credentials_instead_of_signatures(clean_db: str) -> None:
@@ -115,6 +178,7 @@ def test_basic_credentials_instead_of_signatures(clean_db: str) -> None:
         assert send(client, {"Authorization": good})[0] == 200
         assert send(client, {"Authorization": bad})[0] == 401
         assert send(client, bearer(BODY))[0] == 401  # no secret configured
+        assert send(client, {})[0] == 401  # no signature expected, so not Vonage's fallback
     finally:
         get_db(app).close()
 

@@ -33,6 +33,9 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # real seconds between attempts
 @dataclass
 class EmulatorConfig:
     webhook_base_url: str
+    # One URL for every callback, as Dispatch sends both kinds to an
+    # application's status URL; unset, each kind goes to its own URL.
+    status_url: str | None = None
     scenario: Scenario = field(default_factory=Scenario)
     seed: int = 0
     time_scale: float = 1.0  # emulated seconds per real second
@@ -95,7 +98,9 @@ class Deliverer:
 
     def _attempt(self, job: _Job) -> None:
         body = json.dumps(job.delivery.payload).encode()
-        url = f"{self.config.webhook_base_url.rstrip('/')}/webhooks/{job.delivery.kind}"
+        url = self.config.status_url or (
+            f"{self.config.webhook_base_url.rstrip('/')}/webhooks/{job.delivery.kind}"
+        )
         headers = {"Content-Type": "application/json"}
         if self.config.signature_secret:
             headers["Authorization"] = "Bearer " + sign(body, self.config.signature_secret)

@@ -1,9 +1,22 @@
+-- name: charge_reject_window
+-- Count a refused delivery in its reason's hour; `bytes` is the hour's total, this one included.
+INSERT INTO reject_window AS w (reason, window_start, deliveries, bytes, dropped)
+VALUES (%(reason)s, %(window_start)s, 1, %(charge)s,
+        (NOT %(always_keep)s AND %(charge)s > %(budget)s)::int)
+ON CONFLICT ON CONSTRAINT reject_window_pkey DO UPDATE
+   SET deliveries = w.deliveries + 1,
+       bytes = w.bytes + excluded.bytes,
+       dropped = w.dropped + (NOT %(always_keep)s AND w.bytes + excluded.bytes > %(budget)s)::int
+RETURNING bytes, dropped;
+
 -- name: upsert_rejected_callback
 -- Keep a refused delivery; the same body refused again counts one more attempt.
 INSERT INTO rejected_callback (kind, body, body_sha256, body_size, content_type, http_status,
-                               reason, message, errors, first_received_at, last_received_at)
+                               reason, message, errors, first_received_at, last_received_at,
+                               tokens)
 VALUES (%(kind)s, %(body)s, %(body_sha256)s, %(body_size)s, %(content_type)s, %(http_status)s,
-        %(reason)s, %(message)s, %(errors)s, %(received_at)s, %(received_at)s)
+        %(reason)s, %(message)s, %(errors)s, %(received_at)s, %(received_at)s,
+        CASE WHEN %(token)s::text IS NULL THEN '{}'::text[] ELSE ARRAY[%(token)s::text] END)
 ON CONFLICT ON CONSTRAINT rejected_callback_body_key DO UPDATE
    SET attempts = rejected_callback.attempts + 1,
        last_received_at = greatest(rejected_callback.last_received_at, excluded.last_received_at),
@@ -11,19 +24,33 @@ ON CONFLICT ON CONSTRAINT rejected_callback_body_key DO UPDATE
        http_status = excluded.http_status,
        reason = excluded.reason,
        message = excluded.message,
-       errors = excluded.errors
+       errors = excluded.errors,
+       -- A new token joins the latest few (the same body may come with several).
+       tokens = CASE
+           WHEN %(token)s::text IS NULL OR %(token)s::text = ANY (rejected_callback.tokens)
+               THEN rejected_callback.tokens
+           ELSE (rejected_callback.tokens || %(token)s::text)
+                    [greatest(1, cardinality(rejected_callback.tokens) - 6):]
+       END
 RETURNING id;
 
 -- name: list_reprocessable_rejects
--- Unresolved rejects whose body was kept, oldest first; failed authenticity is never replayed.
-SELECT id, kind, body, content_type
+-- Unresolved rejects whose body was kept, oldest first (authenticity is checked again by the caller).
+SELECT id, kind, body, content_type, reason, tokens
   FROM rejected_callback
  WHERE resolved_at IS NULL
    AND body IS NOT NULL
-   AND reason <> 'unauthorized'
    AND id > %(after_id)s
  ORDER BY id
  LIMIT %(limit)s;
+
+-- name: count_unresolved_rejects
+-- How many kept rejects are not recovered (what reprocessing leaves for an operator).
+SELECT count(*) AS remaining FROM rejected_callback WHERE resolved_at IS NULL;
+
+-- name: find_raw_callback
+-- The stored callback with this content, if any (a kept reject that has since arrived whole).
+SELECT id FROM raw_callback WHERE kind = %(kind)s AND dedup_key = %(dedup_key)s;
 
 -- name: resolve_reject
 -- Mark a reject as recovered by the callback it became.
@@ -43,4 +70,12 @@ UPDATE rejected_callback
        reason = %(reason)s,
        message = %(message)s,
        errors = %(errors)s
+ WHERE id = %(id)s;
+
+-- name: note_crashed_reprocess
+-- Record that replaying a reject failed inside the service; its reason (and so its checks) stays.
+UPDATE rejected_callback
+   SET reprocess_attempts = reprocess_attempts + 1,
+       last_reprocessed_at = %(now)s,
+       message = %(message)s
  WHERE id = %(id)s;
