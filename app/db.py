@@ -10,10 +10,13 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.adapt import Buffer
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from app import times
 from app.config import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class Database:
         conn.autocommit = True
         # Far under a 30 s router limit; a stuck statement must not hold a worker.
         conn.execute("SET statement_timeout = '10s'")
+        adapt_times(conn)
         conn.autocommit = False
 
     @property
@@ -110,6 +114,23 @@ class Database:
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None
+
+
+class _EventTimeLoader(TimestamptzLoader):
+    """timestamptz as psycopg loads it, and also the instants just past Python's years."""
+
+    def load(self, data: Buffer) -> Any:
+        try:
+            return super().load(data)
+        except psycopg.DataError:
+            return times.from_postgres_utc(bytes(data).decode())
+
+
+def adapt_times(conn: psycopg.Connection[Any]) -> None:
+    """Load every event time a callback may carry (any offset of years 0001 to 9999)."""
+    # The loader reads PostgreSQL's UTC text for times Python cannot write in UTC.
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.adapters.register_loader("timestamptz", _EventTimeLoader)
 
 
 def jsonb(value: Any) -> Jsonb:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
+from app import times
 from app.state import (
     FAILURE,
     Channel,
@@ -256,10 +257,12 @@ def _walk(definition: Definition, messages: Sequence[MessageState]) -> Decision:
             return wait(None)
 
         assert step.condition_status is not None and step.expiry is not None
-        deadline = start + step.expiry if start is not None else None
+        deadline = times.plus(start, step.expiry) if start is not None else None
+        # A deadline past the end of representable time is no deadline at all.
+        unbounded = start is not None and deadline is None
         reached = reached_at(message, step.condition_status)
         # At the deadline exactly is still within the expiry time.
-        if reached is not None and deadline is not None and reached <= deadline:
+        if reached is not None and (unbounded or (deadline is not None and reached <= deadline)):
             results.append(
                 StepResult(
                     number, step, Outcome.SUCCEEDED, message.message_uuid, start, deadline, reached

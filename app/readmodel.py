@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from app import storage
+from app import storage, times
 from app.db import Connection, Database
 from app.definitions import definition_from_steps
 from app.failover import StepResult, evaluate
 from app.queries import sql
 from app.state import MessageState, Money, computed_usage
 
-
-def iso(value: datetime) -> str:
-    """ISO 8601 in UTC with a Z, as Dispatch writes its timestamps."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+iso = times.iso
 
 
 def usage_document(totals: Mapping[str, Decimal]) -> dict[str, str]:

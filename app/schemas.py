@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
+from app import times
 from app.state import (
     Channel,
     ErrorInfo,
@@ -30,10 +31,43 @@ from app.state import (
 # it is the same channel as `viber_service_msg` everywhere else.
 CHANNEL_ALIASES = {"viber_sevice_msg": Channel.VIBER_SERVICE_MSG.value}
 MAX_REPORTED_MESSAGES = 100
-_PRICE = re.compile(r"\A[0-9]+(\.[0-9]+)?\Z")
-_CURRENCY = re.compile(r"\A[A-Z]{3}\Z")
 _INT32 = validate.Range(min=-(2**31), max=2**31 - 1)
 E = TypeVar("E")
+
+
+class Pattern(validate.Regexp):
+    """A regular expression that must match the whole value, published as OpenAPI's `pattern`.
+
+    Written in the subset that Python and ECMA-262 (OpenAPI's dialect) read
+    alike, anchored with ^ and $; matched with fullmatch, since Python's $
+    also matches before a final newline.
+    """
+
+    def __init__(self, regex: str, error: str) -> None:
+        super().__init__(regex, error=error)
+        self.whole = re.compile(regex)
+
+    def __call__(self, value: Any) -> Any:
+        if not isinstance(value, str) or self.whole.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+# Spaces as ECMA-262's \s knows them; an id made of nothing else is blank.
+_BLANK = " \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# Ids and numbers: printable text (no control characters), not blank.
+ID = Pattern(rf"^(?![{_BLANK}]*$)[^\u0000-\u001f\u007f-\u009f]*$", error="Not a printable id.")
+PRICE = Pattern(r"^[0-9]+(\.[0-9]+)?$", error='Not a decimal string such as "0.0333".')
+CURRENCY = Pattern(r"^[A-Z]{3}$", error="Not a 3-letter ISO 4217 currency code.")
+# RFC 3339 date-time; a missing offset is taken as UTC (refusing one would
+# lose a callback for good). Fractions past microseconds are cut, as
+# PostgreSQL keeps times to the microsecond.
+TIMESTAMP = Pattern(
+    r"^(?!0000)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]"
+    r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$",
+    error="Not an RFC 3339 date-time such as 2020-01-01T14:00:00.000Z.",
+)
 
 
 class _Base(Schema):
@@ -41,13 +75,25 @@ class _Base(Schema):
         unknown = EXCLUDE
 
 
+ID_LENGTH = validate.Length(min=1, max=50)
+
+
+def is_id(value: str) -> bool:
+    """Whether a callback could name this id (the same rule the schemas apply)."""
+    try:
+        ID_LENGTH(value)
+        ID(value)
+    except ValidationError:
+        return False
+    return True
+
+
 def _id(*, required: bool = False) -> fields.String:
-    """Ids and numbers: strings of 1 to 50 characters, as the reference says."""
+    """Ids and numbers: printable strings of 1 to 50 characters, as the reference says."""
+    checks = [ID_LENGTH, ID]
     if required:
-        return fields.String(required=True, validate=validate.Length(min=1, max=50))
-    return fields.String(
-        load_default=None, allow_none=True, validate=validate.Length(min=1, max=50)
-    )
+        return fields.String(required=True, validate=checks)
+    return fields.String(load_default=None, allow_none=True, validate=checks)
 
 
 def _optional(schema: type[Schema]) -> fields.Nested:
@@ -77,37 +123,47 @@ class ChannelField(fields.String):
             raise self.make_error("channel", choices=choices) from None
 
 
+_PAST_MICROSECONDS = re.compile(r"(\.[0-9]{6})[0-9]+")
+
+
 class IsoTimestamp(fields.Field[datetime]):
-    """An ISO 8601 date and time; a time without offset is taken as UTC."""
+    """An RFC 3339 date and time, years 0001 to 9999, any offset; without one, UTC."""
 
     default_error_messages = {  # noqa: RUF012 - marshmallow's convention
-        "invalid": "Not a valid ISO 8601 timestamp.",
+        "invalid": "Not a valid RFC 3339 date-time (no such day or time).",
     }
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"pattern": TIMESTAMP.regex.pattern}, **kwargs)
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
-        # A bare date is valid ISO 8601 but says nothing about when an event
-        # happened, so a time part is required.
-        if not isinstance(value, str) or len(value) > 64 or len(value) < 11:
-            raise self.make_error("invalid")
+        TIMESTAMP(value)
+        # Python reads neither lower-case t/z nor more than 6 fraction digits.
+        text = _PAST_MICROSECONDS.sub(r"\1", value.upper())
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(text)
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
-            # Normalizing here keeps every later comparison aware and in range.
-            return parsed.astimezone(UTC)
+            # One form per instant keeps every later comparison and text the same.
+            return times.canonical(parsed)
         except (ValueError, OverflowError):
             raise self.make_error("invalid") from None
 
 
 class PriceField(fields.Field[Decimal]):
-    """A price as the reference sends it: a decimal number in a string."""
+    """A price as the reference sends it: a decimal number in a string, kept exactly."""
 
     default_error_messages = {  # noqa: RUF012 - marshmallow's convention
-        "invalid": 'Not a decimal string such as "0.0333".',
+        "invalid": "Not a decimal string of at most 50 characters.",
     }
 
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"pattern": PRICE.regex.pattern, "maxLength": 50}
+        super().__init__(metadata=metadata, **kwargs)
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
-        if not isinstance(value, str) or len(value) > 50 or not _PRICE.match(value):
+        PRICE(value)
+        if len(value) > 50:
             raise self.make_error("invalid")
         return Decimal(value)
 
@@ -123,7 +179,8 @@ class PartySchema(_Base):
 
 
 class ErrorSchema(_Base):
-    code = fields.Integer(load_default=None, allow_none=True, validate=_INT32)
+    # strict: 1.5, 1.0 and "1300" are not codes (the reference says integer).
+    code = fields.Integer(strict=True, load_default=None, allow_none=True, validate=_INT32)
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
 
     @post_load
@@ -132,10 +189,7 @@ class ErrorSchema(_Base):
 
 
 class UsageSchema(_Base):
-    currency = fields.String(
-        required=True,
-        validate=validate.Regexp(_CURRENCY, error="Not a 3-letter ISO 4217 currency code."),
-    )
+    currency = fields.String(required=True, validate=CURRENCY)
     price = PriceField(required=True)
 
     @post_load

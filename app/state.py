@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
@@ -67,13 +67,19 @@ SUCCESS = frozenset({MessageStatus.DELIVERED, MessageStatus.READ})
 FAILURE = frozenset({MessageStatus.REJECTED, MessageStatus.UNDELIVERABLE})
 
 
+# Arithmetic on amounts never rounds: Python's default context keeps 28
+# digits, and a price of up to 50 characters (a sum of them, more) needs more.
+# Should a result ever need rounding anyway, it raises instead.
+EXACT = Context(prec=1000, traps=[Inexact, Rounded, InvalidOperation])
+
+
 def canonical_amount(amount: Decimal) -> Decimal:
     """The shortest exact spelling of an amount: no trailing zeros, no exponent."""
-    normalized = amount.normalize()
+    normalized = amount.normalize(EXACT)
     exponent = normalized.as_tuple().exponent
     # normalize() writes 100 as 1E+2; quantizing restores plain digits.
     return (
-        normalized.quantize(Decimal(1))
+        normalized.quantize(Decimal(1), context=EXACT)
         if isinstance(exponent, int) and exponent > 0
         else normalized
     )
@@ -425,5 +431,5 @@ def computed_usage(messages: Iterable[MessageState]) -> dict[str, Decimal]:
     for message in messages:
         if message.usage is not None:
             currency = message.usage.currency
-            totals[currency] = totals.get(currency, Decimal(0)) + message.usage.amount
+            totals[currency] = EXACT.add(totals.get(currency, Decimal(0)), message.usage.amount)
     return totals

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -128,9 +128,25 @@ def test_unknown_fields_are_tolerated_at_every_level() -> None:
         ("2020-01-01T15:00:00+01:00", datetime(2020, 1, 1, 14, 0, tzinfo=UTC)),
         ("2020-01-01T14:00:00.123456Z", datetime(2020, 1, 1, 14, 0, 0, 123456, tzinfo=UTC)),
         ("2020-01-01T14:00:00", datetime(2020, 1, 1, 14, 0, tzinfo=UTC)),  # no offset: UTC
+        ("2020-01-01 14:00:00z", datetime(2020, 1, 1, 14, 0, tzinfo=UTC)),
+        # Kept to the microsecond, as PostgreSQL keeps times.
+        ("2020-01-01T14:00:00.123456789Z", datetime(2020, 1, 1, 14, 0, 0, 123456, tzinfo=UTC)),
+        # Years 0001 to 9999 in any offset, even where UTC is outside them.
+        ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+        ("9999-12-31T23:59:59.999999Z", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        (
+            "9999-12-31T23:00:00-05:00",
+            datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5))),
+        ),
+        (
+            "0001-01-01T00:00:00+23:59",
+            datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23, minutes=59))),
+        ),
     ],
 )
-def test_iso_timestamps_are_read_as_utc(timestamp: str, expected: datetime) -> None:
+def test_rfc3339_timestamps_are_read_as_the_instant_they_name(
+    timestamp: str, expected: datetime
+) -> None:
     assert (
         load_message_status(with_change(SAMPLE_STATUS, "timestamp", timestamp)).occurred_at
         == expected
@@ -150,6 +166,20 @@ STATUS_VIOLATIONS = [
     ("timestamp", "2020-01-01", ("timestamp",)),
     ("timestamp", "2020-13-01T00:00:00Z", ("timestamp",)),
     ("timestamp", 1577887200, ("timestamp",)),
+    ("timestamp", "2020-01-01T14", ("timestamp",)),
+    ("timestamp", "2020-01-01T14:00Z", ("timestamp",)),
+    ("timestamp", "2020-02-30T14:00:00Z", ("timestamp",)),
+    ("timestamp", "2020-01-01T14:00:60Z", ("timestamp",)),
+    ("timestamp", "0000-01-01T14:00:00Z", ("timestamp",)),
+    ("timestamp", "2020-01-01T14:00:00+24:00", ("timestamp",)),
+    ("timestamp", "2020-01-01T14:00:00Z\n", ("timestamp",)),
+    ("timestamp", "20200101T140000Z", ("timestamp",)),
+    ("message_uuid", "   ", ("message_uuid",)),
+    ("message_uuid", "\u3000\ufeff", ("message_uuid",)),
+    ("message_uuid", "m\x00", ("message_uuid",)),
+    ("message_uuid", "m\n", ("message_uuid",)),
+    ("message_uuid", "m\x85", ("message_uuid",)),
+    ("to.number", "\t", ("to", "number")),
     ("to.type", ..., ("to", "type")),
     ("to.type", "fax", ("to", "type")),
     ("to.id", "", ("to", "id")),
@@ -164,10 +194,15 @@ STATUS_VIOLATIONS = [
     ("usage.price", ..., ("usage", "price")),
     ("usage.currency", "eur", ("usage", "currency")),
     ("usage.currency", "EURO", ("usage", "currency")),
+    ("usage.currency", "EUR\n", ("usage", "currency")),
+    ("usage.price", "0.03\n", ("usage", "price")),
     ("usage.currency", ..., ("usage", "currency")),
     ("error.code", "abc", ("error", "code")),
     ("error.code", 2**31, ("error", "code")),
     ("error.code", True, ("error", "code")),
+    ("error.code", 1.5, ("error", "code")),
+    ("error.code", 1300.0, ("error", "code")),
+    ("error.code", "1300", ("error", "code")),
     ("error.reason", 5, ("error", "reason")),
     ("_links.workflow.dispatch_uuid", "", ("_links", "workflow", "dispatch_uuid")),
     ("_links.workflow.dispatch_uuid", "d" * 51, ("_links", "workflow", "dispatch_uuid")),
