@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from app import errors, extensions, logs
+from app import errors, extensions, logs, paths
 from app.config import Settings
 
 
@@ -30,6 +30,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     extensions.init_app(app, settings)
     errors.init_app(app)
+    paths.init_app(app)
     # Imported here, not at the top: gunicorn imports this package to read
     # app.gunicorn_conf, which must set PROMETHEUS_MULTIPROC_DIR before
     # prometheus_client is first imported.

@@ -88,7 +88,7 @@ def _bars(rows: list[Any], series: tuple[str, ...]) -> dict[str, Any]:
     return {"groups": groups, "series": series, "top": top}
 
 
-@bp.get("/workflows/<path:dispatch_uuid>")
+@bp.get("/workflows/<id:dispatch_uuid>")
 def timeline(dispatch_uuid: str) -> str:
     """One workflow's timeline: each step, its statuses over time, its deadline, the outcome."""
     document = readmodel.workflow(get_db(), dispatch_uuid)

@@ -12,8 +12,8 @@ from app.extensions import get_db
 bp = Blueprint("read_api", __name__)
 
 
-# `path`: an accepted id may contain "/" (any 1 to 50 characters), and must be readable.
-@bp.get("/workflows/<path:dispatch_uuid>")
+# `id`: an accepted id may contain "/" (printable, 1 to 50 characters), and must be readable.
+@bp.get("/workflows/<id:dispatch_uuid>")
 def get_workflow(dispatch_uuid: str) -> Response:
     """One workflow: decided and reported status, usage, messages."""
     require_read_access()
@@ -23,7 +23,7 @@ def get_workflow(dispatch_uuid: str) -> Response:
     return jsonify(document)
 
 
-@bp.get("/messages/<path:message_uuid>")
+@bp.get("/messages/<id:message_uuid>")
 def get_message(message_uuid: str) -> Response:
     """One message with its workflow's dispatch_uuid."""
     require_read_access()

@@ -38,7 +38,7 @@ def _validated(call: Any) -> Any:
         raise ApiError.from_rejection(rejection) from None
 
 
-@bp.put("/workflows/<path:dispatch_uuid>/definition")
+@bp.put("/workflows/<id:dispatch_uuid>/definition")
 def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
     """Record the definition of a workflow another system sent."""
     require_api_token()
@@ -50,7 +50,7 @@ def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
     return jsonify(workflows.definition(get_db(), dispatch_uuid)), 201 if created else 200
 
 
-@bp.get("/workflows/<path:dispatch_uuid>/definition")
+@bp.get("/workflows/<id:dispatch_uuid>/definition")
 def get_definition(dispatch_uuid: str) -> Response:
     """A workflow's stored definition."""
     require_api_token()
