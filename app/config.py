@@ -26,9 +26,11 @@ class Settings:
     max_json_depth: int = 32
     db_pool_min_size: int = 1
     db_pool_max_size: int = 4
-    # Seconds a request waits for a connection before answering 503; well
-    # under the 30 s that Heroku-style routers allow a request.
-    db_pool_timeout: float = 5.0
+    # Seconds a request waits for a connection before answering 503. While
+    # the database is down every request waits this long, so it is short:
+    # Vonage retries a 503, and a callback takes milliseconds, so a wait this
+    # long means the database is gone or stuck, not busy.
+    db_pool_timeout: float = 1.5
     retry_after_seconds: int = 5
     # What refused deliveries may store per reason and hour (bodies and rows).
     # Past it they are still answered and counted, but not kept. Deliveries

@@ -27,6 +27,8 @@ Connection = psycopg.Connection[DictRow]
 # work again; each attempt starts from scratch, so a retry is always safe.
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 MAX_ATTEMPTS = 5
+# Seconds a new connection may take before the attempt counts as failed.
+CONNECT_TIMEOUT = 3
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -59,13 +61,15 @@ class Database:
                 self._pool = ConnectionPool(
                     self._conninfo,
                     connection_class=Connection,
-                    kwargs={"row_factory": dict_row},
+                    # A database that does not answer a connection attempt must
+                    # not hold the pool's workers for the kernel's minutes.
+                    kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
                     min_size=self._settings.db_pool_min_size,
                     max_size=self._settings.db_pool_max_size,
                     timeout=self._settings.db_pool_timeout,
-                    # No check on checkout: it costs a round trip per request. A
-                    # connection broken by an outage fails its request with 503
-                    # (the provider retries) and the pool replaces it.
+                    # No check on checkout: it costs a round trip per request.
+                    # A connection broken by an outage is found out when used,
+                    # and `run` starts over on another (see there).
                     # Reconnection backs off exponentially until this gives up;
                     # then the next request starts over at 1 s. Without a cap a
                     # long outage would leave minutes of 503s after recovery.
@@ -81,24 +85,42 @@ class Database:
             return self._pool
 
     def run(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` in one transaction: all of it commits, or none of it."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        """Run `work` in one transaction: all of it commits, or none of it.
+
+        Every unit of work here may run again from scratch: a callback's
+        capture is deduplicated, so a second run after a commit whose answer
+        was lost finds a duplicate, and everything else is idempotent too.
+        """
+        conflicts = 0
+        # Each pooled connection may have been cut by a database restart while
+        # it sat idle; each such one is found out on use and discarded.
+        broken_left = self._settings.db_pool_max_size + 1
+        while True:
+            used: Connection | None = None
             try:
-                # Pipeline mode: BEGIN, COMMIT and statements whose results are
-                # not read travel with the next round trip instead of each
-                # taking one (profiled: BEGIN alone was 22% of worker time).
-                # Reading a result still waits for it, so the logic is unchanged.
-                with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-                    return work(conn)
+                with self.pool.connection() as conn:
+                    used = conn
+                    # Pipeline mode: BEGIN, COMMIT and statements whose results
+                    # are not read travel with the next round trip instead of
+                    # each taking one (profiled: BEGIN alone was 22% of worker
+                    # time). Reading a result still waits for it.
+                    with conn.pipeline(), conn.transaction():
+                        return work(conn)
             except _RETRYABLE:
-                if attempt == MAX_ATTEMPTS:
+                conflicts += 1
+                if conflicts == MAX_ATTEMPTS:
                     raise
-                log.info("transaction conflict, retrying (attempt %d)", attempt)
+                log.info("transaction conflict, retrying (attempt %d)", conflicts)
             except PoolTimeout as exc:
                 raise DatabaseUnavailable("no database connection available in time") from exc
             except psycopg.OperationalError as exc:
+                if used is not None and used.broken and broken_left > 0:
+                    # Cut while idle (a restart or failover of PostgreSQL):
+                    # the pool replaces it; this unit starts over on another.
+                    broken_left -= 1
+                    log.info("a pooled connection was cut; starting over on another")
+                    continue
                 raise DatabaseUnavailable(str(exc).strip() or "database unavailable") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def pool_stats(self) -> dict[str, int]:
         """Sizes of this worker's pool (no connection is made for it)."""

@@ -7,14 +7,17 @@ import os
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app, embedded, migrations
-from app.extensions import get_db
+from app.config import Settings
+from app.extensions import get_db, get_settings
 from tests import payloads
 from tests.conftest import post, query
 
@@ -144,3 +147,66 @@ def test_a_callback_stuck_behind_a_migrations_lock_gets_503_and_its_retry_is_app
     retried = post(client, "message-status", delivery)
     assert retried.status_code == 200 and retried.get_json()["status"] == "accepted"
     assert query(clean_db, "SELECT status, dispatch_uuid FROM message") == [("delivered", "d-1")]
+
+
+def _open_every_connection(app: Flask) -> None:
+    """Make the pool open all its connections, as a busy instance's pool has."""
+    db = get_db(app)
+    size = get_settings_of(app).db_pool_max_size
+    with ThreadPoolExecutor(size) as pool:
+        list(pool.map(lambda _: db.run(lambda c: c.execute("SELECT pg_sleep(0.3)")), range(size)))
+    assert db.pool_stats()["pool_size"] == size
+
+
+def get_settings_of(app: Flask) -> Settings:
+    with app.app_context():
+        return get_settings()
+
+
+def test_after_a_restart_an_idle_instance_answers_at_once_and_is_ready(
+    own_server: OwnServer,
+) -> None:
+    """Each pooled connection was cut by the restart; none may cost a callback a 503."""
+    app = create_app({"database_url": own_server.url})  # the defaults, as deployed
+    try:
+        client = app.test_client()
+        _open_every_connection(app)
+        own_server.stop()
+        own_server.start()
+        deliveries = payloads.three_message_workflow("d-restart")
+        for kind, payload in deliveries:
+            assert post(client, kind, payload).status_code == 200
+        assert [client.get("/readyz").status_code for _ in range(10)] == [200] * 10
+    finally:
+        get_db(app).close()
+
+
+def test_during_an_outage_503_comes_fast_and_after_it_every_callback_is_taken(
+    own_server: OwnServer,
+) -> None:
+    app = create_app({"database_url": own_server.url})
+    try:
+        client = app.test_client()
+        _open_every_connection(app)
+        own_server.stop()
+        deliveries = payloads.three_message_workflow("d-outage")
+        for kind, payload in deliveries:
+            started = time.monotonic()
+            response = post(client, kind, payload)
+            assert response.status_code == 503 and response.headers["Retry-After"]
+            assert time.monotonic() - started < 2
+        assert client.get("/readyz").status_code == 503
+
+        own_server.start()
+        back = time.monotonic()
+        answers = []
+        while time.monotonic() - back < 10 and 200 not in answers:
+            answers.append(post(client, *deliveries[0]).status_code)
+            time.sleep(0.2)
+        assert answers[-1] == 200, f"no callback taken 10 s after the database came back: {answers}"
+        # From then on, every one.
+        for kind, payload in deliveries[1:]:
+            assert post(client, kind, payload).status_code == 200
+        assert [client.get("/readyz").status_code for _ in range(10)] == [200] * 10
+    finally:
+        get_db(app).close()
