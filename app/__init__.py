@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from app import errors, extensions, logs, paths
-from app.config import Settings
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application; settings come from the environment unless given."""
+    # Imported here, not at the top: gunicorn's master imports this package to
+    # read app.gunicorn_conf, and a gevent worker patches the standard library
+    # only after it forks. What the master had imported would keep unpatched
+    # threads and sockets; so importing the package itself loads nothing.
+    from flask import Flask
+
+    from app import errors, extensions, logs, paths
+    from app.config import Settings
+
     settings = Settings.from_env()
     if test_config:
         settings = settings.with_overrides(test_config)
@@ -31,8 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     extensions.init_app(app, settings)
     errors.init_app(app)
     paths.init_app(app)
-    # Imported here, not at the top: gunicorn imports this package to read
-    # app.gunicorn_conf, which must set PROMETHEUS_MULTIPROC_DIR before
+    # Also late: app.gunicorn_conf must set PROMETHEUS_MULTIPROC_DIR before
     # prometheus_client is first imported.
     from app import metrics
 

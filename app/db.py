@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -81,6 +82,11 @@ class Database:
                 # wait=False: a worker starts even while the database is down,
                 # and answers 503 until it is back.
                 self._pool.open(wait=False)
+                if self._pid is None:
+                    # Closed while the process exits normally: its connections
+                    # end cleanly, and no pool is left to the finalizer, which
+                    # cannot stop a gevent worker's greenlets.
+                    atexit.register(self.close)
                 self._pid = os.getpid()
             return self._pool
 

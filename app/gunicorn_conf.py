@@ -11,11 +11,14 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # Processes: the platform's sizing hint, else two (one per core here).
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 
-# Threads per process: a callback mostly waits on PostgreSQL, so a few threads
-# keep a process busy. Each thread needs its own connection: keep
-# DB_POOL_MAX_SIZE (default 4) at least this large.
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# gevent: each connection is a greenlet, not a thread. A client that trickles
+# its headers or body (slowloris, or a bad network) then costs a few KB of
+# memory, not one of a handful of threads: with threads, eight such clients
+# stopped the service. psycopg 3 cooperates with gevent by itself (3.1.14+),
+# so a request waiting on PostgreSQL lets the others run. Connections to the
+# database are still at most DB_POOL_MAX_SIZE per process.
+worker_class = "gevent"
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 
 # A request must finish well under the router's 30 s limit; a worker stuck
 # longer than this is restarted.

@@ -195,7 +195,7 @@ def ensure_wrk() -> str:
 
 
 def gunicorn(
-    module_dir: Path, target: str, env: dict[str, str], port: int
+    module_dir: Path, target: str, env: dict[str, str], port: int, extra: list[str]
 ) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
@@ -207,6 +207,7 @@ def gunicorn(
         str(module_dir),
         "--access-logfile",
         "/dev/null",
+        *extra,
         target,
     ]
     process = subprocess.Popen(
@@ -326,6 +327,11 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=3, help="unmeasured seconds of load before each run"
     )
+    parser.add_argument(
+        "--compare-gthread",
+        action="store_true",
+        help="also run the service with gunicorn's gthread workers (4 threads), as before gevent",
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -342,19 +348,30 @@ def main() -> None:
     env |= {"WEB_CONCURRENCY": str(args.workers), "DATABASE_URL": url}
 
     results: list[Result] = []
-    plan = [
-        ("bare ceiling (parse JSON only)", work, "bare:app", None),
-        ("dispatch-ledger, empty database", ROOT, "wsgi:app", None),
+    gthread = ["--worker-class", "gthread", "--threads", "4"]
+    plan: list[tuple[str, Path, str, int | None, list[str]]] = [
+        ("bare ceiling (parse JSON only)", work, "bare:app", None, []),
+        ("dispatch-ledger, empty database", ROOT, "wsgi:app", None, []),
     ]
+    if args.compare_gthread:
+        plan.append(
+            ("dispatch-ledger, gthread x 4, empty database", ROOT, "wsgi:app", None, gthread)
+        )
     if args.preload:
         plan.append(
-            (f"dispatch-ledger, {args.preload:,} callbacks stored", ROOT, "wsgi:app", args.preload)
+            (
+                f"dispatch-ledger, {args.preload:,} callbacks stored",
+                ROOT,
+                "wsgi:app",
+                args.preload,
+                [],
+            )
         )
-    for index, (name, folder, target, to_preload) in enumerate(plan):
+    for index, (name, folder, target, to_preload, extra) in enumerate(plan):
         if to_preload:
             preload(url, to_preload)
         port = free_port()
-        server = gunicorn(folder, target, env, port)
+        server = gunicorn(folder, target, env, port, extra)
         try:
             if args.warmup:
                 # Fill the pool, prepare statements and warm caches, unmeasured.
@@ -396,7 +413,7 @@ def main() -> None:
     print()
     print(
         f"{args.connections} connections, {args.seconds} s each, gunicorn {args.workers} workers"
-        f" x {os.environ.get('GUNICORN_THREADS', '4')} threads, {os.cpu_count()} cores"
+        f" (gevent unless said), {os.cpu_count()} cores"
     )
     print()
     print("| server | requests/s | of ceiling | p50 ms | p99 ms | 2xx | non-2xx | lost |")
