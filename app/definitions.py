@@ -12,6 +12,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from app.failover import Definition, Step
+from app.schemas import WholeNumber
 from app.state import Channel, MessageStatus
 
 # The request's channels (the reference lists no mms for sending).
@@ -33,7 +34,7 @@ REQUIRED_PARTY_FIELDS = {
     "whatsapp": {"to": "number", "from": "number"},
 }
 # "Don't use a leading + or 00": the country code first, digits only.
-_E164 = re.compile(r"\A[1-9][0-9]{6,14}\Z")
+E164 = re.compile(r"^[1-9][0-9]{6,14}$")  # published in /openapi.json too
 MAX_STEPS = 10
 
 
@@ -78,7 +79,7 @@ class ContentSchema(_Base):
 
 class ViberOptionsSchema(_Base):
     category = fields.String(validate=validate.OneOf(["transaction", "promotion"]))
-    ttl = fields.Integer(strict=True, validate=validate.Range(min=30, max=86400))
+    ttl = WholeNumber(validate=validate.Range(min=30, max=86400))
 
 
 class MessengerOptionsSchema(_Base):
@@ -99,9 +100,7 @@ class MessageBodySchema(_Base):
 
 
 class FailoverSchema(_Base):
-    expiry_time = fields.Integer(
-        strict=True, required=True, validate=validate.Range(min=15, max=86400)
-    )
+    expiry_time = WholeNumber(required=True, validate=validate.Range(min=15, max=86400))
     condition_status = fields.String(required=True, validate=validate.OneOf(["delivered", "read"]))
 
 
@@ -177,7 +176,7 @@ def _message_rules(item: dict[str, Any], last: bool) -> dict[str, Any]:
         if _get(item, f"{side}.{key}") is None:
             _add(problems, f"{side}.{key}", f"Required for {channel}.")
     number = _get(item, "to.number")
-    if isinstance(number, str) and channel != "messenger" and not _E164.match(number):
+    if isinstance(number, str) and channel != "messenger" and not E164.fullmatch(number):
         _add(
             problems,
             "to.number",

@@ -9,7 +9,14 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
-from app.definitions import DispatchRequestSchema
+from app.definitions import (
+    CHANNEL_CONTENT,
+    E164,
+    MAX_STEPS,
+    REQUIRED_PARTY_FIELDS,
+    TEXT_LIMITS,
+    DispatchRequestSchema,
+)
 from app.schemas import (
     ChannelField,
     FinalReportSchema,
@@ -49,7 +56,8 @@ _ERRORS = {
     415: "Not application/json",
     422: "Does not match the Dispatch API reference",
     502: "Dispatch refused the request, or could not be reached",
-    503: "Database unavailable; retry after Retry-After seconds",
+    503: "Database unavailable, or a callback came unsigned while signatures are required;"
+    " retry after Retry-After seconds (Vonage does)",
 }
 _TOKEN_REQUIRED = {401: "A valid API token is required"}
 
@@ -69,6 +77,27 @@ def _errors(*codes: int, described: dict[int, str] | None = None) -> dict[str, A
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+# Any status URL takes either kind, told apart by shape as intake.kind_of
+# does: a status has message_uuid; a final report has dispatch_uuid (and
+# template) and no message_uuid; a body with both shapes is refused.
+_CALLBACK = {
+    "oneOf": [
+        {
+            "allOf": [
+                {"$ref": "#/components/schemas/MessageStatus"},
+                {"not": {"required": ["dispatch_uuid", "template"]}},
+            ]
+        },
+        {
+            "allOf": [
+                {"$ref": "#/components/schemas/FinalReport"},
+                {"not": {"required": ["message_uuid"]}},
+            ]
+        },
+    ]
+}
 
 
 def _webhook(schema: str, summary: str) -> dict[str, Any]:
@@ -203,6 +232,111 @@ def _schema_name(schema: Any) -> str:
     return f"Request{name}" if cls.__module__ == "app.definitions" else name
 
 
+# What intake.parse_json refuses anywhere in a body (PostgreSQL's jsonb and
+# text cannot hold it), said in the schema: no NUL in any string or key,
+# known field or not.
+_NO_NUL = "^[^\\u0000]*$"
+_JSON_VALUE = {
+    "anyOf": [
+        {"type": "string", "pattern": _NO_NUL},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        },
+    ]
+}
+
+
+def _storable(schema: Any) -> None:
+    """Say in every request schema what a body must be to be stored (see _NO_NUL)."""
+    if isinstance(schema, list):
+        for item in schema:
+            _storable(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    kinds = schema.get("type")
+    is_string = kinds == "string" or (isinstance(kinds, list) and "string" in kinds)
+    if is_string and "pattern" not in schema and "enum" not in schema:
+        schema["pattern"] = _NO_NUL  # applies to strings only; null stays allowed
+    if "properties" in schema:
+        # Unknown fields are accepted (and kept in the raw copy), as any JSON.
+        schema.setdefault("additionalProperties", {"$ref": "#/components/schemas/JsonValue"})
+        schema.setdefault("propertyNames", {"pattern": _NO_NUL})
+    for value in schema.values():
+        _storable(value)
+
+
+def _content_rule(channel: str, content_type: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"properties": {"type": {"const": content_type}}}
+    if content_type != "custom":
+        rule["required"] = [content_type]
+    if content_type == "text":
+        rule["properties"]["text"] = {"maxLength": TEXT_LIMITS[channel]}
+    if content_type in ("image", "file") and channel != "whatsapp":
+        rule["properties"][content_type] = {"not": {"required": ["caption"]}}
+    return rule
+
+
+def _step_rule(channel: str, last: bool) -> dict[str, Any]:
+    """One workflow message on one channel, as definitions.py's rules have it."""
+    parties = REQUIRED_PARTY_FIELDS[channel]
+    to: dict[str, Any] = {
+        "properties": {"type": {"const": channel}},
+        "required": ["type", parties["to"]],
+    }
+    if channel != "messenger":
+        to["properties"]["number"] = {"pattern": E164.pattern}
+    contents = [_content_rule(channel, t) for t in sorted(CHANNEL_CONTENT[channel])]
+    rule: dict[str, Any] = {
+        "properties": {
+            "to": to,
+            "from": {"properties": {"type": {"const": channel}}, "required": [parties["from"]]},
+            "message": {"properties": {"content": {"anyOf": contents}}},
+        },
+    }
+    if last:
+        rule["not"] = {"required": ["failover"]}
+    else:
+        rule["required"] = ["failover"]
+        if channel == "sms":
+            rule["properties"]["failover"] = {
+                "properties": {"condition_status": {"const": "delivered"}}
+            }
+    return rule
+
+
+def _workflow_rules() -> dict[str, Any]:
+    """What DispatchRequestSchema checks across fields, for the published schema.
+
+    Every message but the last fails over and the last does not; each message
+    is one channel's shape (parties, content types, text limits).
+    """
+    step = {
+        last: {"anyOf": [_step_rule(c, last) for c in sorted(REQUIRED_PARTY_FIELDS)]}
+        for last in (False, True)
+    }
+    lengths = [
+        {"minItems": n, "maxItems": n, "prefixItems": [step[False]] * (n - 1) + [step[True]]}
+        for n in range(1, MAX_STEPS + 1)
+    ]
+    tag_rule = {
+        "if": {"properties": {"category": {"const": "message_tag"}}, "required": ["category"]},
+        "then": {"required": ["tag"]},
+    }
+    return {
+        "properties": {
+            "workflow": {
+                "anyOf": lengths,
+                "items": {"properties": {"message": {"properties": {"messenger": tag_rule}}}},
+            }
+        }
+    }
+
+
 @cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3 document (built once; it depends only on the code)."""
@@ -210,11 +344,13 @@ def document() -> dict[str, Any]:
     spec = APISpec(
         title="dispatch-ledger",
         version="1",
-        openapi_version="3.0.3",
+        openapi_version="3.1.0",
         plugins=[plugin],
         info={"description": "Webhook receiver and read API for Vonage Dispatch callbacks."},
     )
-    plugin.map_to_openapi_type(IsoTimestamp, "string", "date-time")  # type: ignore[no-untyped-call]
+    # Not format date-time: the pattern says exactly what is accepted (a
+    # missing offset too, taken as UTC).
+    plugin.map_to_openapi_type(IsoTimestamp, "string", None)  # type: ignore[no-untyped-call]
     plugin.map_to_openapi_type(PriceField, "string", None)  # type: ignore[no-untyped-call]
     plugin.map_to_openapi_type(ChannelField, "string", None)  # type: ignore[no-untyped-call]
     spec.components.schema("MessageStatus", schema=MessageStatusSchema)
@@ -228,19 +364,31 @@ def document() -> dict[str, Any]:
     spec.components.security_scheme("apiToken", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("readToken", {"type": "http", "scheme": "bearer"})
     spec.components.schema("DispatchRequest", schema=DispatchRequestSchema)
+    spec.components.schema("Callback", _CALLBACK)
+    spec.path(
+        "/webhooks/status",
+        operations=_webhook("Callback", "Receive any Dispatch callback (the one status URL)"),
+    )
     spec.path(
         "/webhooks/message-status",
-        operations=_webhook("MessageStatus", "Receive a message-status callback"),
+        operations=_webhook("Callback", "Receive any Dispatch callback (as the status URL)"),
     )
     spec.path(
         "/webhooks/final-report",
-        operations=_webhook("FinalReport", "Receive a final-report callback"),
+        operations=_webhook("Callback", "Receive any Dispatch callback (as the report URL)"),
     )
     spec.path("/workflows/{dispatch_uuid}", operations=_read("dispatch_uuid", "One workflow"))
     spec.path("/messages/{message_uuid}", operations=_read("message_uuid", "One message"))
     spec.path("/workflows", operations=_workflows())
     spec.path("/workflows/{dispatch_uuid}/definition", operations=_definition())
-    return spec.to_dict()
+    built = spec.to_dict()
+    schemas = built["components"]["schemas"]
+    for name, schema in schemas.items():
+        if name not in ("ErrorEnvelope", "Receipt", "Callback"):
+            _storable(schema)
+    schemas["JsonValue"] = _JSON_VALUE
+    schemas["DispatchRequest"] = {"allOf": [schemas["DispatchRequest"], _workflow_rules()]}
+    return built
 
 
 @bp.get("/openapi.json")

@@ -53,19 +53,28 @@ class Pattern(validate.Regexp):
         return value
 
 
-# Spaces as ECMA-262's \s knows them; an id made of nothing else is blank.
-_BLANK = " \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# Spaces as ECMA-262's \\s knows them; an id made of nothing else is blank.
+_BLANK = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
 # Ids and numbers: printable text (no control characters), not blank.
-ID = Pattern(rf"^(?![{_BLANK}]*$)[^\u0000-\u001f\u007f-\u009f]*$", error="Not a printable id.")
+ID = Pattern(rf"^[^{_CONTROL}]*[^{_CONTROL}{_BLANK}][^{_CONTROL}]*$", error="Not a printable id.")
 PRICE = Pattern(r"^[0-9]+(\.[0-9]+)?$", error='Not a decimal string such as "0.0333".')
 CURRENCY = Pattern(r"^[A-Z]{3}$", error="Not a 3-letter ISO 4217 currency code.")
-# RFC 3339 date-time; a missing offset is taken as UTC (refusing one would
-# lose a callback for good). Fractions past microseconds are cut, as
-# PostgreSQL keeps times to the microsecond.
+# RFC 3339 date-time, exact to the calendar (leap days too), so that every
+# string it admits is a time this service can store: years 0001 to 9999, any
+# offset. A missing offset is taken as UTC (refusing one would lose a
+# callback for good). Fractions past microseconds are cut, as PostgreSQL
+# keeps times to the microsecond.
+_YEAR = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (
+    r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+)
 TIMESTAMP = Pattern(
-    r"^(?!0000)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]"
-    r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
-    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$",
+    rf"^(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)[Tt ]"
+    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?$",
     error="Not an RFC 3339 date-time such as 2020-01-01T14:00:00.000Z.",
 )
 
@@ -178,9 +187,20 @@ class PartySchema(_Base):
         return Party(type=data["type"].value, id=data["id"], number=data["number"])
 
 
+class WholeNumber(fields.Integer):
+    """An integer as JSON has them: 1300 or 1300.0 (one number), never 1.5, "1300" or true."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid", input=value)
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid", input=value)
+        return int(value)
+
+
 class ErrorSchema(_Base):
-    # strict: 1.5, 1.0 and "1300" are not codes (the reference says integer).
-    code = fields.Integer(strict=True, load_default=None, allow_none=True, validate=_INT32)
+    # The reference says integer: 1.5 and "1300" are not codes.
+    code = WholeNumber(load_default=None, allow_none=True, validate=_INT32)
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
 
     @post_load

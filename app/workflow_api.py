@@ -85,12 +85,14 @@ def list_workflows() -> Response:
     require_read_access()
     args = request.args
     limit = _int_arg("limit", 100, 1, 1000)
+    # Checked whether or not it applies, as /openapi.json describes it: a
+    # mistyped grace is a mistake to report, not to ignore.
+    grace = _int_arg("grace", get_settings().overdue_grace_seconds, 0, 7 * 86400)
     overdue = args.get("overdue", "false").lower()
     if overdue not in ("true", "false"):
         raise ApiError(400, "overdue must be true or false.", {"overdue": ["Not a boolean."]})
     db = get_db()
     if overdue == "true":
-        grace = _int_arg("grace", get_settings().overdue_grace_seconds, 0, 7 * 86400)
         now = datetime.now(UTC)
         listed = [o.document() for o in workflows.overdue(db, now, grace, limit)]
         return jsonify(workflows=listed, as_of=iso(now), grace_seconds=grace)

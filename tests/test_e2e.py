@@ -88,8 +88,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         time.sleep(0.2)
     yield srv
     if process.poll() is None:
-        process.kill()
-        process.wait(10)
+        # As a platform stops it: SIGKILL would orphan gunicorn (serve's child).
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
     log.close()
 
 

@@ -201,7 +201,7 @@ STATUS_VIOLATIONS = [
     ("error.code", 2**31, ("error", "code")),
     ("error.code", True, ("error", "code")),
     ("error.code", 1.5, ("error", "code")),
-    ("error.code", 1300.0, ("error", "code")),
+    ("error.code", 1e300, ("error", "code")),
     ("error.code", "1300", ("error", "code")),
     ("error.reason", 5, ("error", "reason")),
     ("_links.workflow.dispatch_uuid", "", ("_links", "workflow", "dispatch_uuid")),

@@ -333,7 +333,14 @@ def test_a_missing_final_report_is_overdue_after_the_grace(api: FlaskClient) -> 
 
 @pytest.mark.parametrize(
     "query_string",
-    [{"overdue": "maybe"}, {"limit": "0"}, {"limit": "x"}, {"overdue": "true", "grace": "-1"}],
+    [
+        {"overdue": "maybe"},
+        {"limit": "0"},
+        {"limit": "x"},
+        {"overdue": "true", "grace": "-1"},
+        {"grace": "-1"},  # checked even where it does not apply
+        {"overdue": "false", "grace": "x"},
+    ],
 )
 def test_listing_arguments_are_checked(api: FlaskClient, query_string: dict[str, str]) -> None:
     response = api.get("/workflows", query_string=query_string)
