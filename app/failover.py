@@ -96,26 +96,16 @@ class Finding:
     detail: str
 
 
-def first_seen(message: MessageState) -> datetime | None:
-    times = list(message.status_times.values())
-    return min(times) if times else None
-
-
 def submitted_at(message: MessageState) -> datetime | None:
     """The submission time, or the earliest event when `submitted` was not received."""
-    return message.status_times.get(MessageStatus.SUBMITTED) or first_seen(message)
+    return message.status_times.get(MessageStatus.SUBMITTED) or message.first_event_at
 
 
 def reached_at(message: MessageState, condition: MessageStatus) -> datetime | None:
-    """When the message reached a condition status (`read` implies delivered)."""
-    times = message.status_times
+    """When the message reached a condition status (None if only a final report says so)."""
     if condition is MessageStatus.READ:
-        return times.get(MessageStatus.READ)
-    found = [times[s] for s in (MessageStatus.DELIVERED, MessageStatus.READ) if s in times]
-    if not found and message.reported_status in (MessageStatus.DELIVERED, MessageStatus.READ):
-        # Known only from the final report: delivered, but when is unknown.
-        return None
-    return min(found) if found else None
+        return message.status_times.get(MessageStatus.READ)
+    return message.delivery_reached_at
 
 
 def failed_at(message: MessageState) -> datetime | None:
@@ -133,7 +123,11 @@ def assign(
     """
     ordered = sorted(
         messages,
-        key=lambda m: (first_seen(m) is None, first_seen(m) or datetime.min, m.message_uuid),
+        key=lambda m: (
+            m.first_event_at is None,
+            m.first_event_at or datetime.min,
+            m.message_uuid,
+        ),
     )
     free: dict[Channel, list[int]] = {}
     for index, step in enumerate(definition.steps):

@@ -214,6 +214,17 @@ class MessageState:
         return current_status(self.status_times, self.reported_status)
 
     @property
+    def first_event_at(self) -> datetime | None:
+        """The earliest event time of any status: when the message was first seen."""
+        return min(self.status_times.values(), default=None)
+
+    @property
+    def delivery_reached_at(self) -> datetime | None:
+        """When it reached delivery: `read` implies delivered, so the earlier of the two."""
+        reached = [self.status_times[s] for s in SUCCESS if s in self.status_times]
+        return min(reached, default=None)
+
+    @property
     def contradictions(self) -> frozenset[MessageStatus]:
         """Failure statuses recorded beside a success (the success stands)."""
         seen = set(self.status_times)

@@ -65,6 +65,8 @@ def message_params(state: MessageState) -> dict[str, Any]:
         "dispatch_uuid": state.dispatch_uuid,
         "channel": state.channel.value if state.channel else None,
         "status": state.status.value if state.status else None,
+        "first_event_at": state.first_event_at,
+        "delivery_reached_at": state.delivery_reached_at,
         "reported_status": state.reported_status.value if state.reported_status else None,
         "price": state.usage.amount if state.usage else None,
         "currency": state.usage.currency if state.usage else None,

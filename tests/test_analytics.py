@@ -420,3 +420,56 @@ def test_pruning_rejects_keeps_unrecovered_ones_unless_asked(clean_db: str) -> N
     assert "deleted 2 rejects" in run("--unresolved")
     # The recent one stays, whatever was asked.
     assert query(clean_db, "SELECT count(*) FROM rejected_callback") == [(1,)]
+
+
+def test_the_views_and_the_read_api_give_each_message_the_same_answer(
+    clean_db: str, db: Database
+) -> None:
+    """One rule, one place: the funnel counts what GET /messages says, by the same first day."""
+    from app.generate import generate
+
+    generate(db, 40, seed=11, days=5, now=datetime(2026, 3, 10, tzinfo=UTC))
+    app = create_app({"database_url": clean_db})
+    client = app.test_client()
+    try:
+        # Rejected by callback, but the final report lists it delivered: the
+        # read API says delivered (a success stands), and so must the views.
+        at = "2026-03-09T10:00:00Z"
+        post(client, "status", payloads.status("t-1", "rejected", at, dispatch_uuid="t"))
+        report = payloads.final_report(
+            "t",
+            "completed",
+            "2026-03-09T10:05:00Z",
+            [{"message_uuid": "t-1", "channel": "sms", "status": "delivered"}],
+        )
+        assert post(client, "status", report).status_code == 200
+        assert client.get("/messages/t-1").json["status"] == "delivered"  # type: ignore[index]
+
+        expected: dict[tuple[Any, str], dict[str, int]] = {}
+        stored = query(clean_db, "SELECT message_uuid FROM message WHERE channel IS NOT NULL")
+        for (uuid_,) in stored:
+            message = client.get(f"/messages/{uuid_}").json
+            assert message is not None
+            first = min(datetime.fromisoformat(t) for t in message["statuses"].values())
+            counts = expected.setdefault(
+                (first.astimezone(UTC).date(), message["channel"]),
+                {"sent": 0, "delivered": 0, "read": 0, "failed": 0},
+            )
+            counts["sent"] += 1
+            counts["delivered"] += message["status"] in ("delivered", "read")
+            counts["read"] += message["status"] == "read"
+            counts["failed"] += message["status"] in ("rejected", "undeliverable")
+        rows = query(
+            clean_db,
+            "SELECT day, channel, sent, delivered, read, failed"
+            " FROM analytics.channel_funnel_daily",
+        )
+        funnel = {
+            (day, channel): {"sent": s, "delivered": d, "read": r, "failed": f}
+            for day, channel, s, d, r, f in rows
+        }
+        assert funnel == expected
+        assert sum(c["failed"] for c in expected.values()) > 0  # the data has every outcome
+        assert sum(c["read"] for c in expected.values()) > 0
+    finally:
+        get_db(app).close()

@@ -70,6 +70,8 @@ UPDATE message
        from_id = %(from_id)s,
        from_number = %(from_number)s,
        status = %(status)s,
+       first_event_at = %(first_event_at)s,
+       delivery_reached_at = %(delivery_reached_at)s,
        submitted_at = %(submitted_at)s,
        delivered_at = %(delivered_at)s,
        read_at = %(read_at)s,
@@ -103,16 +105,12 @@ UPDATE dispatch d
        cost_currency = r.cost_currency,
        first_event_at = r.first_event_at
   FROM (SELECT count(*)::integer AS steps_tried,
-               coalesce(array_agg(m.channel ORDER BY least(m.submitted_at, m.delivered_at,
-                                                           m.read_at, m.rejected_at,
-                                                           m.undeliverable_at) NULLS LAST,
-                                  m.message_uuid)
+               coalesce(array_agg(m.channel ORDER BY m.first_event_at NULLS LAST, m.message_uuid)
                           FILTER (WHERE m.channel IS NOT NULL), '{}') AS message_channels,
                sum(m.price) AS computed_cost,
                CASE WHEN min(m.currency) <> max(m.currency) THEN 'MIXED' ELSE min(m.currency) END
                    AS cost_currency,
-               min(least(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at,
-                         m.undeliverable_at)) AS first_event_at
+               min(m.first_event_at) AS first_event_at
           FROM message m
          WHERE m.dispatch_uuid = %(dispatch_uuid)s) r
  WHERE d.dispatch_uuid = %(dispatch_uuid)s

@@ -12,8 +12,7 @@ SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_typ
        reported_status, price, currency, error_code, error_reason, error_at
   FROM message
  WHERE dispatch_uuid = %(dispatch_uuid)s
- ORDER BY least(submitted_at, delivered_at, read_at, rejected_at, undeliverable_at) NULLS LAST,
-          message_uuid;
+ ORDER BY first_event_at NULLS LAST, message_uuid;
 
 -- name: get_message
 -- One message's row.

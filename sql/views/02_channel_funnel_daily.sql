@@ -1,25 +1,29 @@
 -- analytics.channel_funnel_daily: per day (UTC, by first event) and channel, how messages fared.
+--
+-- A message counts by its current status as the service decided it (the
+-- read API's `status`: a final report can settle a message that a callback
+-- did not); times come from the callbacks' event times.
 CREATE VIEW analytics.channel_funnel_daily AS
 WITH messages AS (
     SELECT m.channel,
-           (least(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at, m.undeliverable_at)
-                AT TIME ZONE 'UTC')::date AS day,
-           least(m.delivered_at, m.read_at) AS delivered_at,
+           (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
+           m.status IN ('delivered', 'read') AS delivered,
+           m.status = 'read' AS read,
+           m.status IN ('rejected', 'undeliverable') AS failed,
+           m.delivery_reached_at AS delivered_at,
            m.read_at,
-           m.submitted_at,
-           (m.rejected_at IS NOT NULL OR m.undeliverable_at IS NOT NULL)
-               AND m.delivered_at IS NULL AND m.read_at IS NULL AS failed
+           m.submitted_at
       FROM message m
      WHERE m.channel IS NOT NULL
 )
 SELECT day,
        channel,
        count(*) AS sent,
-       count(delivered_at) AS delivered,
-       count(read_at) AS read,
+       count(*) FILTER (WHERE delivered) AS delivered,
+       count(*) FILTER (WHERE read) AS read,
        count(*) FILTER (WHERE failed) AS failed,
-       round(count(delivered_at)::numeric / count(*), 4) AS delivery_rate,
-       round(count(read_at)::numeric / count(*), 4) AS read_rate,
+       round(count(*) FILTER (WHERE delivered)::numeric / count(*), 4) AS delivery_rate,
+       round(count(*) FILTER (WHERE read)::numeric / count(*), 4) AS read_rate,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM delivered_at - submitted_at))
            AS median_seconds_to_delivered,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM delivered_at - submitted_at))
@@ -36,9 +40,9 @@ COMMENT ON VIEW analytics.channel_funnel_daily IS 'Per UTC day (of each message'
 COMMENT ON COLUMN analytics.channel_funnel_daily.day IS 'UTC date of the message''s first event.';
 COMMENT ON COLUMN analytics.channel_funnel_daily.channel IS 'sms, mms, messenger, viber_service_msg or whatsapp.';
 COMMENT ON COLUMN analytics.channel_funnel_daily.sent IS 'Messages seen (any status).';
-COMMENT ON COLUMN analytics.channel_funnel_daily.delivered IS 'Messages delivered (read counts as delivered).';
-COMMENT ON COLUMN analytics.channel_funnel_daily.read IS 'Messages read.';
-COMMENT ON COLUMN analytics.channel_funnel_daily.failed IS 'Messages rejected or undeliverable and never delivered.';
+COMMENT ON COLUMN analytics.channel_funnel_daily.delivered IS 'Messages whose status is delivered or read (read counts as delivered), as GET /messages says.';
+COMMENT ON COLUMN analytics.channel_funnel_daily.read IS 'Messages whose status is read.';
+COMMENT ON COLUMN analytics.channel_funnel_daily.failed IS 'Messages whose status is rejected or undeliverable (never delivered, by callback or final report).';
 COMMENT ON COLUMN analytics.channel_funnel_daily.delivery_rate IS 'delivered / sent.';
 COMMENT ON COLUMN analytics.channel_funnel_daily.read_rate IS 'read / sent.';
 COMMENT ON COLUMN analytics.channel_funnel_daily.median_seconds_to_delivered IS 'Median seconds from submitted to delivered (messages with both times).';

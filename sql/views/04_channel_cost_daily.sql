@@ -1,7 +1,6 @@
 -- analytics.channel_cost_daily: what each channel cost per day (UTC, by first event).
 CREATE VIEW analytics.channel_cost_daily AS
-SELECT (least(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at, m.undeliverable_at)
-            AT TIME ZONE 'UTC')::date AS day,
+SELECT (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
        m.channel,
        m.currency,
        count(*) AS priced_messages,
