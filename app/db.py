@@ -95,7 +95,9 @@ class Database:
 
         Every unit of work here may run again from scratch: a callback's
         capture is deduplicated, so a second run after a commit whose answer
-        was lost finds a duplicate, and everything else is idempotent too.
+        was lost finds a duplicate; definitions and decisions are upserts; at
+        worst a refused delivery's attempt counter moves twice. (Nothing that
+        calls out, such as sending to Dispatch, runs inside a unit.)
         """
         conflicts = 0
         # Each pooled connection may have been cut by a database restart while
