@@ -315,6 +315,35 @@ def generate(dispatches: int, seed: int | None, days: int, mix: str) -> None:
     click.echo(f"stored {dispatches} workflows, {callbacks} callbacks")
 
 
+@main.command()
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Leave out raw callbacks that today's checks refuse (they stay in the raw log).",
+)
+def rebuild(skip_invalid: bool) -> None:
+    """Recompute every workflow, message and decision from the raw log and the definitions.
+
+    One transaction: readers see the old state until it commits, and callbacks
+    that arrive meanwhile wait for it (or get 503 and are retried by Vonage).
+    """
+    from app.rebuild import RebuildRefused
+    from app.rebuild import rebuild as run
+
+    settings = Settings.from_env()
+    try:
+        summary = run(_database_url(settings), settings.max_json_depth, skip_invalid=skip_invalid)
+    except RebuildRefused as refused:
+        raise click.ClickException(f"not rebuilt: {refused}") from None
+    for callback_id, reason in summary.skipped:
+        click.echo(f"left out raw callback {callback_id}: {reason}")
+    click.echo(
+        f"rebuilt from {summary.callbacks} raw callbacks and {summary.definitions} definitions"
+        f" in {summary.seconds:.1f} s"
+        + (f"; {len(summary.skipped)} left out" if summary.skipped else "")
+    )
+
+
 @main.command("reprocess-rejects")
 def reprocess_rejects_command() -> None:
     """Run kept rejects through today's checks (secrets too); recovered ones are applied.

@@ -73,12 +73,23 @@ def receive_in(
         assert dup is not None  # the conflicting row exists and rows are never deleted
         return Receipt("duplicate", dup["id"])
     callback_id: int = row["id"]
-    if isinstance(event, StatusEvent):
-        found = _apply_status(conn, event, now, prelocked)
-    else:
-        found = _apply_final_report(conn, event, now)
-    storage.record_discrepancies(conn, found, callback_id, now)
+    apply_stored(conn, event, callback_id, now, prelocked)
     return Receipt("accepted", callback_id)
+
+
+def apply_stored(
+    conn: Connection,
+    event: StatusEvent | FinalReport,
+    callback_id: int,
+    received_at: datetime,
+    prelocked: tuple[Cursor[DictRow], Cursor[DictRow]] | None = None,
+) -> None:
+    """Apply a callback whose raw copy is stored as `callback_id` (receiving, rebuilding)."""
+    if isinstance(event, StatusEvent):
+        found = _apply_status(conn, event, received_at, prelocked)
+    else:
+        found = _apply_final_report(conn, event, received_at)
+    storage.record_discrepancies(conn, found, callback_id, received_at)
 
 
 def _apply_status(

@@ -53,7 +53,13 @@ def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 
     The current state (workflows, messages, decisions, disagreements) is kept:
     only the raw copies go, so the state can no longer be rebuilt from them.
     """
-    return _delete_in_batches(conninfo, "prune_raw_batch", {"cutoff": now - older_than}, batch)
+    cutoff = now - older_than
+    deleted = _delete_in_batches(conninfo, "prune_raw_batch", {"cutoff": cutoff}, batch)
+    if deleted:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            params = {"now": now, "cutoff": cutoff, "deleted": deleted}
+            conn.execute(sql("record_raw_log_prune"), params)
+    return deleted
 
 
 def prune_rejects(

@@ -29,7 +29,7 @@ freezegun.configure(extend_ignore_list=["psycopg_pool", "psycopg"])
 
 TABLES = (
     "raw_callback, rejected_callback, discrepancy, reconciliation, workflow_definition,"
-    " message, dispatch, reject_window"
+    " message, dispatch, reject_window, raw_log_prune"
 )
 
 

@@ -1,0 +1,36 @@
+-- name: raw_log_pruned
+-- The latest cutoff before which raw callbacks were pruned, if any were.
+SELECT max(cutoff) AS cutoff FROM raw_log_prune;
+
+-- name: record_raw_log_prune
+-- Note that raw callbacks before a cutoff were deleted (a rebuild would lose what they said).
+INSERT INTO raw_log_prune (pruned_at, cutoff, deleted) VALUES (%(now)s, %(cutoff)s, %(deleted)s);
+
+-- name: lock_for_rebuild
+-- Hold the raw log still (readers go on) and keep writers off the state until the rebuild commits.
+SET LOCAL lock_timeout = '30s';
+LOCK TABLE raw_callback IN SHARE MODE;
+LOCK TABLE dispatch, message, discrepancy, reconciliation, workflow_definition IN EXCLUSIVE MODE;
+
+-- name: clear_state_for_rebuild
+-- Keep the definitions aside, then empty every table derived from the log and the definitions.
+CREATE TEMP TABLE rebuild_definition ON COMMIT DROP AS SELECT * FROM workflow_definition;
+DELETE FROM discrepancy;
+DELETE FROM reconciliation;
+DELETE FROM workflow_definition;
+DELETE FROM message;
+DELETE FROM dispatch;
+
+-- name: definitions_to_rebuild
+-- The definitions kept aside, in the order they were recorded.
+SELECT dispatch_uuid, source, request, recorded_at
+  FROM rebuild_definition
+ ORDER BY recorded_at, dispatch_uuid;
+
+-- name: raw_callbacks_page
+-- The next raw callbacks to apply again, in the order they were stored.
+SELECT id, kind, body, received_at
+  FROM raw_callback
+ WHERE id > %(after_id)s
+ ORDER BY id
+ LIMIT %(limit)s;

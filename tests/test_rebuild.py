@@ -1,0 +1,191 @@
+"""`dispatch-ledger rebuild`: the derived state recomputed from the raw log and the definitions."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from app import create_app, operations, rebuild, state, storage
+from app.db import Database
+from app.definitions import load_definition
+from app.extensions import get_db
+from app.generate import workflows
+from tests import payloads
+from tests.conftest import post, query
+from tests.test_e2e import ROOT
+from tests.test_state_in_db import _deliver_all
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+# Everything derived, row by row. Receive times are included: a rebuild
+# applies each raw callback at the time it was received.
+STATE = {
+    "dispatch": "SELECT * FROM dispatch ORDER BY dispatch_uuid",
+    "message": "SELECT * FROM message ORDER BY message_uuid",
+    "workflow_definition": "SELECT * FROM workflow_definition ORDER BY dispatch_uuid",
+    # Its surrogate id is renumbered; the rows are the same.
+    "reconciliation": "SELECT dispatch_uuid, kind, detail, recorded_at FROM reconciliation"
+    " ORDER BY 1, 2, 3",
+    # Which callback first found a disagreement depends on the order they
+    # were applied in, which concurrency leaves open; what was found does not.
+    "discrepancy": "SELECT subject, subject_id, kind, detail FROM discrepancy ORDER BY 1, 2, 3, 4",
+    "views": "SELECT * FROM analytics.dispatch_summary ORDER BY dispatch_uuid",
+    "funnel": "SELECT * FROM analytics.channel_funnel_daily ORDER BY day, channel",
+}
+
+
+def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: query(url, statement) for name, statement in STATE.items()}
+
+
+def _workload(db: Database) -> None:
+    """Generated workflows (half with definitions), conflicts, shuffled, duplicated, concurrent."""
+    deliveries: list[payloads.Delivery] = []
+    for n, (dispatch_uuid, request, items) in enumerate(workflows(30, 7, 3, NOW)):
+        if n % 2:
+            definition = load_definition(request)
+            db.run(
+                lambda c, u=dispatch_uuid, r=request, d=definition: storage.save_definition(
+                    c, u, r, d, "recorded", NOW
+                )
+            )
+        deliveries.extend(items)
+    deliveries += payloads.three_message_workflow("d-conflicts")
+    # The same message claimed by another workflow's final report.
+    deliveries.append(
+        (
+            "final-report",
+            payloads.final_report(
+                "d-other",
+                "error",
+                "2020-01-01T16:00:00Z",
+                [{"message_uuid": "m-1-messenger", "status": "rejected"}],
+            ),
+        )
+    )
+    rng = random.Random(3)
+    deliveries += rng.sample(deliveries, len(deliveries) // 5)
+    rng.shuffle(deliveries)
+    _deliver_all(db, deliveries, threads=6)
+
+
+def test_a_rebuild_gives_exactly_the_state_incremental_application_gave(
+    db: Database, clean_db: str
+) -> None:
+    _workload(db)
+    before = snapshot(clean_db)
+    assert len(before["dispatch"]) > 30 and before["discrepancy"] and before["reconciliation"]
+
+    summary = rebuild.rebuild(clean_db, 32)
+    assert summary.definitions == 15
+    assert summary.callbacks == query(clean_db, "SELECT count(*) FROM raw_callback")[0][0]
+    assert snapshot(clean_db) == before
+
+
+def test_a_fixed_rule_reaches_old_data_through_a_rebuild(
+    db: Database, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliveries = payloads.three_message_workflow("d-1")
+    # Delivered, then rejected later: today the success stands.
+    deliveries.append(
+        ("message-status", payloads.status("m-3-sms", "rejected", "2020-01-01T14:30:00Z"))
+    )
+    _deliver_all(db, deliveries, threads=1)
+    statuses = "SELECT message_uuid, status FROM message ORDER BY 1"
+    assert ("m-3-sms", "delivered") in query(clean_db, statuses)
+    before = snapshot(clean_db)
+
+    # A release changes the rule (a failure after a success now stands): a
+    # rebuild brings the callbacks stored long ago under it.
+    ranks = {**state.PRECEDENCE, state.MessageStatus.REJECTED: 4}
+    monkeypatch.setattr(state, "PRECEDENCE", ranks)
+    rebuild.rebuild(clean_db, 32)
+    assert ("m-3-sms", "rejected") in query(clean_db, statuses)
+    assert snapshot(clean_db)["funnel"] != before["funnel"]
+
+    # And back: the same log, the old rule, the old state exactly.
+    monkeypatch.undo()
+    rebuild.rebuild(clean_db, 32)
+    assert snapshot(clean_db) == before
+
+
+def test_a_rebuild_refuses_once_raw_callbacks_were_pruned(db: Database, clean_db: str) -> None:
+    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
+    before = snapshot(clean_db)
+    assert operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2)) == 7
+    with pytest.raises(rebuild.RebuildRefused, match="pruned"):
+        rebuild.rebuild(clean_db, 32)
+    assert snapshot(clean_db) == before
+
+
+def test_a_callback_that_arrives_during_a_rebuild_waits_and_is_applied_on_top(
+    clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app({"database_url": clean_db})
+    client = app.test_client()
+    try:
+        for kind, payload in payloads.three_message_workflow("d-1"):
+            assert post(client, kind, payload).status_code == 200
+        before = client.get("/workflows/d-1").json
+        paused, release = threading.Event(), threading.Event()
+        real = rebuild._apply_callbacks
+
+        def slow(*args: Any) -> None:
+            paused.set()
+            assert release.wait(10)
+            real(*args)
+
+        monkeypatch.setattr(rebuild, "_apply_callbacks", slow)
+        worker = threading.Thread(target=rebuild.rebuild, args=(clean_db, 32))
+        worker.start()
+        assert paused.wait(10)
+        # Mid-rebuild: readers see the state as it was, not the emptied tables.
+        assert client.get("/workflows/d-1").json == before
+        late = payloads.status("m-late", "delivered", "2020-01-01T15:30:00Z", dispatch_uuid="d-1")
+        answers: list[int] = []
+        poster = threading.Thread(
+            target=lambda: answers.append(post(client, "status", late).status_code)
+        )
+        poster.start()
+        poster.join(1.0)
+        assert answers == []  # waiting for the rebuild's lock
+        release.set()
+        worker.join(10)
+        poster.join(10)
+        assert answers == [200]
+        workflow = client.get("/workflows/d-1").json
+        assert workflow is not None
+        assert "m-late" in [m["message_uuid"] for m in workflow["messages"]]
+    finally:
+        get_db(app).close()
+
+
+def test_the_command_reports_what_it_rebuilt(db: Database, clean_db: str) -> None:
+    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
+    env = {**os.environ, "DATABASE_URL": clean_db}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "rebuild"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rebuilt from 7 raw callbacks and 0 definitions" in done.stdout
+    operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2))
+    refused = subprocess.run(
+        [sys.executable, "-m", "app.cli", "rebuild"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1
+    assert "not rebuilt: raw callbacks received before" in refused.stderr
+    assert "Traceback" not in refused.stderr
