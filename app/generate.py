@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app import ingest, storage
+from app import decide, ingest
 from app.db import Connection, Database
 from app.definitions import load_definition
 from app.emulator.plan import Behavior, Faults, Scenario, plan
@@ -164,7 +164,7 @@ def generate(
 
 def _store(conn: Connection, work: list[tuple[str, Any, list[Any]]], now: datetime) -> None:
     for dispatch_uuid, request, deliveries in work:
-        storage.save_definition(
+        decide.record_definition(
             conn, dispatch_uuid, request, load_definition(request), "recorded", now
         )
         for kind, payload in deliveries:

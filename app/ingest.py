@@ -10,7 +10,7 @@ from typing import Literal
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
-from app import storage
+from app import decide, storage
 from app.db import Connection, Database, jsonb
 from app.intake import Callback
 from app.queries import sql
@@ -122,7 +122,7 @@ def _apply_status(
         locked[other] = storage.lock_dispatch(conn, other, now)
     storage.save_message(conn, transition.state, now)
     for dispatch in locked.values():
-        storage.messages_changed(conn, dispatch, now)
+        decide.messages_changed(conn, dispatch, now)
     return list(transition.discrepancies)
 
 
@@ -140,12 +140,12 @@ def _apply_final_report(conn: Connection, report: FinalReport, now: datetime) ->
         touched |= {u for u in (message.dispatch_uuid, moved.state.dispatch_uuid) if u}
     transition = apply_final_report(locked.state, report)
     storage.save_dispatch(conn, transition.state, now, final_report=True)
-    storage.messages_changed(conn, locked, now, transition.state)
+    decide.messages_changed(conn, locked, now, transition.state)
     # A message the report claims from another workflow (a conflict, kept as
     # a discrepancy) may change that workflow too: lock it (out of order, so a
     # deadlock is possible; PostgreSQL detects it and the unit is retried),
     # then recount and re-decide it with the messages as they now stand.
     for other in sorted(touched - {report.dispatch_uuid}):
-        storage.messages_changed(conn, storage.lock_dispatch(conn, other, now), now)
+        decide.messages_changed(conn, storage.lock_dispatch(conn, other, now), now)
     found.extend(transition.discrepancies)
     return found

@@ -24,7 +24,7 @@ from marshmallow import ValidationError
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
-from app import ingest, storage
+from app import decide, ingest
 from app.db import Connection, adapt_times
 from app.definitions import load_definition
 from app.intake import CallbackKind, Rejection, read
@@ -88,7 +88,7 @@ def _apply_definitions(conn: Connection, summary: RebuildSummary) -> None:
                 f"the definition of workflow {row['dispatch_uuid']!r} fails today's rules"
                 f" ({exc.messages}); nothing was changed"
             ) from None
-        storage.save_definition(
+        decide.record_definition(
             conn,
             row["dispatch_uuid"],
             row["request"],

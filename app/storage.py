@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -13,7 +13,7 @@ from psycopg.rows import DictRow
 
 from app.db import Connection, jsonb
 from app.definitions import definition_from_steps, steps_document
-from app.failover import Definition, evaluate
+from app.failover import Definition
 from app.queries import sql
 from app.state import (
     Channel,
@@ -140,11 +140,11 @@ def locked_dispatch(cursor: Cursor[DictRow]) -> LockedDispatch:
     return LockedDispatch(
         state=dispatch_from_row(row),
         definition=definition_from_steps(steps) if steps is not None else None,
-        decided=tuple(row[k] for k in _DECISION_COLUMNS),
+        decided=tuple(row[k] for k in DECISION_COLUMNS),
     )
 
 
-_DECISION_COLUMNS = (
+DECISION_COLUMNS = (
     "status",
     "decided_by",
     "current_step",
@@ -212,81 +212,20 @@ def record_discrepancies(
             cur.executemany(sql("insert_discrepancy"), rows)
 
 
-def messages_changed(
-    conn: Connection, locked: LockedDispatch, now: datetime, state: DispatchState | None = None
-) -> None:
-    """A locked workflow's messages changed in this transaction: recount it, decide it again.
-
-    Both, always together: a message that joins or leaves a workflow changes
-    its rollups (steps, channels, cost, which the analytics views read instead
-    of aggregating every message) and can change its decision.
-    """
-    conn.execute(sql("refresh_rollups"), {"dispatch_uuid": locked.state.dispatch_uuid})
-    redecide(conn, locked, now, state)
-
-
 def find_message_dispatch(conn: Connection, message_uuid: str) -> str | None:
     row = conn.execute(sql("find_message_dispatch"), {"message_uuid": message_uuid}).fetchone()
     return None if row is None else str(row["dispatch_uuid"]) if row["dispatch_uuid"] else None
 
 
-def redecide(
-    conn: Connection, locked: LockedDispatch, now: datetime, state: DispatchState | None = None
-) -> None:
-    """Decide a locked workflow again from everything known, and reconcile its final report.
-
-    `state` is the workflow's state after this transaction's own transition,
-    if it made one (a final report).
-    """
-    state = state or locked.state
-    if locked.definition is None and state.report is None:
-        return  # nothing to decide from: still pending, decided by nobody
-    params = {"dispatch_uuid": state.dispatch_uuid}
-    # Stable while the workflow's row is locked: every writer of its messages locks it first.
-    messages = [
-        message_from_row(row)
-        for row in conn.execute(sql("get_dispatch_messages"), params).fetchall()
-    ]
-    decision, findings = evaluate(locked.definition, messages, state.report)
-    winner = decision.winning_step
-    decided = (
-        decision.status.value,
-        decision.decided_by,
-        decision.current_step,
-        decision.due_at,
-        decision.decided_at,
-        winner,
-        locked.definition.steps[winner - 1].channel.value
-        if locked.definition is not None and winner is not None
-        else None,
-    )
-    # Queued (units of work run in pipeline mode): they go with the commit.
-    if decided != locked.decided:
-        conn.execute(
-            sql("save_decision"), {**params, **dict(zip(_DECISION_COLUMNS, decided, strict=True))}
-        )
-    if state.report is not None:  # findings exist only once there is a report
-        conn.execute(sql("clear_reconciliation"), params)
-        rows = [
-            {**params, "kind": f.kind, "detail": f.detail, "recorded_at": now}
-            for f in dict.fromkeys(findings)  # unique, in order
-        ]
-        if rows:
-            with conn.cursor() as cur:
-                cur.executemany(sql("insert_reconciliation"), rows)
-
-
-def save_definition(
+def store_definition(
     conn: Connection,
     dispatch_uuid: str,
     request: Any,
     definition: Definition,
     source: str,
-    now: datetime,
-) -> bool:
-    """Store a workflow's definition and decide the workflow again; True if it is new."""
-    locked = lock_dispatch(conn, dispatch_uuid, now)
-    created = locked.definition is None
+    recorded_at: datetime,
+) -> None:
+    """Write a workflow's definition (its row must be locked: see decide.record_definition)."""
     conn.execute(
         sql("upsert_definition"),
         {
@@ -294,11 +233,41 @@ def save_definition(
             "source": source,
             "request": jsonb(request),
             "steps": jsonb(steps_document(definition)),
-            "recorded_at": now,
+            "recorded_at": recorded_at,
         },
     )
-    redecide(conn, replace(locked, definition=definition), now)
-    return created
+
+
+def save_decision(conn: Connection, dispatch_uuid: str, decided: tuple[Any, ...]) -> None:
+    """Write what was decided for a workflow (in DECISION_COLUMNS order)."""
+    params = {"dispatch_uuid": dispatch_uuid, **dict(zip(DECISION_COLUMNS, decided, strict=True))}
+    conn.execute(sql("save_decision"), params)
+
+
+def save_reconciliation(
+    conn: Connection, dispatch_uuid: str, findings: Iterable[tuple[str, str]], now: datetime
+) -> None:
+    """Replace a workflow's disagreements with its final report by these (kind, detail)."""
+    params = {"dispatch_uuid": dispatch_uuid}
+    conn.execute(sql("clear_reconciliation"), params)
+    rows = [
+        {**params, "kind": kind, "detail": detail, "recorded_at": now}
+        for kind, detail in dict.fromkeys(findings)  # unique, in order
+    ]
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(sql("insert_reconciliation"), rows)
+
+
+def refresh_rollups(conn: Connection, dispatch_uuid: str) -> None:
+    """Recount a locked workflow's rollups (steps, channels, cost) from its messages."""
+    conn.execute(sql("refresh_rollups"), {"dispatch_uuid": dispatch_uuid})
+
+
+def workflow_messages(conn: Connection, dispatch_uuid: str) -> list[MessageState]:
+    """A workflow's messages in the order they were sent."""
+    rows = conn.execute(sql("get_dispatch_messages"), {"dispatch_uuid": dispatch_uuid})
+    return [message_from_row(row) for row in rows.fetchall()]
 
 
 def format_decimal(value: Decimal) -> str:

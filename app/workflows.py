@@ -8,7 +8,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from app import dispatch_client, storage
+from app import decide, dispatch_client
 from app.config import Settings
 from app.db import Database
 from app.definitions import load_definition
@@ -32,7 +32,9 @@ def record(db: Database, dispatch_uuid: str, body: Any, now: datetime) -> bool:
     """Store the definition of a workflow another system sent; True if it is new."""
     definition = validate(body)
     return db.run(
-        lambda conn: storage.save_definition(conn, dispatch_uuid, body, definition, "recorded", now)
+        lambda conn: decide.record_definition(
+            conn, dispatch_uuid, body, definition, "recorded", now
+        )
     )
 
 
@@ -40,7 +42,9 @@ def send(db: Database, body: Any, settings: Settings, now: datetime) -> str:
     """Validate, send to Dispatch, and record under the dispatch_uuid it returns."""
     definition = validate(body)
     dispatch_uuid = dispatch_client.submit(body, settings)
-    db.run(lambda conn: storage.save_definition(conn, dispatch_uuid, body, definition, "sent", now))
+    db.run(
+        lambda conn: decide.record_definition(conn, dispatch_uuid, body, definition, "sent", now)
+    )
     return dispatch_uuid
 
 

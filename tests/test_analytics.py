@@ -22,7 +22,7 @@ from freezegun import freeze_time
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from app import create_app, ingest, migrations, operations, storage
+from app import create_app, decide, ingest, migrations, operations, storage
 from app.cli import main
 from app.db import Database
 from app.definitions import load_definition
@@ -258,7 +258,7 @@ def test_rollups_equal_the_messages_in_any_arrival_order(db: Database, clean_db:
         for dispatch_uuid, request, deliveries in workflows(30, rng.randrange(1000), 2, now, mix):
             # Recorded as `send` records them, so workflows are decided by their definition.
             db.run(
-                lambda conn, u=dispatch_uuid, r=request: storage.save_definition(
+                lambda conn, u=dispatch_uuid, r=request: decide.record_definition(
                     conn, u, r, load_definition(r), "recorded", now
                 )
             )
@@ -319,7 +319,7 @@ def test_a_message_claimed_by_two_workflows_is_counted_once_in_any_order(
         with psycopg.connect(clean_db, autocommit=True) as conn:
             conn.execute("TRUNCATE dispatch, message, raw_callback, discrepancy CASCADE")
         db.run(
-            lambda conn: storage.save_definition(
+            lambda conn: decide.record_definition(
                 conn, owner, request, load_definition(request), "recorded", now
             )
         )
@@ -337,7 +337,7 @@ def assert_decisions_are_current(db: Database, clean_db: str, now: datetime) -> 
     before = query(clean_db, rows)
     for (dispatch_uuid,) in query(clean_db, "SELECT dispatch_uuid FROM dispatch"):
         db.run(
-            lambda conn, u=dispatch_uuid: storage.redecide(
+            lambda conn, u=dispatch_uuid: decide.decide(
                 conn, storage.lock_dispatch(conn, u, now), now
             )
         )

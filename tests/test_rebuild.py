@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from app import create_app, operations, rebuild, state, storage
+from app import create_app, decide, operations, rebuild, state
 from app.db import Database
 from app.definitions import load_definition
 from app.extensions import get_db
@@ -51,7 +51,7 @@ def _workload(db: Database) -> None:
         if n % 2:
             definition = load_definition(request)
             db.run(
-                lambda c, u=dispatch_uuid, r=request, d=definition: storage.save_definition(
+                lambda c, u=dispatch_uuid, r=request, d=definition: decide.record_definition(
                     c, u, r, d, "recorded", NOW
                 )
             )

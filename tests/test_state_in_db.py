@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, ingest, readmodel, storage
+from app import create_app, decide, ingest, readmodel
 from app.db import Database
 from app.definitions import load_definition
 from app.intake import CallbackKind, read
@@ -200,7 +200,7 @@ def test_workflows_that_claim_each_others_messages_concurrently_end_consistent(
     for n in range(sets):
         owner, thief = f"{n:02d}-owner", f"{'0000' if n % 2 else 'zzzz'}-thief-{n:02d}"
         db.run(
-            lambda conn, owner=owner: storage.save_definition(
+            lambda conn, owner=owner: decide.record_definition(
                 conn, owner, request, load_definition(request), "recorded", now
             )
         )
