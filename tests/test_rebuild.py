@@ -167,25 +167,17 @@ def test_a_callback_that_arrives_during_a_rebuild_waits_and_is_applied_on_top(
 
 
 def test_the_command_reports_what_it_rebuilt(db: Database, clean_db: str) -> None:
+    def command() -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DATABASE_URL": clean_db}
+        argv = [sys.executable, "-m", "app.cli", "rebuild"]
+        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+
     _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
-    env = {**os.environ, "DATABASE_URL": clean_db}
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "rebuild"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = command()
     assert done.returncode == 0, done.stderr
     assert "rebuilt from 7 raw callbacks and 0 definitions" in done.stdout
     operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2))
-    refused = subprocess.run(
-        [sys.executable, "-m", "app.cli", "rebuild"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    refused = command()
     assert refused.returncode == 1
     assert "not rebuilt: raw callbacks received before" in refused.stderr
     assert "Traceback" not in refused.stderr
