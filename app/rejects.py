@@ -50,7 +50,10 @@ def keep(
     `always_keep` is for deliveries that proved they come from Vonage (a
     valid signature): those are genuine callbacks, kept whole whatever the budget.
     """
-    charge = (len(body) if body is not None else 0) + ROW_OVERHEAD_BYTES
+    # What keeping it may add: the body, the token kept beside it, the row.
+    charge = (
+        (len(body) if body is not None else 0) + len(rejection.token or "") + ROW_OVERHEAD_BYTES
+    )
     window = {
         "reason": rejection.reason.value,
         "window_start": now.replace(minute=0, second=0, microsecond=0),

@@ -150,3 +150,21 @@ def test_signed_callbacks_that_violate_the_schema_are_always_kept_whole(
         assert response.status_code == 422
     assert query(clean_db, "SELECT count(*) FROM rejected_callback") == [(30,)]
     assert query(clean_db, "SELECT dropped FROM reject_window") == [(0,)]
+
+
+def test_tokens_kept_with_refusals_count_against_the_budget(
+    small_budget: Any, clean_db: str
+) -> None:
+    """Eight huge forged tokens on one small body must not slip past the budget."""
+    client = small_budget.test_client()
+    body = json.dumps(_status(1)).encode()
+    for n in range(8):
+        forged = {"Authorization": "Bearer " + f"{n}" * 8000}
+        response = client.post("/webhooks/status", data=body, headers=JSON | forged)
+        assert response.status_code == 401
+    [(offered, dropped)] = query(clean_db, "SELECT bytes, dropped FROM reject_window")
+    assert offered >= 8 * (8000 + len(body))
+    [(kept,)] = query(
+        clean_db, "SELECT coalesce(sum(length(t)), 0) FROM rejected_callback, unnest(tokens) t"
+    )
+    assert kept <= 20_000 and dropped >= 6
