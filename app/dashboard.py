@@ -12,6 +12,7 @@ from app import readmodel, workflows
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.queries import sql
+from app.times import iso
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -74,7 +75,7 @@ def overview() -> str:
         recent=recent,
         overdue=overdue,
         colours=COLOURS,
-        iso=readmodel.iso,
+        iso=iso,
     )
 
 
@@ -148,4 +149,4 @@ def _timeline_rows(document: dict[str, Any]) -> dict[str, Any]:
                 "start_x": submitted,
             }
         )
-    return {"rows": rows, "axis": {"start": readmodel.iso(start), "end": readmodel.iso(end)}}
+    return {"rows": rows, "axis": {"start": iso(start), "end": iso(end)}}

@@ -6,14 +6,13 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from app import storage, times
+from app import storage
 from app.db import Connection, Database
 from app.definitions import definition_from_steps
 from app.failover import StepResult, evaluate
 from app.queries import sql
 from app.state import MessageState, Money, computed_usage
-
-iso = times.iso
+from app.times import iso
 
 
 def usage_document(totals: Mapping[str, Decimal]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.intake import Rejection
 from app.queries import sql
-from app.readmodel import iso
+from app.times import iso
 
 bp = Blueprint("workflow_api", __name__)
 

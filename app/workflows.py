@@ -15,7 +15,7 @@ from app.definitions import load_definition
 from app.failover import Definition
 from app.intake import schema_rejection
 from app.queries import sql
-from app.readmodel import iso
+from app.times import iso
 
 
 def validate(body: Any) -> Definition:

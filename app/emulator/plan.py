@@ -17,7 +17,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from app.readmodel import iso
+from app.times import iso
 
 
 class Behavior(StrEnum):
