@@ -67,7 +67,6 @@ def _load(hint: CallbackKind) -> Callback:
     settings = get_settings()
     body: bytes | None = None
     size = request.content_length
-    proven = False
     try:
         if (request.content_length or 0) > settings.max_body_bytes:
             raise intake.too_large(settings.max_body_bytes)
@@ -81,11 +80,12 @@ def _load(hint: CallbackKind) -> Callback:
             # least this large, and not kept.
             body = None
             raise intake.too_large(settings.max_body_bytes)
-        proven = g.callback_proven = _authenticate(body) != "none"
+        # Kept on g: the 500 handler needs it too, for a failure after this point.
+        g.callback_proven = _authenticate(body) != "none"
         intake.check_media_type(_ctype())
         return intake.read(hint, body, settings.max_json_depth)
     except Rejection as rejection:
-        _keep(hint, body, size, rejection, proven)
+        _keep(hint, body, size, rejection)
         raise ApiError.from_rejection(rejection, _headers(rejection)) from None
 
 
@@ -113,9 +113,7 @@ def _authenticate(body: bytes) -> Method:
         raise Rejection(401, Reason.UNAUTHORIZED, str(failure), token=token) from None
 
 
-def _keep(
-    hint: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection, proven: bool
-) -> None:
+def _keep(hint: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection) -> None:
     metrics.CALLBACKS.labels(hint.value, "rejected").inc()
     metrics.REJECTS.labels(rejection.reason.value).inc()
     # The reason only: bodies and credentials stay out of the logs.
@@ -133,7 +131,8 @@ def _keep(
             rejection,
             _now(),
             budget_bytes=settings.rejects_kept_bytes_per_hour,
-            always_keep=proven,
+            # A delivery that proved it is Vonage's is kept whatever the budget.
+            always_keep=bool(g.get("callback_proven")),
         )
     except Exception:
         # The refusal still stands (and a 5xx is retried, then kept); keeping
@@ -157,6 +156,5 @@ def keep_failed_delivery(error: InternalServerError) -> Response:
     hint = _HINTS.get(request.endpoint or "")
     if hint is not None:
         body = request.get_data(cache=True)
-        proven = bool(g.get("callback_proven"))
-        _keep(hint, body, len(body), rejects.internal_error(), proven)
+        _keep(hint, body, len(body), rejects.internal_error())
     return handle_http_exception(error)
