@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from app import embedded, migrations, operations, rejects, workflows
+from app import backlog, embedded, migrations, operations, rejects, workflows
 from app.auth import Credentials
 from app.config import Settings
 from app.db import Database
@@ -342,6 +342,92 @@ def rebuild(skip_invalid: bool) -> None:
         f" in {summary.seconds:.1f} s"
         + (f"; {len(summary.skipped)} left out" if summary.skipped else "")
     )
+
+
+@main.command("apply")
+@click.option(
+    "--once", is_flag=True, help="Apply what is waiting and due, then exit (default: keep running)."
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Retry callbacks that failed to apply now, without waiting for their backoff.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.01),
+    default=0.05,
+    show_default=True,
+    help="Seconds between looks for new callbacks while idle.",
+)
+def apply_command(once: bool, retry_failed: bool, poll: float) -> None:
+    """Apply captured callbacks to workflows and messages (a `worker:` process).
+
+    Web processes apply too unless APPLY_IN_WEB=false; any number of appliers
+    share the work. Reads DATABASE_URL, APPLY_BATCH_SIZE. With --once, exits
+    with status 1 if callbacks that failed to apply remain.
+    """
+    import time
+
+    from app.apply import apply_waiting
+    from app.db import DatabaseUnavailable
+
+    settings = Settings.from_env()
+    with _database(settings) as db:
+        if once:
+            summary = apply_waiting(
+                db,
+                settings.max_json_depth,
+                batch=settings.apply_batch_size,
+                retry_failed=retry_failed,
+            )
+            click.echo(f"applied {summary.applied}, failed {summary.failed}")
+            found = backlog.summary(db)
+            click.echo(found.describe())
+            sys.exit(1 if found.failed else 0)
+        click.echo("applying captured callbacks; Ctrl-C to stop")
+        retry = retry_failed
+        while True:
+            try:
+                summary = apply_waiting(
+                    db, settings.max_json_depth, batch=settings.apply_batch_size, retry_failed=retry
+                )
+            except DatabaseUnavailable as exc:
+                click.echo(f"database unavailable, trying again in 5 s: {exc}", err=True)
+                time.sleep(5)
+                continue
+            retry = False
+            if summary.applied or summary.failed:
+                click.echo(f"applied {summary.applied}, failed {summary.failed}")
+            time.sleep(poll)
+
+
+@main.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many failed callbacks to list.",
+)
+def status(limit: int) -> None:
+    """Say how far the applier is: callbacks waiting, failed (listed, with errors), the oldest.
+
+    Exits with status 1 while callbacks that failed to apply remain.
+    """
+    settings = Settings.from_env()
+    with _database(settings) as db:
+        found = backlog.summary(db)
+        failed = backlog.failed(db, limit)
+    click.echo(found.describe())
+    for item in failed:
+        click.echo(
+            f"  raw callback {item['id']} ({item['kind']}, received {item['received_at']}):"
+            f" {item['attempts']} attempts, next {item['retry_at'] or 'now'}: {item['error']}"
+        )
+    if found.failed:
+        click.echo("fix the cause, then: dispatch-ledger apply --once --retry-failed")
+        sys.exit(1)
 
 
 @main.command("reprocess-rejects")

@@ -64,6 +64,16 @@ class Settings:
     # PEM text of the application's private key, or a path to the file.
     dispatch_private_key: str | None = field(default=None, repr=False)
     dispatch_timeout_seconds: float = 10.0
+    # Each web process applies captured callbacks in the background; turn it
+    # off when separate `dispatch-ledger apply` processes do it.
+    apply_in_web: bool = True
+    # Captured callbacks applied per transaction.
+    apply_batch_size: int = 200
+    # How often an idle applier looks for work its own process did not bring
+    # (other processes' captures, failed callbacks due again).
+    apply_poll_seconds: float = 1.0
+    # Concurrent requests of a process share one commit for their captures.
+    capture_group_commit: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,12 +115,15 @@ class Settings:
             "rejects_kept_bytes_per_hour",
             "signature_max_age_seconds",
             "overdue_grace_seconds",
+            "apply_batch_size",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be at least 1")
         if not 0 <= self.db_pool_min_size <= self.db_pool_max_size:
             raise ConfigError("DB_POOL_MIN_SIZE must be between 0 and DB_POOL_MAX_SIZE")
+        if self.apply_poll_seconds <= 0:
+            raise ConfigError("APPLY_POLL_SECONDS must be positive")
         if self.db_pool_timeout <= 0:
             raise ConfigError("DB_POOL_TIMEOUT must be positive")
         if (self.webhook_basic_user is None) != (self.webhook_basic_password is None):

@@ -45,6 +45,7 @@ class Database:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._pid: int | None = None
+        self._closed = False
 
     def _configure(self, conn: Connection) -> None:
         conn.autocommit = True
@@ -58,6 +59,10 @@ class Database:
         # Connections must never cross a fork: a pool inherited from a parent
         # process is abandoned and a new one opened in this process.
         with self._lock:
+            if self._closed:
+                # Closed for good (the app or command is done): a background
+                # thread must not open a new pool behind its back.
+                raise DatabaseUnavailable("the database handle was closed")
             if self._pool is None or self._pid != os.getpid():
                 self._pool = ConnectionPool(
                     self._conninfo,
@@ -139,11 +144,16 @@ class Database:
         """Check that the database answers; raises DatabaseUnavailable otherwise."""
         self.run(lambda conn: conn.execute("SELECT 1").fetchone())
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None
+            self._closed = True
 
 
 class _EventTimeLoader(TimestamptzLoader):

@@ -1,73 +1,84 @@
-"""Where a workflow is decided: from its definition, its messages and its final report.
+"""Where workflows are decided: from their definitions, messages and final reports.
 
-The decision itself is pure (`failover.evaluate`); this module runs it for a
-workflow whose row the caller has locked, after whatever changed it, and
-writes what was decided and what the final report disagrees with.
+The decision itself is pure (`failover.evaluate`); this module runs it for
+workflows whose rows the caller has locked, after whatever changed them, and
+writes what was decided and what each final report disagrees with.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from app import storage
 from app.db import Connection
-from app.failover import Definition, evaluate
+from app.failover import Decision, Definition, evaluate
 from app.state import DispatchState
 
 
-def decide(
-    conn: Connection,
-    locked: storage.LockedDispatch,
-    now: datetime,
-    state: DispatchState | None = None,
-) -> None:
-    """Decide a locked workflow again from everything known, and reconcile its final report.
+@dataclass(frozen=True)
+class Changed:
+    """A locked workflow to decide again, as it stands in this transaction."""
 
-    `state` is the workflow's state after this transaction's own transition,
-    if it made one (a final report).
-    """
-    state = state or locked.state
-    if locked.definition is None and state.report is None:
-        return  # nothing to decide from: still pending, decided by nobody
-    # Stable while the workflow's row is locked: every writer of its messages locks it first.
-    messages = storage.workflow_messages(conn, state.dispatch_uuid)
-    decision, findings = evaluate(locked.definition, messages, state.report)
+    locked: storage.LockedDispatch
+    # Its state after this transaction's own transitions (a final report).
+    state: DispatchState
+    # The latest receive time of what changed it: when its findings were recorded.
+    at: datetime
+
+
+def decide(conn: Connection, changed: Sequence[Changed]) -> None:
+    """Decide locked workflows again from everything known, and reconcile their final reports."""
+    # Without a definition or a report there is nothing to decide from: still
+    # pending, decided by nobody.
+    deciding = [c for c in changed if c.locked.definition is not None or c.state.report]
+    if not deciding:
+        return
+    # Stable while the workflows' rows are locked: every writer of their
+    # messages locks them first. One query for all of them.
+    messages = storage.workflows_messages(conn, [c.state.dispatch_uuid for c in deciding])
+    decisions: dict[str, tuple[Any, ...]] = {}
+    findings: dict[str, tuple[datetime, list[tuple[str, str]]]] = {}
+    for c in deciding:
+        uuid = c.state.dispatch_uuid
+        decision, found = evaluate(c.locked.definition, messages[uuid], c.state.report)
+        decided = _columns(decision, c.locked.definition)
+        if decided != c.locked.decided:  # an unchanged decision is not written again
+            decisions[uuid] = decided
+        if c.state.report is not None:  # findings exist only once there is a report
+            findings[uuid] = (c.at, [(finding.kind, finding.detail) for finding in found])
+    # Queued (units of work run in pipeline mode): they go with the commit.
+    storage.save_decisions(conn, decisions)
+    storage.save_reconciliations(conn, findings)
+
+
+def _columns(decision: Decision, definition: Definition | None) -> tuple[Any, ...]:
+    """A decision as the columns it is stored in (storage.DECISION_COLUMNS)."""
     winner = decision.winning_step
-    decided = (
+    return (
         decision.status.value,
         decision.decided_by,
         decision.current_step,
         decision.due_at,
         decision.decided_at,
         winner,
-        locked.definition.steps[winner - 1].channel.value
-        if locked.definition is not None and winner is not None
+        definition.steps[winner - 1].channel.value
+        if definition is not None and winner is not None
         else None,
     )
-    # Queued (units of work run in pipeline mode): they go with the commit.
-    if decided != locked.decided:
-        storage.save_decision(conn, state.dispatch_uuid, decided)
-    if state.report is not None:  # findings exist only once there is a report
-        kinds = [(finding.kind, finding.detail) for finding in findings]
-        storage.save_reconciliation(conn, state.dispatch_uuid, kinds, now)
 
 
-def messages_changed(
-    conn: Connection,
-    locked: storage.LockedDispatch,
-    now: datetime,
-    state: DispatchState | None = None,
-) -> None:
-    """A locked workflow's messages changed in this transaction: recount it, decide it again.
+def messages_changed(conn: Connection, changed: Sequence[Changed]) -> None:
+    """Locked workflows' messages changed in this transaction: recount them, decide them again.
 
     Both, always together: a message that joins or leaves a workflow changes
     its rollups (steps, channels, cost, which the analytics views read instead
     of aggregating every message) and can change its decision.
     """
-    storage.refresh_rollups(conn, locked.state.dispatch_uuid)
-    decide(conn, locked, now, state)
+    storage.refresh_rollups(conn, [c.state.dispatch_uuid for c in changed])
+    decide(conn, changed)
 
 
 def record_definition(
@@ -82,5 +93,5 @@ def record_definition(
     locked = storage.lock_dispatch(conn, dispatch_uuid, now)
     created = locked.definition is None
     storage.store_definition(conn, dispatch_uuid, request, definition, source, now)
-    decide(conn, replace(locked, definition=definition), now)
+    decide(conn, [Changed(replace(locked, definition=definition), locked.state, now)])
     return created

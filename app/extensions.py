@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from app.apply import BackgroundApplier
 from app.auth import Credentials
+from app.capture import Delivery, GroupCommit, Receipt, capture
 from app.config import Settings
 from app.db import Database
 
 _SETTINGS = "dispatch_ledger.settings"
 _DB = "dispatch_ledger.db"
 _CREDENTIALS = "dispatch_ledger.credentials"
+_APPLIER = "dispatch_ledger.applier"
+_COMMITS = "dispatch_ledger.group_commit"
 
 
 class NotConfigured(RuntimeError):
@@ -24,7 +28,19 @@ def init_app(app: Flask, settings: Settings) -> None:
             "DATABASE_URL is not set. `dispatch-ledger serve` starts an embedded "
             "PostgreSQL and sets it; otherwise point it at your database."
         )
-    app.extensions[_DB] = Database(settings.database_url, settings)
+    db = app.extensions[_DB] = Database(settings.database_url, settings)
+    applier = None
+    if settings.apply_in_web:
+        applier = BackgroundApplier(
+            db, settings.max_json_depth, settings.apply_batch_size, settings.apply_poll_seconds
+        )
+        # Started by the process's first request, after any fork.
+        app.before_request(applier.start)
+    app.extensions[_APPLIER] = applier
+    if settings.capture_group_commit:
+        app.extensions[_COMMITS] = GroupCommit(db, on_accepted=applier.wake if applier else None)
+    else:
+        app.extensions[_COMMITS] = None
     app.extensions[_CREDENTIALS] = Credentials.from_settings(settings)
     if any(len(secret.encode()) < 32 for secret in app.extensions[_CREDENTIALS].secrets):
         # HS256 keys under 32 bytes are weak (RFC 7518 3.2); Vonage's are
@@ -54,3 +70,21 @@ def get_settings() -> Settings:
 def get_db(app: Flask | None = None) -> Database:
     db: Database = (app or current_app).extensions[_DB]
     return db
+
+
+def get_applier(app: Flask | None = None) -> BackgroundApplier | None:
+    """This process's background applier, or None when APPLY_IN_WEB is off."""
+    applier: BackgroundApplier | None = (app or current_app).extensions[_APPLIER]
+    return applier
+
+
+def capture_delivery(delivery: Delivery) -> Receipt:
+    """Store a checked delivery (sharing a commit when on), then wake the applier."""
+    commits: GroupCommit | None = current_app.extensions[_COMMITS]
+    if commits is not None:
+        return commits.capture(delivery)  # wakes the applier itself
+    receipt = capture(get_db(), delivery)
+    applier = get_applier()
+    if applier is not None and receipt.outcome == "accepted":
+        applier.wake()
+    return receipt

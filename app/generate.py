@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app import decide, ingest
+from app import decide
+from app.apply import apply_waiting
+from app.capture import Delivery, capture_in
 from app.db import Connection, Database
 from app.definitions import load_definition
 from app.emulator.plan import Behavior, Faults, Scenario, plan
@@ -140,7 +142,7 @@ def generate(
     mix: str = "typical",
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
-    """Store `count` workflows; returns how many callbacks went through ingest."""
+    """Store `count` workflows through capture and apply; returns how many callbacks."""
     now = now or datetime.now(UTC)
     callbacks = 0
     pending: list[tuple[str, Any, list[Any]]] = []
@@ -149,6 +151,7 @@ def generate(
         nonlocal callbacks
         work = list(pending)
         db.run(lambda conn: _store(conn, work, now))
+        apply_waiting(db, max_depth=32)
         callbacks += sum(len(items) for _, _, items in work)
         progress(len(work))
         pending.clear()
@@ -169,4 +172,4 @@ def _store(conn: Connection, work: list[tuple[str, Any, list[Any]]], now: dateti
         )
         for kind, payload in deliveries:
             callback = read(KINDS[kind], json.dumps(payload).encode(), max_depth=32)
-            ingest.receive_in(conn, callback, "application/json", now)
+            capture_in(conn, [Delivery(callback, "application/json", now)])

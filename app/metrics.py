@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -36,6 +37,14 @@ REJECTS_DROPPED = Counter(
     "Refused deliveries counted but not kept: their reason's REJECTS_KEPT_BYTES_PER_HOUR was"
     " spent.",
     ["reason"],
+)
+APPLIED = Counter(
+    "dispatch_ledger_callbacks_applied_total",
+    "Captured callbacks applied to workflows and messages by this service's appliers.",
+)
+APPLY_FAILURES = Counter(
+    "dispatch_ledger_apply_failures_total",
+    "Attempts to apply a captured callback that failed (it is set aside and retried).",
 )
 LATENCY = Histogram(
     "dispatch_ledger_request_seconds",
@@ -71,18 +80,43 @@ def observe_pool(stats: dict[str, Any]) -> None:
 
 def metrics_view() -> Response:
     """The metrics of every worker, in Prometheus's text format."""
+    from app import backlog
     from app.access import require_read_access
     from app.extensions import get_db
 
     require_read_access()
 
-    observe_pool(get_db().pool_stats())
+    db = get_db()
+    observe_pool(db.pool_stats())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = PROCESS_REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # The backlog is the database's, not a process's: read at each scrape.
+    found = backlog.summary(db)
+    shared = CollectorRegistry()
+    for name, doc, value in (
+        (
+            "dispatch_ledger_callbacks_waiting",
+            "Captured callbacks not applied yet (failed ones apart).",
+            found.waiting,
+        ),
+        (
+            "dispatch_ledger_callbacks_failed",
+            "Captured callbacks that failed to apply and wait for a retry"
+            " (dispatch-ledger status lists them).",
+            found.failed,
+        ),
+        (
+            "dispatch_ledger_oldest_unapplied_callback_age_seconds",
+            "Seconds since the oldest captured callback not applied yet was received (0: none).",
+            found.oldest_age(datetime.now(UTC)),
+        ),
+    ):
+        Gauge(name, doc, registry=shared).set(value)
+    body = generate_latest(registry) + generate_latest(shared)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 
 def init_app(app: Flask) -> None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-from app import readmodel
+from flask import Blueprint, Response, jsonify, request
+
+from app import backlog, readmodel
 from app.access import require_read_access
+from app.db import Connection
 from app.errors import ApiError
-from app.extensions import get_db
+from app.extensions import get_applier, get_db
+
+# The longest a reader may wait for the appliers (?wait=S).
+MAX_WAIT_SECONDS = 10.0
+# How often a waiting reader looks again.
+WAIT_POLL_SECONDS = 0.02
 
 bp = Blueprint("read_api", __name__)
 
@@ -17,20 +29,65 @@ bp = Blueprint("read_api", __name__)
 def get_workflow(dispatch_uuid: str) -> Response:
     """One workflow: decided and reported status, usage, messages."""
     require_read_access()
-    document = readmodel.workflow(get_db(), dispatch_uuid)
-    if document is None:
-        raise ApiError(404, f"No workflow with dispatch_uuid {dispatch_uuid!r} has been seen.")
-    return jsonify(document)
+    return _answer("workflow", dispatch_uuid, readmodel.read_workflow, "dispatch_uuid")
 
 
 @bp.get("/messages/<id:message_uuid>")
 def get_message(message_uuid: str) -> Response:
     """One message with its workflow's dispatch_uuid."""
     require_read_access()
-    document = readmodel.message(get_db(), message_uuid)
+    return _answer("message", message_uuid, readmodel.read_message, "message_uuid")
+
+
+def _answer(
+    subject: Literal["workflow", "message"],
+    subject_id: str,
+    read: Callable[[Connection, str], dict[str, Any] | None],
+    id_name: str,
+) -> Response:
+    """The document with how many of its callbacks are not applied yet; ?wait=S waits for them."""
+    deadline = time.monotonic() + _wait_seconds()
+    db = get_db()
+
+    def look(conn: Connection) -> tuple[int, int, dict[str, Any] | None]:
+        # Counted first: each statement sees what was committed before it,
+        # so a callback counted as applied is in the document read after.
+        return (*backlog.pending(conn, subject, subject_id), read(conn, subject_id))
+
+    while True:
+        waiting, failed, document = db.run(look)
+        if waiting == 0 or time.monotonic() >= deadline:
+            break
+        time.sleep(WAIT_POLL_SECONDS)
     if document is None:
-        raise ApiError(404, f"No message with message_uuid {message_uuid!r} has been seen.")
+        if waiting or failed:
+            raise ApiError(
+                404,
+                f"No {subject} with {id_name} {subject_id!r} is applied yet:"
+                f" {waiting + failed} callbacks naming it are captured and not applied"
+                f" ({failed} failed). ?wait=S waits for them.",
+            )
+        raise ApiError(404, f"No {subject} with {id_name} {subject_id!r} has been seen.")
+    document["pending_callbacks"] = waiting
+    document["failed_callbacks"] = failed
     return jsonify(document)
+
+
+def _wait_seconds() -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_WAIT_SECONDS:  # NaN fails too
+        raise ApiError(
+            400,
+            f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}.",
+            {"wait": ["Out of range."]},
+        )
+    return value
 
 
 @bp.get("/healthz")
@@ -41,6 +98,19 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: the database answers (503 via DatabaseUnavailable otherwise)."""
-    get_db().ping()
-    return jsonify(status="ok", database="ok")
+    """Readiness: the database answers (503 via DatabaseUnavailable otherwise), and the applier.
+
+    A backlog does not make the process unready: it still captures, which is
+    what Vonage needs. The applier's state is reported for operators.
+    """
+    found = backlog.summary(get_db())
+    applier = get_applier()
+    in_process = "off" if applier is None else "running" if applier.running else "not started"
+    document: dict[str, Any] = {
+        "status": "ok",
+        "database": "ok",
+        "applier": {"in_process": in_process, **found.document(datetime.now(UTC))},
+    }
+    if applier is not None and applier.last_error:
+        document["applier"]["last_error"] = applier.last_error
+    return jsonify(document)

@@ -54,10 +54,10 @@ def message_document(state: MessageState) -> dict[str, Any]:
 
 def workflow(db: Database, dispatch_uuid: str) -> dict[str, Any] | None:
     """The document of one workflow, or None if no callback has named it."""
-    return db.run(lambda conn: _workflow(conn, dispatch_uuid))
+    return db.run(lambda conn: read_workflow(conn, dispatch_uuid))
 
 
-def _workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None:
+def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None:
     params = {"dispatch_uuid": dispatch_uuid}
     row = conn.execute(sql("get_dispatch"), params).fetchone()
     if row is None:
@@ -131,10 +131,10 @@ def _step_document(result: StepResult) -> dict[str, Any]:
 
 def message(db: Database, message_uuid: str) -> dict[str, Any] | None:
     """The document of one message, or None if no callback has named it."""
-    return db.run(lambda conn: _message(conn, message_uuid))
+    return db.run(lambda conn: read_message(conn, message_uuid))
 
 
-def _message(conn: Connection, message_uuid: str) -> dict[str, Any] | None:
+def read_message(conn: Connection, message_uuid: str) -> dict[str, Any] | None:
     params = {"message_uuid": message_uuid}
     row = conn.execute(sql("get_message"), params).fetchone()
     if row is None:

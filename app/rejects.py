@@ -12,8 +12,9 @@ from enum import StrEnum
 
 from psycopg.rows import DictRow
 
-from app import ingest
+from app.apply import apply_waiting
 from app.auth import AuthFailure, Credentials, verify_kept_token
+from app.capture import Delivery, Receipt, capture_in
 from app.db import Connection, Database, jsonb
 from app.intake import Callback, CallbackKind, Reason, Rejection, read
 from app.queries import sql
@@ -141,6 +142,9 @@ def reprocess(
                 outcome = Outcome.FAILED
             summary.count(outcome)
     summary.remaining = db.run(_count_unresolved)
+    if summary.recovered:
+        # What was recovered is captured: apply it now, not at an applier's next turn.
+        apply_waiting(db, max_depth)
     return summary
 
 
@@ -235,9 +239,9 @@ def _resolve(reject_id: int, raw_callback_id: int, now: datetime) -> Callable[[C
 
 def _recover(
     reject_id: int, callback: Callback, content_type: str | None, now: datetime
-) -> Callable[[Connection], ingest.Receipt]:
-    def work(conn: Connection) -> ingest.Receipt:
-        receipt = ingest.receive_in(conn, callback, content_type, now)
+) -> Callable[[Connection], Receipt]:
+    def work(conn: Connection) -> Receipt:
+        [receipt] = capture_in(conn, [Delivery(callback, content_type, now)])
         params = {"id": reject_id, "raw_callback_id": receipt.callback_id, "now": now}
         conn.execute(sql("resolve_reject"), params)
         return receipt

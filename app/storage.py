@@ -8,9 +8,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from psycopg import Cursor
-from psycopg.rows import DictRow
-
 from app.db import Connection, jsonb
 from app.definitions import definition_from_steps, steps_document
 from app.failover import Definition
@@ -116,26 +113,28 @@ class LockedDispatch:
     decided: tuple[Any, ...]  # the stored decision, to skip writing an unchanged one
 
 
-def lock_dispatch(conn: Connection, dispatch_uuid: str, received_at: datetime) -> LockedDispatch:
-    """Create the workflow's row if new, then lock it for this transaction."""
-    return locked_dispatch(queue_lock_dispatch(conn, dispatch_uuid, received_at))
+def lock_dispatches(
+    conn: Connection, first_seen: Mapping[str, datetime]
+) -> dict[str, LockedDispatch]:
+    """Create the workflows' rows if new, then lock them in id order for this transaction.
 
-
-def queue_lock_dispatch(
-    conn: Connection, dispatch_uuid: str, received_at: datetime
-) -> Cursor[DictRow]:
-    """Queue the statements that create and lock a workflow's row; read with locked_dispatch.
-
-    Units of work run in pipeline mode, so queued statements share one round trip.
+    `first_seen` maps each workflow to the receive time its row starts with if new.
     """
-    params = {"dispatch_uuid": dispatch_uuid, "received_at": received_at}
-    conn.execute(sql("ensure_dispatch"), params)
-    return conn.execute(sql("lock_dispatch"), params)
+    if not first_seen:
+        return {}
+    ids = sorted(first_seen)
+    conn.execute(sql("ensure_dispatches"), {"ids": ids, "at": [first_seen[i] for i in ids]})
+    rows = conn.execute(sql("lock_dispatches"), {"ids": ids}).fetchall()
+    assert len(rows) == len(ids)  # ensured just before, and rows are never deleted
+    return {row["dispatch_uuid"]: _locked_dispatch(row) for row in rows}
 
 
-def locked_dispatch(cursor: Cursor[DictRow]) -> LockedDispatch:
-    row = cursor.fetchone()
-    assert row is not None  # ensured just before, and rows are never deleted
+def lock_dispatch(conn: Connection, dispatch_uuid: str, received_at: datetime) -> LockedDispatch:
+    """Create one workflow's row if new, then lock it for this transaction."""
+    return lock_dispatches(conn, {dispatch_uuid: received_at})[dispatch_uuid]
+
+
+def _locked_dispatch(row: Mapping[str, Any]) -> LockedDispatch:
     steps = row["definition_steps"]
     return LockedDispatch(
         state=dispatch_from_row(row),
@@ -155,66 +154,81 @@ DECISION_COLUMNS = (
 )
 
 
-def save_dispatch(
-    conn: Connection, state: DispatchState, received_at: datetime, final_report: bool
-) -> None:
-    params = dispatch_params(state)
-    params["received_at"] = received_at
-    params["final_report_received_at"] = received_at if final_report else None
-    conn.execute(sql("save_dispatch"), params)
+def save_dispatches(conn: Connection, changed: Iterable[SavedDispatch]) -> None:
+    """Write workflows' new states after their final reports."""
+    rows = []
+    for saved in changed:
+        params = dispatch_params(saved.state)
+        params["received_at"] = saved.received_at
+        params["final_report_received_at"] = saved.final_report_received_at
+        rows.append(params)
+    _many(conn, "save_dispatch", rows)
 
 
-def lock_message(conn: Connection, message_uuid: str, received_at: datetime) -> MessageState:
-    """Create the message's row if new, then lock it for this transaction."""
-    return locked_message(queue_lock_message(conn, message_uuid, received_at))
+@dataclass(frozen=True)
+class SavedDispatch:
+    state: DispatchState
+    # The latest receive time of what changed it, and of its first final report.
+    received_at: datetime
+    final_report_received_at: datetime | None
 
 
-def queue_lock_message(
-    conn: Connection, message_uuid: str, received_at: datetime
-) -> Cursor[DictRow]:
-    """Queue the statements that create and lock a message's row; read with locked_message."""
-    params = {"message_uuid": message_uuid, "received_at": received_at}
-    conn.execute(sql("ensure_message"), params)
-    return conn.execute(sql("lock_message"), params)
+def message_dispatches(conn: Connection, message_uuids: Iterable[str]) -> dict[str, str]:
+    """The workflows these messages are known to belong to (read without locks)."""
+    rows = conn.execute(sql("message_dispatches"), {"ids": sorted(set(message_uuids))})
+    return {row["message_uuid"]: row["dispatch_uuid"] for row in rows.fetchall()}
 
 
-def locked_message(cursor: Cursor[DictRow]) -> MessageState:
-    row = cursor.fetchone()
-    assert row is not None  # ensured just before, and rows are never deleted
-    return message_from_row(row)
+def lock_messages(conn: Connection, first_seen: Mapping[str, datetime]) -> dict[str, MessageState]:
+    """Create the messages' rows if new, then lock them in id order for this transaction."""
+    if not first_seen:
+        return {}
+    ids = sorted(first_seen)
+    conn.execute(sql("ensure_messages"), {"ids": ids, "at": [first_seen[i] for i in ids]})
+    rows = conn.execute(sql("lock_messages"), {"ids": ids}).fetchall()
+    assert len(rows) == len(ids)  # ensured just before, and rows are never deleted
+    return {row["message_uuid"]: message_from_row(row) for row in rows}
 
 
-def save_message(conn: Connection, state: MessageState, received_at: datetime) -> None:
-    params = message_params(state)
-    params["received_at"] = received_at
-    conn.execute(sql("save_message"), params)
+def save_messages(conn: Connection, changed: Iterable[tuple[MessageState, datetime]]) -> None:
+    """Write messages' new states, each with the latest receive time of what changed it."""
+    rows = []
+    for state, received_at in changed:
+        params = message_params(state)
+        params["received_at"] = received_at
+        rows.append(params)
+    _many(conn, "save_message", rows)
 
 
 def record_discrepancies(
-    conn: Connection,
-    found: Iterable[Discrepancy],
-    raw_callback_id: int,
-    recorded_at: datetime,
+    conn: Connection, found: Iterable[tuple[Discrepancy, int, datetime]]
 ) -> None:
+    """Record contradictions with the raw callback that showed each (its id and receive time).
+
+    A contradiction already recorded stays as it was.
+    """
+    first: dict[Discrepancy, tuple[int, datetime]] = {}
+    for discrepancy, raw_callback_id, received_at in found:
+        first.setdefault(discrepancy, (raw_callback_id, received_at))
     rows = [
         {
             "subject": d.subject,
             "subject_id": d.subject_id,
             "kind": d.kind,
             "detail": d.detail,
-            "raw_callback_id": raw_callback_id,
-            "recorded_at": recorded_at,
+            "raw_callback_id": first[d][0],
+            "recorded_at": first[d][1],
         }
-        for d in sorted(set(found))
+        for d in sorted(first)
     ]
+    _many(conn, "insert_discrepancy", rows)
+
+
+def _many(conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:
+    # In pipeline mode (every unit of work) the rows travel in one round trip.
     if rows:
         with conn.cursor() as cur:
-            cur.executemany(sql("insert_discrepancy"), rows)
-
-
-def find_message_dispatch(conn: Connection, message_uuid: str) -> str | None:
-    row = conn.execute(sql("find_message_dispatch"), {"message_uuid": message_uuid}).fetchone()
-    return None if row is None else str(row["dispatch_uuid"]) if row["dispatch_uuid"] else None
+            cur.executemany(sql(name), rows)
 
 
 def store_definition(
@@ -238,36 +252,49 @@ def store_definition(
     )
 
 
-def save_decision(conn: Connection, dispatch_uuid: str, decided: tuple[Any, ...]) -> None:
-    """Write what was decided for a workflow (in DECISION_COLUMNS order)."""
-    params = {"dispatch_uuid": dispatch_uuid, **dict(zip(DECISION_COLUMNS, decided, strict=True))}
-    conn.execute(sql("save_decision"), params)
-
-
-def save_reconciliation(
-    conn: Connection, dispatch_uuid: str, findings: Iterable[tuple[str, str]], now: datetime
-) -> None:
-    """Replace a workflow's disagreements with its final report by these (kind, detail)."""
-    params = {"dispatch_uuid": dispatch_uuid}
-    conn.execute(sql("clear_reconciliation"), params)
+def save_decisions(conn: Connection, decided: Mapping[str, tuple[Any, ...]]) -> None:
+    """Write what was decided for workflows (each in DECISION_COLUMNS order)."""
     rows = [
-        {**params, "kind": kind, "detail": detail, "recorded_at": now}
-        for kind, detail in dict.fromkeys(findings)  # unique, in order
+        {"dispatch_uuid": uuid, **dict(zip(DECISION_COLUMNS, values, strict=True))}
+        for uuid, values in sorted(decided.items())
     ]
-    if rows:
-        with conn.cursor() as cur:
-            cur.executemany(sql("insert_reconciliation"), rows)
+    _many(conn, "save_decision", rows)
 
 
-def refresh_rollups(conn: Connection, dispatch_uuid: str) -> None:
-    """Recount a locked workflow's rollups (steps, channels, cost) from its messages."""
-    conn.execute(sql("refresh_rollups"), {"dispatch_uuid": dispatch_uuid})
+def save_reconciliations(
+    conn: Connection, findings: Mapping[str, tuple[datetime, Iterable[tuple[str, str]]]]
+) -> None:
+    """Replace workflows' disagreements with their final reports.
+
+    `findings` maps each workflow to (recorded at, [(kind, detail), ...]).
+    """
+    if not findings:
+        return
+    conn.execute(sql("clear_reconciliation"), {"ids": sorted(findings)})
+    rows = [
+        {"dispatch_uuid": uuid, "kind": kind, "detail": detail, "recorded_at": at}
+        for uuid, (at, found) in sorted(findings.items())
+        for kind, detail in dict.fromkeys(found)  # unique, in order
+    ]
+    _many(conn, "insert_reconciliation", rows)
 
 
-def workflow_messages(conn: Connection, dispatch_uuid: str) -> list[MessageState]:
-    """A workflow's messages in the order they were sent."""
-    rows = conn.execute(sql("get_dispatch_messages"), {"dispatch_uuid": dispatch_uuid})
-    return [message_from_row(row) for row in rows.fetchall()]
+def refresh_rollups(conn: Connection, dispatch_uuids: Iterable[str]) -> None:
+    """Recount locked workflows' rollups (steps, channels, cost) from their messages."""
+    ids = sorted(set(dispatch_uuids))
+    if ids:
+        conn.execute(sql("refresh_rollups"), {"ids": ids})
+
+
+def workflows_messages(
+    conn: Connection, dispatch_uuids: Iterable[str]
+) -> dict[str, list[MessageState]]:
+    """Each locked workflow's messages in the order they were sent."""
+    found: dict[str, list[MessageState]] = {uuid: [] for uuid in dispatch_uuids}
+    rows = conn.execute(sql("workflows_messages"), {"ids": sorted(found)}).fetchall()
+    for row in rows:
+        found[row["dispatch_uuid"]].append(message_from_row(row))
+    return found
 
 
 def format_decimal(value: Decimal) -> str:

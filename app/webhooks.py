@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
-from app import ingest, intake, metrics, rejects
+from app import intake, metrics, rejects
 from app.auth import AuthFailure, Method, Unsigned, authenticate, bearer_token
+from app.capture import Delivery
 from app.errors import ApiError, handle_http_exception
-from app.extensions import get_credentials, get_db, get_settings
+from app.extensions import capture_delivery, get_credentials, get_db, get_settings
 from app.intake import Callback, CallbackKind, Reason, Rejection
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -49,7 +50,7 @@ def final_report() -> Response:
 
 def _receive() -> Response:
     callback = _load(_HINTS[request.endpoint or ""])
-    receipt = ingest.receive(get_db(), callback, _ctype(), _now())
+    receipt = capture_delivery(Delivery(callback, _ctype(), _now()))
     metrics.CALLBACKS.labels(callback.kind.value, receipt.outcome).inc()
     return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,13 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 from werkzeug.test import TestResponse
 
-from app import create_app, embedded, migrations
+from app import backlog, create_app, embedded, migrations
+from app.apply import apply_waiting
+from app.capture import Delivery, Receipt, capture
 from app.config import Settings
 from app.db import Database
 from app.extensions import get_db
+from app.intake import Callback
 
 # freezegun moves Python's clock for the service; the pool and the driver keep
 # the real one, or their timeouts would never expire while time stands still.
@@ -80,7 +85,10 @@ def clean_db(database_url: str) -> str:
 
 @pytest.fixture
 def app(clean_db: str) -> Iterator[Flask]:
-    application = create_app({"database_url": clean_db})
+    # The applier runs in the test's own thread (`post` applies what it
+    # captured), so that every test reads a settled state; the background
+    # applier of web processes has its own tests (test_apply.py).
+    application = create_app({"database_url": clean_db, "apply_in_web": False})
     application.config["TESTING"] = True
     yield application
     get_db(application).close()
@@ -105,10 +113,35 @@ def post(
     content_type: str | None = "application/json",
     **kw: Any,
 ) -> TestResponse:
-    """POST a callback: a payload is sent as JSON, bytes as they are."""
+    """POST a callback (a payload as JSON, bytes as they are); once captured, apply it."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {"Content-Type": content_type} if content_type else {}
-    return client.post(f"/webhooks/{kind}", data=body, headers=headers, **kw)
+    response = client.post(f"/webhooks/{kind}", data=body, headers=headers, **kw)
+    if response.status_code < 300:  # something was captured
+        settle(get_db(client.application))
+    return response
+
+
+def settle(db: Database, timeout: float = 10.0) -> None:
+    """Apply what is waiting here, and wait for what another applier has claimed.
+
+    An app made with the default settings runs its own applier too, which
+    may hold a batch while this one finds nothing to claim.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        apply_waiting(db, 32)
+        if backlog.summary(db).waiting == 0:
+            return
+        assert time.monotonic() < deadline, "callbacks still waiting to be applied"
+        time.sleep(0.005)
+
+
+def deliver(db: Database, callback: Callback, content_type: str | None, now: datetime) -> Receipt:
+    """Capture one checked callback as the request path does, then apply what is waiting."""
+    receipt = capture(db, Delivery(callback, content_type, now))
+    settle(db)
+    return receipt
 
 
 def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:

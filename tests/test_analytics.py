@@ -22,7 +22,7 @@ from freezegun import freeze_time
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from app import create_app, decide, ingest, migrations, operations, storage
+from app import create_app, decide, migrations, operations, storage
 from app.cli import main
 from app.db import Database
 from app.definitions import load_definition
@@ -31,7 +31,7 @@ from app.generate import KINDS, workflows
 from app.intake import read
 from app.migrations import VIEWS_DIR, apply_views
 from tests import payloads, scale
-from tests.conftest import fresh_database, post, query
+from tests.conftest import deliver, fresh_database, post, query
 
 README = Path(__file__).resolve().parent.parent / "sql" / "README.md"
 VIEWS = [
@@ -277,7 +277,7 @@ def test_rollups_equal_the_messages_in_any_arrival_order(db: Database, clean_db:
         callbacks.append(("final-report", thief))
     rng.shuffle(callbacks)
     for kind, payload in callbacks:
-        ingest.receive(db, read(KINDS[kind], json.dumps(payload).encode(), 32), None, now)
+        deliver(db, read(KINDS[kind], json.dumps(payload).encode(), 32), None, now)
     kept = query(clean_db, KEPT_ROLLUPS)
     assert kept == query(clean_db, FRESH_ROLLUPS)
     assert_decisions_are_current(db, clean_db, now)
@@ -324,7 +324,7 @@ def test_a_message_claimed_by_two_workflows_is_counted_once_in_any_order(
             )
         )
         for kind, payload in order:
-            ingest.receive(db, read(KINDS[kind], json.dumps(payload).encode(), 32), None, now)
+            deliver(db, read(KINDS[kind], json.dumps(payload).encode(), 32), None, now)
         kept = query(clean_db, KEPT_ROLLUPS)
         assert kept == query(clean_db, FRESH_ROLLUPS)
         assert {u: steps for u, steps, *_ in kept if steps} == {winner: 1}
@@ -336,11 +336,12 @@ def assert_decisions_are_current(db: Database, clean_db: str, now: datetime) -> 
     rows = "SELECT * FROM dispatch ORDER BY dispatch_uuid"
     before = query(clean_db, rows)
     for (dispatch_uuid,) in query(clean_db, "SELECT dispatch_uuid FROM dispatch"):
-        db.run(
-            lambda conn, u=dispatch_uuid: decide.decide(
-                conn, storage.lock_dispatch(conn, u, now), now
-            )
-        )
+
+        def again(conn: Any, u: str = dispatch_uuid) -> None:
+            locked = storage.lock_dispatch(conn, u, now)
+            decide.decide(conn, [decide.Changed(locked, locked.state, now)])
+
+        db.run(again)
     assert query(clean_db, rows) == before
 
 

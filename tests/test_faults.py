@@ -19,7 +19,7 @@ from app import create_app, embedded, migrations
 from app.config import Settings
 from app.extensions import get_db, get_settings
 from tests import payloads
-from tests.conftest import post, query
+from tests.conftest import post, query, settle
 
 
 class OwnServer:
@@ -126,16 +126,33 @@ def test_hostile_values_are_stored_and_served_as_plain_data(
     assert json.loads(bytes(body))["message_uuid"] == value
 
 
-def test_a_callback_stuck_behind_a_migrations_lock_gets_503_and_its_retry_is_applied(
+def test_a_migrations_lock_on_the_state_does_not_hold_up_captures(
     client: FlaskClient, clean_db: str
 ) -> None:
     # A release's migration holds the workflow table's lock (an ALTER TABLE
-    # does) for longer than the statement timeout: the callback is answered
-    # 503 with Retry-After, nothing of it is written, and the provider's retry
-    # after the release is applied whole.
+    # does) for longer than the statement timeout: callbacks are still
+    # captured and answered at once; they are applied once the lock is gone.
     delivery = payloads.status("m-locked", "delivered", "2026-01-01T10:00:00Z", dispatch_uuid="d-1")
     with psycopg.connect(clean_db) as release:
         release.execute("LOCK TABLE dispatch IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        answer = client.post("/webhooks/status", json=delivery)
+        assert time.monotonic() - started < 2
+        assert answer.status_code == 200 and answer.get_json()["status"] == "accepted"
+        assert query(clean_db, "SELECT count(*) FROM raw_callback") == [(1,)]
+    settle(get_db(client.application))
+    assert query(clean_db, "SELECT status, dispatch_uuid FROM message") == [("delivered", "d-1")]
+
+
+def test_a_callback_stuck_behind_a_lock_on_the_raw_log_gets_503_and_its_retry_is_captured(
+    client: FlaskClient, clean_db: str
+) -> None:
+    # A migration of the raw log itself blocks captures: the callback is
+    # answered 503 with Retry-After after the statement timeout, nothing of
+    # it is written, and the provider's retry after the release is captured.
+    delivery = payloads.status("m-locked", "delivered", "2026-01-01T10:00:00Z", dispatch_uuid="d-1")
+    with psycopg.connect(clean_db) as release:
+        release.execute("LOCK TABLE raw_callback IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
         blocked = post(client, "message-status", delivery)
         waited = time.monotonic() - started

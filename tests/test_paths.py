@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from app import create_app
 from app.extensions import get_db
+from tests.conftest import post
 
 TOKEN = "a-token-for-path-tests"
+
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DASHBOARD = {"Authorization": "Basic " + base64.b64encode(b"any:pw").decode()}
 PATHS = [
@@ -67,7 +69,7 @@ def test_every_id_a_callback_can_carry_is_readable(app: Flask, ident: str) -> No
     client = app.test_client()
     status = {"message_uuid": ident, "timestamp": "2020-01-01T14:00:00Z", "status": "submitted"}
     status["_links"] = {"workflow": {"dispatch_uuid": ident}}
-    assert client.post("/webhooks/status", json=status).status_code == 200
+    assert post(client, "status", status).status_code == 200
     quoted = quote(ident, safe="")
     message = client.get(f"/messages/{quoted}").json
     assert message is not None and message["message_uuid"] == ident

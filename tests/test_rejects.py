@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from app import create_app, ingest, rejects, state
+from app import create_app, rejects
 from app.auth import Credentials
+from app.capture import Delivery
 from app.db import Database
 from app.extensions import get_db
 from tests import payloads
@@ -34,14 +35,14 @@ def test_a_reject_that_fails_to_replay_is_recorded_and_the_others_go_on(
 ) -> None:
     for n in range(3):  # refused for their media type: valid callbacks
         post(client, "status", _status(n), content_type="text/plain")
-    real = ingest.apply_status
+    real = rejects.capture_in
 
-    def buggy(message: Any, event: state.StatusEvent) -> Any:
-        if event.message_uuid == "m-1":
+    def buggy(conn: Any, deliveries: list[Delivery]) -> Any:
+        if any(getattr(d.callback.event, "message_uuid", "") == "m-1" for d in deliveries):
             raise RuntimeError("a bug that quotes the body: m-1 +447700900000")
-        return real(message, event)
+        return real(conn, deliveries)
 
-    monkeypatch.setattr(ingest, "apply_status", buggy)
+    monkeypatch.setattr(rejects, "capture_in", buggy)
     summary = rejects.reprocess(db, Credentials(), 32, datetime.now(UTC))
     assert (summary.recovered, summary.failed, summary.remaining) == (2, 1, 1)
     [(reason, message, attempts)] = query(

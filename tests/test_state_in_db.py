@@ -14,12 +14,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, decide, ingest, readmodel
+from app import create_app, decide, readmodel
 from app.db import Database
 from app.definitions import load_definition
 from app.intake import CallbackKind, read
 from tests import payloads
-from tests.conftest import post, query
+from tests.conftest import deliver, post, query
 
 KINDS = {"message-status": CallbackKind.MESSAGE_STATUS, "final-report": CallbackKind.FINAL_REPORT}
 
@@ -70,17 +70,17 @@ def _deliver_all(db: Database, deliveries: list[payloads.Delivery], threads: int
     now = datetime(2026, 1, 1, tzinfo=UTC)
     barrier = threading.Barrier(threads)
 
-    def deliver(chunk: list[payloads.Delivery]) -> list[str]:
+    def deliver_chunk(chunk: list[payloads.Delivery]) -> list[str]:
         barrier.wait()  # start together, so the transactions really overlap
         outcomes = []
         for kind, payload in chunk:
             callback = read(KINDS[kind], json.dumps(payload).encode(), 32)
-            outcomes.append(ingest.receive(db, callback, "application/json", now).outcome)
+            outcomes.append(deliver(db, callback, "application/json", now).outcome)
         return outcomes
 
     chunks = [deliveries[i::threads] for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
-        return [o for result in pool.map(deliver, chunks) for o in result]
+        return [o for result in pool.map(deliver_chunk, chunks) for o in result]
 
 
 def big_workflow(dispatch_uuid: str, messages: int) -> list[payloads.Delivery]:

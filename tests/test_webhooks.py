@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from app import create_app, ingest, rejects
+from app import capture, create_app, rejects
 from app.auth import Credentials
 from app.db import Database
 from app.extensions import get_db
@@ -205,11 +205,14 @@ def test_routing_errors_use_the_json_envelope(
 def test_a_failure_inside_the_service_writes_nothing_half_way_and_keeps_the_body(
     client: FlaskClient, clean_db: str, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*_: Any) -> None:
+    real = capture.capture_in
+
+    def broken(conn: Any, deliveries: Any) -> Any:
+        real(conn, deliveries)
         raise RuntimeError("bug in a transition")
 
-    # The raw callback is written before the transition fails: it must roll back.
-    monkeypatch.setattr(ingest, "_apply_status", broken)
+    # The raw callback is written before the capture fails: it must roll back.
+    monkeypatch.setattr(capture, "capture_in", broken)
     # Answer as in production (tests otherwise let exceptions through).
     client.application.config["PROPAGATE_EXCEPTIONS"] = False
     response = post(client, "message-status", SAMPLE_STATUS)

@@ -17,7 +17,7 @@ from app.auth import Credentials
 from app.db import Database
 from app.extensions import get_db
 from tests import payloads
-from tests.conftest import query
+from tests.conftest import query, settle
 from tests.signing import OLD_SECRET, SECRET, bearer, token
 
 BODY = json.dumps(payloads.fixture("message_status_sample.json")).encode()
@@ -197,4 +197,5 @@ def test_without_credentials_the_service_starts_and_warns_loudly(
 
 def test_the_read_api_needs_no_signature(signed: FlaskClient) -> None:
     assert send(signed, bearer(BODY))[0] == 200
+    settle(get_db(signed.application))
     assert signed.get("/messages/aaaaaaaa-bbbb-cccc-dddd-0123456789ab").status_code == 200

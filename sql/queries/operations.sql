@@ -1,8 +1,8 @@
 -- name: prune_raw_batch
--- Delete up to `batch` raw callbacks received before the cutoff, oldest first.
+-- Delete up to `batch` applied raw callbacks received before the cutoff, oldest first (waiting ones stay).
 DELETE FROM raw_callback
  WHERE id IN (SELECT id FROM raw_callback
-               WHERE received_at < %(cutoff)s
+               WHERE received_at < %(cutoff)s AND applied_at IS NOT NULL
                ORDER BY id
                LIMIT %(batch)s);
 

@@ -7,9 +7,8 @@ SELECT max(cutoff) AS cutoff FROM raw_log_prune;
 INSERT INTO raw_log_prune (pruned_at, cutoff, deleted) VALUES (%(now)s, %(cutoff)s, %(deleted)s);
 
 -- name: lock_for_rebuild
--- Hold the raw log still (readers go on) and keep writers off the state until the rebuild commits.
+-- Keep appliers and definitions off the state until the rebuild commits (readers and captures go on).
 SET LOCAL lock_timeout = '30s';
-LOCK TABLE raw_callback IN SHARE MODE;
 LOCK TABLE dispatch, message, discrepancy, reconciliation, workflow_definition IN EXCLUSIVE MODE;
 
 -- name: clear_state_for_rebuild

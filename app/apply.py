@@ -1,0 +1,332 @@
+"""Where captured callbacks are applied to the state: in batches, by any number of appliers.
+
+An applier claims a batch of waiting raw callbacks (rows another applier
+holds are skipped, so nothing is applied twice), locks the workflows and
+messages they name in one order (workflows by id, then messages by id: no
+deadlocks between appliers), folds the events into them with the pure joins
+of `app.state`, writes them back, decides each touched workflow once, and
+marks the batch applied, all in one transaction.
+
+A callback that cannot be applied is set aside with its error and tried
+again later (backoff), so that it never holds up the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app import decide, storage
+from app.db import Connection, Database, DatabaseUnavailable
+from app.intake import CallbackKind, Rejection, read
+from app.queries import sql
+from app.state import (
+    Discrepancy,
+    FinalReport,
+    StatusEvent,
+    apply_final_report,
+    apply_reported_message,
+    apply_status,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+# A failed callback waits 5 s, then twice as long after each failure, at most an hour.
+FIRST_RETRY_SECONDS = 5
+LAST_RETRY_SECONDS = 3600
+ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A stored raw callback's event, as the applier folds it."""
+
+    callback_id: int
+    event: StatusEvent | FinalReport
+    received_at: datetime
+
+
+def fold(conn: Connection, batch: Sequence[Captured]) -> None:
+    """Apply captured callbacks to workflows and messages in the caller's transaction.
+
+    Any order gives the same state (the joins commute), so the batch is
+    folded in id order only to make its discrepancies' first witness stable.
+    """
+    first_message: dict[str, datetime] = {}
+    first_dispatch: dict[str, datetime] = {}
+    for c in batch:
+        for uuid in _messages_named(c.event):
+            _keep_earliest(first_message, uuid, c.received_at)
+        for uuid in _dispatches_named(c.event):
+            _keep_earliest(first_dispatch, uuid, c.received_at)
+    # The workflows the messages already belong to change too: read (without
+    # locks) which they are, so that every workflow is locked before any message.
+    for uuid, dispatch_uuid in storage.message_dispatches(conn, first_message).items():
+        _keep_earliest(first_dispatch, dispatch_uuid, first_message[uuid])
+    dispatches = storage.lock_dispatches(conn, first_dispatch)
+    messages = storage.lock_messages(conn, first_message)
+    was_in = {uuid: m.dispatch_uuid for uuid, m in messages.items()}
+    # Linked elsewhere between that read and the locks (another applier):
+    # that workflow changes too. Locked out of order, so a deadlock is
+    # possible; PostgreSQL detects it and the batch runs again.
+    late = {d: first_message[m] for m, d in was_in.items() if d and d not in dispatches}
+    dispatches |= storage.lock_dispatches(conn, late)
+
+    states = {uuid: locked.state for uuid, locked in dispatches.items()}
+    message_at: dict[str, datetime] = {}  # changed messages: latest receive time
+    dispatch_at: dict[str, datetime] = {}  # changed workflows: latest receive time
+    first_report: dict[str, datetime] = {}
+    found: list[tuple[Discrepancy, int, datetime]] = []
+
+    def merged(c: Captured, discrepancies: Iterable[Discrepancy]) -> None:
+        found.extend((d, c.callback_id, c.received_at) for d in discrepancies)
+
+    for c in sorted(batch, key=lambda c: c.callback_id):
+        event = c.event
+        if isinstance(event, StatusEvent):
+            moved = apply_status(messages[event.message_uuid], event)
+            messages[event.message_uuid] = moved.state
+            _keep_latest(message_at, event.message_uuid, c.received_at)
+            merged(c, moved.discrepancies)
+            continue
+        for reported in event.messages:
+            moved = apply_reported_message(
+                messages[reported.message_uuid], event.dispatch_uuid, reported
+            )
+            messages[reported.message_uuid] = moved.state
+            _keep_latest(message_at, reported.message_uuid, c.received_at)
+            merged(c, moved.discrepancies)
+        transition = apply_final_report(states[event.dispatch_uuid], event)
+        states[event.dispatch_uuid] = transition.state
+        _keep_earliest(first_report, event.dispatch_uuid, c.received_at)
+        _keep_latest(dispatch_at, event.dispatch_uuid, c.received_at)
+        merged(c, transition.discrepancies)
+
+    # A changed message changes the workflow it was in and the one it is in now.
+    for uuid, at in message_at.items():
+        for linked in (was_in[uuid], messages[uuid].dispatch_uuid):
+            if linked is not None:
+                _keep_latest(dispatch_at, linked, at)
+    assert dispatch_at.keys() <= dispatches.keys()  # every link a callback names was locked
+
+    # Queued: the writes travel together with the next read.
+    storage.save_messages(conn, [(messages[u], at) for u, at in sorted(message_at.items())])
+    storage.save_dispatches(
+        conn,
+        [
+            storage.SavedDispatch(states[u], dispatch_at[u], at)
+            for u, at in sorted(first_report.items())
+        ],
+    )
+    storage.record_discrepancies(conn, found)
+    decide.messages_changed(
+        conn,
+        [decide.Changed(dispatches[u], states[u], at) for u, at in sorted(dispatch_at.items())],
+    )
+
+
+def _messages_named(event: StatusEvent | FinalReport) -> list[str]:
+    if isinstance(event, StatusEvent):
+        return [event.message_uuid]
+    return [m.message_uuid for m in event.messages]
+
+
+def _dispatches_named(event: StatusEvent | FinalReport) -> list[str]:
+    return [event.dispatch_uuid] if event.dispatch_uuid is not None else []
+
+
+def _keep_earliest(seen: dict[str, datetime], key: str, at: datetime) -> None:
+    if key not in seen or at < seen[key]:
+        seen[key] = at
+
+
+def _keep_latest(seen: dict[str, datetime], key: str, at: datetime) -> None:
+    if key not in seen or at > seen[key]:
+        seen[key] = at
+
+
+@dataclass
+class ApplySummary:
+    applied: int = 0
+    failed: int = 0
+
+    def add(self, other: ApplySummary) -> None:
+        from app import metrics  # late: see app/__init__.py
+
+        self.applied += other.applied
+        self.failed += other.failed
+        metrics.APPLIED.inc(other.applied)
+        metrics.APPLY_FAILURES.inc(other.failed)
+
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def apply_waiting(
+    db: Database,
+    max_depth: int,
+    *,
+    batch: int = BATCH,
+    clock: Clock = _utc_now,
+    retry_failed: bool = False,
+) -> ApplySummary:
+    """Apply waiting callbacks, batch by batch, until none is due; returns what was done.
+
+    `retry_failed` makes the callbacks that failed before due at once (after a fix).
+    """
+    summary = ApplySummary()
+    if retry_failed:
+        db.run(lambda conn: conn.execute(sql("retry_failed_now")))
+    while True:
+        try:
+            # A unit of work may run more than once (a deadlock): each run
+            # counts afresh, and only the committed one is added.
+            claimed, done = db.run(lambda conn: _apply_batch(conn, max_depth, batch, clock()))
+            summary.add(done)
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            # One of the batch's callbacks broke it: apply them one by one, so
+            # that only the guilty one is set aside.
+            log.warning("a batch failed to apply; applying its callbacks one by one", exc_info=True)
+            ids = db.run(lambda conn: _due_ids(conn, batch, clock()))
+            for callback_id in ids:
+                summary.add(_apply_alone(db, callback_id, max_depth, clock))
+            claimed = len(ids)
+        if claimed == 0:
+            return summary
+
+
+def _apply_batch(
+    conn: Connection, max_depth: int, limit: int, now: datetime
+) -> tuple[int, ApplySummary]:
+    rows = conn.execute(sql("claim_callbacks"), {"now": now, "limit": limit}).fetchall()
+    return len(rows), _apply_claimed(conn, rows, max_depth, now)
+
+
+def _apply_claimed(
+    conn: Connection, rows: Sequence[Mapping[str, Any]], max_depth: int, now: datetime
+) -> ApplySummary:
+    done = ApplySummary()
+    good = []
+    for row in rows:
+        try:
+            callback = read(CallbackKind(row["kind"]), bytes(row["body"]), max_depth)
+        except Rejection as rejection:
+            # Stored under older checks than today's: set aside until they accept it.
+            done.failed += _mark_failed(conn, row["id"], rejection.message, now)
+            continue
+        good.append(Captured(row["id"], callback.event, row["received_at"]))
+    fold(conn, good)
+    conn.execute(sql("mark_applied"), {"now": now, "ids": [c.callback_id for c in good]})
+    done.applied = len(good)
+    return done
+
+
+def _due_ids(conn: Connection, limit: int, now: datetime) -> list[int]:
+    rows = conn.execute(sql("claim_callbacks"), {"now": now, "limit": limit}).fetchall()
+    return [row["id"] for row in rows]
+
+
+def _apply_alone(db: Database, callback_id: int, max_depth: int, clock: Clock) -> ApplySummary:
+    def work(conn: Connection) -> ApplySummary:
+        now = clock()
+        rows = conn.execute(sql("claim_callback"), {"id": callback_id}).fetchall()
+        return _apply_claimed(conn, rows, max_depth, now)
+
+    try:
+        return db.run(work)
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        log.exception("raw callback %d failed to apply; it is set aside and retried", callback_id)
+        error = f"{type(exc).__name__}: {exc}"
+        marked = db.run(lambda conn: _mark_failed(conn, callback_id, error, clock()))
+        return ApplySummary(failed=marked)
+
+
+def _mark_failed(conn: Connection, callback_id: int, error: str, now: datetime) -> int:
+    """Set a callback aside with its error until its next attempt; 0 if applied meanwhile."""
+    params = {
+        "id": callback_id,
+        "error": error[:ERROR_CHARS],
+        "now": now,
+        "first": FIRST_RETRY_SECONDS,
+        "last": LAST_RETRY_SECONDS,
+    }
+    return 0 if conn.execute(sql("mark_failed"), params).fetchone() is None else 1
+
+
+class BackgroundApplier:
+    """The applier inside a web process: woken by the process's captures, else every `poll` s.
+
+    So `web:` alone is a complete deployment. Every process runs one; they
+    share the work through the claims, as separate `dispatch-ledger apply`
+    processes do.
+    """
+
+    def __init__(self, db: Database, max_depth: int, batch: int, poll: float) -> None:
+        self._db = db
+        self._max_depth = max_depth
+        self._batch = batch
+        self._poll = poll
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        """Start this process's applier if it is not running (threads do not survive a fork)."""
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._wake = threading.Event()
+                self._thread = threading.Thread(target=self._run, name="applier", daemon=True)
+                self._thread.start()
+                self._pid = os.getpid()
+
+    def wake(self) -> None:
+        """Something was captured: apply it now."""
+        self.start()
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+
+    def _run(self) -> None:
+        wait = 0.0  # a fresh process first applies what is waiting
+        while True:
+            self._wake.wait(wait)
+            self._wake.clear()
+            try:
+                apply_waiting(self._db, self._max_depth, batch=self._batch)
+            except DatabaseUnavailable as exc:
+                if self._db.closed:
+                    return  # the application is done
+                # Captures answer 503 meanwhile; back off up to 30 s.
+                if self.last_error is None:
+                    log.warning("the applier cannot reach the database: %s", exc)
+                self.last_error = str(exc)
+                wait = min(max(wait * 2, self._poll), 30.0)
+                continue
+            except Exception as exc:  # a bug outside any one callback: keep the process serving
+                log.exception("the applier failed; trying again")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                wait = min(max(wait * 2, self._poll), 30.0)
+                continue
+            if self.last_error is not None:
+                log.info("the applier is applying again")
+            self.last_error = None
+            wait = self._poll

@@ -1,0 +1,195 @@
+"""Where a callback is captured: one durable, deduplicated insert of its raw copy.
+
+This is all the request path does after its checks; applying it to the state
+is the applier's work (`app.apply`). Nothing is answered before its commit.
+Concurrent requests of a process share commits (`GroupCommit`): one
+transaction and one round trip store what every waiting request brought.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
+from app.db import Connection, Database, DatabaseUnavailable, jsonb
+from app.intake import Callback
+from app.queries import sql
+from app.state import StatusEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What became of one delivery."""
+
+    outcome: Literal["accepted", "duplicate"]
+    callback_id: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery to capture: the checked callback, its media type, when it came."""
+
+    callback: Callback
+    content_type: str | None
+    received_at: datetime
+
+
+def capture(db: Database, delivery: Delivery) -> Receipt:
+    """Store one delivery in its own transaction."""
+    return db.run(lambda conn: capture_in(conn, [delivery]))[0]
+
+
+def capture_in(conn: Connection, deliveries: Sequence[Delivery]) -> list[Receipt]:
+    """Store deliveries inside a transaction the caller runs; a duplicate only counts a delivery.
+
+    The first delivery of a callback not stored before is `accepted`; every
+    other (an earlier transaction's, or the same one twice here) is a
+    `duplicate` and adds one to the stored row's `deliveries`.
+    """
+    params = [_params(d) for d in deliveries]
+    first: dict[tuple[str, bytes], int] = {}
+    for i, p in enumerate(params):
+        first.setdefault((p["kind"], p["dedup_key"]), i)
+    inserting = sorted(first.values())
+    stored: dict[int, int] = {}  # index of the delivery -> id of the row it inserted
+    with conn.cursor() as cur:
+        # In pipeline mode all the inserts travel in one round trip.
+        cur.executemany(sql("insert_raw_callback"), [params[i] for i in inserting], returning=True)
+        for i, row in zip(inserting, _each_result(cur), strict=True):
+            if row is not None:
+                stored[i] = row["id"]
+        again = [i for i in range(len(params)) if i not in stored]
+        if again:
+            # The conflicting rows exist: ON CONFLICT waited for their
+            # inserters to commit, and rows are never deleted here.
+            cur.executemany(sql("count_redelivery"), [params[i] for i in again], returning=True)
+            counted = dict(zip(again, _each_result(cur), strict=True))
+    receipts = []
+    for i in range(len(params)):
+        if i in stored:
+            receipts.append(Receipt("accepted", stored[i]))
+        else:
+            row = counted[i]
+            assert row is not None
+            receipts.append(Receipt("duplicate", row["id"]))
+    return receipts
+
+
+def _each_result(cur: Cursor[DictRow]) -> list[DictRow | None]:
+    """The one row (or none) of each statement an executemany(returning=True) ran."""
+    rows = [cur.fetchone()]
+    while cur.nextset():
+        rows.append(cur.fetchone())
+    return rows
+
+
+def _params(delivery: Delivery) -> dict[str, Any]:
+    callback = delivery.callback
+    event = callback.event
+    return {
+        "kind": callback.kind.value,
+        "dedup_key": callback.dedup_key,
+        "body": callback.body,
+        "payload": jsonb(callback.payload),
+        "content_type": delivery.content_type,
+        "message_uuid": event.message_uuid if isinstance(event, StatusEvent) else None,
+        "dispatch_uuid": event.dispatch_uuid,
+        "event_at": event.occurred_at,
+        "received_at": delivery.received_at,
+    }
+
+
+@dataclass
+class _Waiting:
+    delivery: Delivery
+    done: threading.Event = field(default_factory=threading.Event)
+    receipt: Receipt | None = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Captures of one process, stored together: one commit answers every request waiting.
+
+    A committer thread (a greenlet under gevent) takes whatever deliveries
+    are waiting, stores them in one transaction, and wakes their requests.
+    At low load a batch is one delivery and costs one hand-over; under load
+    the batch grows by itself while the previous one commits.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        max_batch: int = 64,
+        on_accepted: Callable[[], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._on_accepted = on_accepted
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Waiting] = queue.Queue()
+        self._pid: int | None = None
+
+    def capture(self, delivery: Delivery) -> Receipt:
+        """Store one delivery, with whatever else is waiting; returns once it is committed."""
+        self._start()
+        waiting = _Waiting(delivery)
+        self._queue.put(waiting)
+        waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+        assert waiting.receipt is not None
+        return waiting.receipt
+
+    def _start(self) -> None:
+        # Threads do not survive a fork: each process starts its own.
+        with self._lock:
+            if self._pid != os.getpid():
+                self._queue = queue.Queue()
+                threading.Thread(target=self._run, name="group-commit", daemon=True).start()
+                self._pid = os.getpid()
+
+    def _run(self) -> None:
+        own = self._queue
+        while True:
+            batch = [own.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(own.get_nowait())
+                except queue.Empty:
+                    break
+            self._store(batch)
+
+    def _store(self, batch: list[_Waiting]) -> None:
+        try:
+            receipts = self._db.run(lambda conn: capture_in(conn, [w.delivery for w in batch]))
+        except DatabaseUnavailable as exc:
+            for w in batch:
+                w.error = exc
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                # Something in one delivery failed the whole transaction: store
+                # each alone, so that only its own request fails.
+                log.warning("a shared capture failed; storing its deliveries one by one")
+                for w in batch:
+                    self._store([w])
+                return
+        else:
+            for w, receipt in zip(batch, receipts, strict=True):
+                w.receipt = receipt
+            if self._on_accepted is not None and any(r.outcome == "accepted" for r in receipts):
+                self._on_accepted()
+        for w in batch:
+            w.done.set()
