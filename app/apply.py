@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app import decide, storage
@@ -172,6 +173,51 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class Handoff:
+    """Events this process captured, by raw callback id, until its applier takes them.
+
+    The applier then needs neither to read their bodies nor to check them
+    again (the schema check is most of what applying costs in Python), and
+    each web process's applier applies what its own requests captured.
+    Bounded: past `limit` the oldest are forgotten, and applied from the
+    stored body like any other.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._events: dict[int, StatusEvent | FinalReport] = {}
+
+    def put(self, captured: Iterable[tuple[int, StatusEvent | FinalReport]]) -> None:
+        with self._lock:
+            self._events.update(captured)
+            while len(self._events) > self._limit:
+                del self._events[next(iter(self._events))]
+
+    def size(self) -> int:
+        return len(self._events)
+
+    def oldest(self, count: int) -> list[int]:
+        with self._lock:
+            return sorted(self._events)[:count]
+
+    def take(self, ids: Iterable[int]) -> dict[int, StatusEvent | FinalReport]:
+        with self._lock:
+            return {i: self._events.pop(i) for i in ids if i in self._events}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Which waiting callbacks an applier takes."""
+
+    batch: int = BATCH
+    # This process's captures, taken first (web processes' appliers).
+    handoff: Handoff | None = None
+    # Other captures only once they are this old: their own process's applier
+    # is expected to take them first. 0 for an applier of its own.
+    others_after_seconds: float = 0.0
+
+
 def apply_waiting(
     db: Database,
     max_depth: int,
@@ -179,11 +225,13 @@ def apply_waiting(
     batch: int = BATCH,
     clock: Clock = _utc_now,
     retry_failed: bool = False,
+    claim: Claim | None = None,
 ) -> ApplySummary:
     """Apply waiting callbacks, batch by batch, until none is due; returns what was done.
 
     `retry_failed` makes the callbacks that failed before due at once (after a fix).
     """
+    claim = claim or Claim(batch=batch)
     summary = ApplySummary()
     if retry_failed:
         db.run(lambda conn: conn.execute(sql("retry_failed_now")))
@@ -191,7 +239,7 @@ def apply_waiting(
         try:
             # A unit of work may run more than once (a deadlock): each run
             # counts afresh, and only the committed one is added.
-            claimed, done = db.run(lambda conn: _apply_batch(conn, max_depth, batch, clock()))
+            claimed, done = db.run(lambda conn: _apply_batch(conn, max_depth, claim, clock()))
             summary.add(done)
         except DatabaseUnavailable:
             raise
@@ -199,34 +247,55 @@ def apply_waiting(
             # One of the batch's callbacks broke it: apply them one by one, so
             # that only the guilty one is set aside.
             log.warning("a batch failed to apply; applying its callbacks one by one", exc_info=True)
-            ids = db.run(lambda conn: _due_ids(conn, batch, clock()))
+            ids = db.run(lambda conn: _due_ids(conn, claim.batch, clock()))
             for callback_id in ids:
                 summary.add(_apply_alone(db, callback_id, max_depth, clock))
             claimed = len(ids)
-        if claimed == 0:
+        if claimed < claim.batch:
+            # Fewer were due than a batch holds: none is left but what arrived
+            # since, which the next turn takes (an empty claim costs a
+            # transaction, and under load every turn would end with one).
             return summary
 
 
 def _apply_batch(
-    conn: Connection, max_depth: int, limit: int, now: datetime
+    conn: Connection, max_depth: int, claim: Claim, now: datetime
 ) -> tuple[int, ApplySummary]:
-    rows = conn.execute(sql("claim_callbacks"), {"now": now, "limit": limit}).fetchall()
-    return len(rows), _apply_claimed(conn, rows, max_depth, now)
+    rows: list[Any] = []  # claimed rows (dicts)
+    known: dict[int, StatusEvent | FinalReport] = {}
+    if claim.handoff is not None and (mine := claim.handoff.oldest(claim.batch)):
+        rows = conn.execute(sql("claim_own_callbacks"), {"ids": mine, "now": now}).fetchall()
+        # Taken from the hand-off whether claimed or not: one not claimed was
+        # applied already or is held by another applier, which applies it.
+        known = claim.handoff.take(mine)
+    if len(rows) < claim.batch:
+        before = None
+        if claim.others_after_seconds:
+            before = now - timedelta(seconds=claim.others_after_seconds)
+        params = {"now": now, "limit": claim.batch - len(rows), "before": before}
+        rows += conn.execute(sql("claim_callbacks"), params).fetchall()
+    return len(rows), _apply_claimed(conn, rows, max_depth, now, known)
 
 
 def _apply_claimed(
-    conn: Connection, rows: Sequence[Mapping[str, Any]], max_depth: int, now: datetime
+    conn: Connection,
+    rows: Sequence[Mapping[str, Any]],
+    max_depth: int,
+    now: datetime,
+    known: Mapping[int, StatusEvent | FinalReport] | None = None,
 ) -> ApplySummary:
     done = ApplySummary()
     good = []
     for row in rows:
-        try:
-            callback = read(CallbackKind(row["kind"]), bytes(row["body"]), max_depth)
-        except Rejection as rejection:
-            # Stored under older checks than today's: set aside until they accept it.
-            done.failed += _mark_failed(conn, row["id"], rejection.message, now)
-            continue
-        good.append(Captured(row["id"], callback.event, row["received_at"]))
+        event = (known or {}).get(row["id"])
+        if event is None:
+            try:
+                event = read(CallbackKind(row["kind"]), bytes(row["body"]), max_depth).event
+            except Rejection as rejection:
+                # Stored under older checks than today's: set aside until they accept it.
+                done.failed += _mark_failed(conn, row["id"], rejection.message, now)
+                continue
+        good.append(Captured(row["id"], event, row["received_at"]))
     fold(conn, good)
     conn.execute(sql("mark_applied"), {"now": now, "ids": [c.callback_id for c in good]})
     done.applied = len(good)
@@ -234,7 +303,8 @@ def _apply_claimed(
 
 
 def _due_ids(conn: Connection, limit: int, now: datetime) -> list[int]:
-    rows = conn.execute(sql("claim_callbacks"), {"now": now, "limit": limit}).fetchall()
+    params = {"now": now, "limit": limit, "before": None}
+    rows = conn.execute(sql("claim_callbacks"), params).fetchall()
     return [row["id"] for row in rows]
 
 
@@ -275,8 +345,18 @@ class BackgroundApplier:
     processes do.
     """
 
-    def __init__(self, db: Database, max_depth: int, batch: int, poll: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        max_depth: int,
+        batch: int,
+        poll: float,
+        linger: float = 0.0,
+        max_delay: float = 0.5,
+    ) -> None:
         self._db = db
+        self._linger = linger
+        self._max_delay = max_delay
         self._max_depth = max_depth
         self._batch = batch
         self._poll = poll
@@ -284,6 +364,9 @@ class BackgroundApplier:
         self._wake = threading.Event()
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
+        self._handoff = Handoff()
+        # Other processes' captures are left to their own appliers for a second.
+        self._claim = Claim(batch, self._handoff, others_after_seconds=1.0)
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -291,6 +374,9 @@ class BackgroundApplier:
         with self._lock:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 self._wake = threading.Event()
+                if self._pid != os.getpid():
+                    self._handoff = Handoff()  # a parent's captures are not this process's
+                    self._claim = replace(self._claim, handoff=self._handoff)
                 self._thread = threading.Thread(target=self._run, name="applier", daemon=True)
                 self._thread.start()
                 self._pid = os.getpid()
@@ -300,18 +386,40 @@ class BackgroundApplier:
         self.start()
         self._wake.set()
 
+    def captured(self, accepted: Iterable[tuple[int, StatusEvent | FinalReport]]) -> None:
+        """This process captured these (raw callback id, event): apply them now."""
+        self._handoff.put(accepted)
+        self.wake()
+
     @property
     def running(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive() and self._pid == os.getpid()
 
+    def _gather(self) -> None:
+        """Woken by a capture: while more keep coming, let them gather (up to a batch or
+        `max_delay`), so that a burst is applied in few large transactions and
+        leaves the CPU to the requests; at a trickle, apply after one `linger`.
+        """
+        started = time.monotonic()
+        seen = self._handoff.size()
+        while self._linger:
+            time.sleep(self._linger)
+            now = self._handoff.size()
+            if now == seen or now >= self._claim.batch:
+                return  # quiet again, or a full batch
+            if time.monotonic() - started >= self._max_delay:
+                return
+            seen = now
+
     def _run(self) -> None:
         wait = 0.0  # a fresh process first applies what is waiting
         while True:
-            self._wake.wait(wait)
+            if self._wake.wait(wait):
+                self._gather()
             self._wake.clear()
             try:
-                apply_waiting(self._db, self._max_depth, batch=self._batch)
+                apply_waiting(self._db, self._max_depth, claim=self._claim)
             except DatabaseUnavailable as exc:
                 if self._db.closed:
                     return  # the application is done

@@ -23,7 +23,7 @@ from psycopg.rows import DictRow
 from app.db import Connection, Database, DatabaseUnavailable, jsonb
 from app.intake import Callback
 from app.queries import sql
-from app.state import StatusEvent
+from app.state import FinalReport, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class GroupCommit:
         self,
         db: Database,
         max_batch: int = 64,
-        on_accepted: Callable[[], None] | None = None,
+        on_accepted: Callable[[list[tuple[int, StatusEvent | FinalReport]]], None] | None = None,
     ) -> None:
         self._db = db
         self._max_batch = max_batch
@@ -189,7 +189,12 @@ class GroupCommit:
         else:
             for w, receipt in zip(batch, receipts, strict=True):
                 w.receipt = receipt
-            if self._on_accepted is not None and any(r.outcome == "accepted" for r in receipts):
-                self._on_accepted()
+            accepted = [
+                (r.callback_id, w.delivery.callback.event)
+                for w, r in zip(batch, receipts, strict=True)
+                if r.outcome == "accepted"
+            ]
+            if self._on_accepted is not None and accepted:
+                self._on_accepted(accepted)
         for w in batch:
             w.done.set()

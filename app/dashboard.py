@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, render_template, request
 
-from app import readmodel, workflows
+from app import backlog, readmodel, workflows
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.queries import sql
@@ -68,6 +68,8 @@ def overview() -> str:
     overdue = workflows.overdue(db, now, get_settings().overdue_grace_seconds, limit=20)
     return render_template(
         "dashboard.html",
+        backlog=backlog.summary(db),
+        failed=backlog.failed(db, 20),
         days=days,
         since=since,
         funnel=_bars(funnel, ("sent", "delivered", "read", "failed")),

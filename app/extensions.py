@@ -32,13 +32,20 @@ def init_app(app: Flask, settings: Settings) -> None:
     applier = None
     if settings.apply_in_web:
         applier = BackgroundApplier(
-            db, settings.max_json_depth, settings.apply_batch_size, settings.apply_poll_seconds
+            db,
+            settings.max_json_depth,
+            settings.apply_batch_size,
+            settings.apply_poll_seconds,
+            settings.apply_linger_seconds,
+            settings.apply_max_delay_seconds,
         )
         # Started by the process's first request, after any fork.
         app.before_request(applier.start)
     app.extensions[_APPLIER] = applier
     if settings.capture_group_commit:
-        app.extensions[_COMMITS] = GroupCommit(db, on_accepted=applier.wake if applier else None)
+        app.extensions[_COMMITS] = GroupCommit(
+            db, on_accepted=applier.captured if applier else None
+        )
     else:
         app.extensions[_COMMITS] = None
     app.extensions[_CREDENTIALS] = Credentials.from_settings(settings)
@@ -86,5 +93,5 @@ def capture_delivery(delivery: Delivery) -> Receipt:
     receipt = capture(get_db(), delivery)
     applier = get_applier()
     if applier is not None and receipt.outcome == "accepted":
-        applier.wake()
+        applier.captured([(receipt.callback_id, delivery.callback.event)])
     return receipt

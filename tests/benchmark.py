@@ -1,18 +1,27 @@
-"""Throughput benchmark: the real ingest path against a bare Flask+gunicorn ceiling.
+"""Throughput benchmark: the service against a bare ceiling and a hand-written durable receiver.
 
-    .venv/bin/python -m tests.benchmark [--seconds 20] [--connections 16] [--preload 1000000]
+    .venv/bin/python -m tests.benchmark [--seconds 15] [--rounds 3] [--connections 16]
 
 One run, on this machine, with the same gunicorn settings, payload mix and
-load generator (wrk, from Debian's packages) for every server:
+load generator (wrk, from Debian's packages) for every server, in
+interleaved rounds (the machine's speed drifts by phases, so each round
+compares servers measured minutes apart, and the median of the per-round
+ratios is kept):
 
 1. ceiling: a bare endpoint that only parses the JSON body;
-2. the real service on a fresh embedded PostgreSQL (synchronous_commit on);
-3. the real service again after `--preload` callbacks are already stored.
+2. a hand-written durable receiver: parse, insert the body as jsonb into a
+   one-index table, commit per request; the best of gunicorn's sync and
+   gthread workers (the same number of processes);
+3. the service (capture, then its appliers in the web processes).
 
-After each run against the real service, every callback acknowledged with a
-2xx is looked up in the database: the number lost must be zero. Prints a
-Markdown table for BENCHMARKS.md. This is a script, not a test: numbers
-depend on the machine, so nothing here asserts a speed.
+For the service it reports acknowledged callbacks per second, p50 and p99,
+CPU per callback, the time after the load stops until every acknowledged
+callback is applied, and lost callbacks (acknowledged but not stored, or
+never applied: checked in the database, must be 0). Then a sustained run
+at a fixed rate (70% of the receiver's, through wrk's delay()) samples the
+applier's lag (the age of the oldest unapplied callback): it must stay
+under 1 s. Prints Markdown for BENCHMARKS.md. A script, not a test:
+numbers depend on the machine, so nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -59,6 +70,7 @@ LUA = textwrap.dedent(
 
     function init(args)
       prefix = string.format("%s-%d", args[1], tid)
+      pause = tonumber(args[2] or "0")
     end
 
     local function status_body(d, m, s, n)
@@ -103,6 +115,11 @@ LUA = textwrap.dedent(
       if status >= 200 and status < 300 then ok = ok + 1 end
     end
 
+    local pause = 0
+    function delay()  -- 0 unless a rate is asked for (third argument: ms between requests)
+      return pause
+    end
+
     done = function(summary, latency, requests)
       local total = 0
       for _, thread in ipairs(threads) do total = total + thread:get("ok") end
@@ -126,6 +143,39 @@ BARE_APP = textwrap.dedent(
 )
 
 
+# The receiver a user would write by hand in an afternoon: durable, nothing more.
+RECEIVER_APP = textwrap.dedent(
+    """
+    import os
+
+    from flask import Flask, jsonify, request
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import ConnectionPool
+
+    app = Flask(__name__)
+    pool = None
+
+    def connection():
+        global pool
+        if pool is None:  # opened in each worker, after the fork
+            pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=4, max_size=4)
+        return pool.connection()
+
+    @app.post("/webhooks/<kind>")
+    def receive(kind):
+        body = request.get_json()
+        with connection() as conn:
+            row = conn.execute(
+                "INSERT INTO hand_received (body) VALUES (%s) RETURNING id", (Jsonb(body),)
+            ).fetchone()
+        return jsonify(status="accepted", callback_id=row[0])
+    """
+)
+RECEIVER_TABLE = (
+    "CREATE TABLE IF NOT EXISTS hand_received (id bigserial PRIMARY KEY, body jsonb NOT NULL)"
+)
+
+
 @dataclass
 class Result:
     name: str
@@ -137,6 +187,7 @@ class Result:
     non_2xx: int
     lost: int | None = None
     in_flight: int | None = None  # stored, but answered after wrk stopped listening
+    drain_seconds: float | None = None  # after the load, until every callback is applied
     # CPU time per request of the measured run, from /proc (milliseconds).
     server_cpu_ms: float = 0.0
     database_cpu_ms: float = 0.0
@@ -231,7 +282,13 @@ def gunicorn(
 
 
 def run_wrk(
-    wrk: str, port: int, seconds: int, connections: int, run_id: str, lua: Path
+    wrk: str,
+    port: int,
+    seconds: int,
+    connections: int,
+    run_id: str,
+    lua: Path,
+    pause_ms: float = 0.0,
 ) -> tuple[float, float, float, int, int, int]:
     output = subprocess.run(
         [
@@ -245,6 +302,7 @@ def run_wrk(
             f"http://127.0.0.1:{port}",
             "--",
             run_id,
+            str(pause_ms),
         ],
         check=True,
         capture_output=True,
@@ -271,66 +329,144 @@ def run_wrk(
     )
 
 
-def stored(url: str, run_id: str) -> int:
+def stored(url: str, run_id: str) -> tuple[int, int]:
+    """Deliveries of a run stored, and of those the callbacks not applied yet."""
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "SELECT coalesce(sum(deliveries), 0) FROM raw_callback"
-            " WHERE coalesce(message_uuid, dispatch_uuid) LIKE %s",
+            "SELECT coalesce(sum(deliveries), 0), count(*) FILTER (WHERE applied_at IS NULL)"
+            " FROM raw_callback WHERE coalesce(message_uuid, dispatch_uuid) LIKE %s",
             (f"{run_id}-%",),
         ).fetchone()
-    return int(row[0]) if row else 0
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
-def preload(url: str, count: int) -> None:
-    """Store `count` callbacks (raw rows with their message and workflow rows) in bulk."""
-    print(f"preloading {count:,} stored callbacks ...", flush=True)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            """
-            INSERT INTO dispatch (dispatch_uuid, status, first_received_at, updated_at)
-            SELECT 'pre-' || d, 'completed', now(), now() FROM generate_series(1, %(n)s / 9) d
-            """,
-            {"n": count},
+def waiting_age(url: str) -> tuple[int, float]:
+    """Callbacks not applied yet, and the age in seconds of the oldest."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(received_at)), 0)"
+            " FROM raw_callback WHERE applied_at IS NULL"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1])
+
+
+def drain(url: str, limit: float = 300.0) -> float:
+    """Seconds until no callback waits to be applied."""
+    started = time.monotonic()
+    while waiting_age(url)[0]:
+        if time.monotonic() - started > limit:
+            sys.exit("the appliers did not catch up in 5 minutes")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@dataclass
+class Server:
+    name: str
+    folder: Path
+    target: str
+    extra: list[str]
+
+
+def measure(
+    server: Server,
+    wrk: str,
+    env: dict[str, str],
+    url: str,
+    args: argparse.Namespace,
+    lua: Path,
+    tag: str,
+) -> Result:
+    port = free_port()
+    process = gunicorn(server.folder, server.target, env, port, server.extra)
+    service = server.target == "wsgi:app"
+    try:
+        if args.warmup:
+            # Fill the pools, prepare statements and warm caches, unmeasured.
+            run_wrk(wrk, port, args.warmup, args.connections, f"w{tag}", lua)
+            if service:
+                drain(url)
+        run_id = f"b{tag}"
+        print(f"running: {server.name} ...", flush=True)
+        before = process_cpu(process.pid)
+        wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rps, p50, p99, requests, acknowledged, non_2xx = run_wrk(
+            wrk, port, args.seconds, args.connections, run_id, lua
         )
-        conn.execute(
-            """
-            INSERT INTO message (message_uuid, dispatch_uuid, channel, status, submitted_at,
-                                 delivered_at, read_at, price, currency,
-                                 first_received_at, updated_at)
-            SELECT 'pre-' || m, 'pre-' || (1 + (m - 1) / 3), 'sms', 'read', now(), now(), now(),
-                   0.0333, 'EUR', now(), now()
-              FROM generate_series(1, %(n)s / 9 * 3) m
-            """,
-            {"n": count},
+        drained = drain(url) if service else None
+        used = cpu_used(before, process_cpu(process.pid))
+        wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        process.terminate()
+        process.wait(30)
+    result = Result(server.name, rps, p50, p99, requests, acknowledged, non_2xx)
+    wrk_seconds = (wrk_after.ru_utime + wrk_after.ru_stime) - (
+        wrk_before.ru_utime + wrk_before.ru_stime
+    )
+    # CPU per callback includes the applying after the load (drained above).
+    result.server_cpu_ms = used["server"] * 1000 / requests
+    result.database_cpu_ms = used["database"] * 1000 / requests
+    result.wrk_cpu_ms = wrk_seconds * 1000 / requests
+    if service:
+        # Every acknowledged callback must be stored and applied; more may be
+        # stored than acknowledged (answered after wrk stopped counting).
+        found, unapplied = stored(url, run_id)
+        result.lost = max(0, acknowledged - found) + unapplied
+        result.in_flight = max(0, found - acknowledged)
+        result.drain_seconds = drained
+    return result
+
+
+def sustained(
+    wrk: str, env: dict[str, str], url: str, args: argparse.Namespace, lua: Path, rate: float
+) -> tuple[Result, float]:
+    """The service at a fixed rate: the result, and the applier's largest lag seen (s)."""
+    port = free_port()
+    process = gunicorn(ROOT, "wsgi:app", env, port, [])
+    lags: list[float] = []
+    try:
+        # wrk paces each connection by a pause after each answer, so the rate
+        # is connections / (pause + latency): a short calibration run
+        # measures the latency at about this load and the pause subtracts it.
+        pause_ms = 1000 * args.connections / rate
+        calibrated = run_wrk(wrk, port, 3, args.connections, f"c{int(time.time())}", lua, pause_ms)
+        latency_ms = max(1000 * args.connections / calibrated[0] - pause_ms, 0.0)
+        pause_ms = max(1000 * args.connections / rate - latency_ms, 0.0)
+        drain(url)
+        run_id = f"s{int(time.time())}"
+        print(f"running: the service at {rate:,.0f} callbacks/s ...", flush=True)
+        done: list[tuple[float, float, float, int, int, int]] = []
+        load = threading.Thread(
+            target=lambda: done.append(
+                run_wrk(wrk, port, args.seconds, args.connections, run_id, lua, pause_ms)
+            )
         )
-        conn.execute(
-            """
-            INSERT INTO raw_callback (kind, dedup_key, body, payload, message_uuid, dispatch_uuid,
-                                      event_at, received_at, last_received_at)
-            SELECT 'message_status', sha256(('pre-' || c)::bytea), convert_to(p::text, 'UTF8'), p,
-                   'pre-' || (1 + (c - 1) / 3), 'pre-' || (1 + (c - 1) / 9), now(), now(), now()
-              FROM generate_series(1, %(n)s) c,
-                   LATERAL (SELECT jsonb_build_object('message_uuid', 'pre-' || c,
-                                                      'status', 'read') AS p) payload
-            """,
-            {"n": count},
-        )
-        conn.execute("VACUUM ANALYZE")
+        load.start()
+        while load.is_alive():
+            lags.append(waiting_age(url)[1])
+            time.sleep(0.25)
+        load.join()
+        drain(url)
+    finally:
+        process.terminate()
+        process.wait(30)
+    rps, p50, p99, requests, acknowledged, non_2xx = done[0]
+    result = Result("the service, sustained", rps, p50, p99, requests, acknowledged, non_2xx)
+    found, unapplied = stored(url, run_id)
+    result.lost = max(0, acknowledged - found) + unapplied
+    return result, max(lags, default=0.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--preload", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--warmup", type=int, default=3, help="unmeasured seconds of load before each run"
-    )
-    parser.add_argument(
-        "--compare-gthread",
-        action="store_true",
-        help="also run the service with gunicorn's gthread workers (4 threads), as before gevent",
     )
     args = parser.parse_args()
 
@@ -339,108 +475,81 @@ def main() -> None:
     lua = work / "callbacks.lua"
     lua.write_text(LUA)
     (work / "bare.py").write_text(BARE_APP)
+    (work / "receiver.py").write_text(RECEIVER_APP)
     url = embedded.start(work / "db")
     migrations.migrate(url)
     with psycopg.connect(url) as conn:
         setting = conn.execute("SHOW synchronous_commit").fetchone()
+        conn.execute(RECEIVER_TABLE)
     assert setting == ("on",), setting
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {"WEB_CONCURRENCY": str(args.workers), "DATABASE_URL": url}
 
-    results: list[Result] = []
-    gthread = ["--worker-class", "gthread", "--threads", "4"]
-    plan: list[tuple[str, Path, str, int | None, list[str]]] = [
-        ("bare ceiling (parse JSON only)", work, "bare:app", None, []),
-        ("dispatch-ledger, empty database", ROOT, "wsgi:app", None, []),
+    bare = Server("bare ceiling (parse JSON only)", work, "bare:app", [])
+    receivers = [
+        Server("hand-written receiver, sync", work, "receiver:app", ["--worker-class", "sync"]),
+        Server(
+            "hand-written receiver, gthread x 4",
+            work,
+            "receiver:app",
+            ["--worker-class", "gthread", "--threads", "4"],
+        ),
     ]
-    if args.compare_gthread:
-        plan.append(
-            ("dispatch-ledger, gthread x 4, empty database", ROOT, "wsgi:app", None, gthread)
-        )
-    if args.preload:
-        plan.append(
-            (
-                f"dispatch-ledger, {args.preload:,} callbacks stored",
-                ROOT,
-                "wsgi:app",
-                args.preload,
-                [],
-            )
-        )
-    for index, (name, folder, target, to_preload, extra) in enumerate(plan):
-        if to_preload:
-            preload(url, to_preload)
-        port = free_port()
-        server = gunicorn(folder, target, env, port, extra)
-        try:
-            if args.warmup:
-                # Fill the pool, prepare statements and warm caches, unmeasured.
-                run_wrk(
-                    wrk, port, args.warmup, args.connections, f"w{index}x{int(time.time())}", lua
-                )
-            run_id = f"b{index}x{int(time.time())}"
-            print(f"running: {name} ...", flush=True)
-            before, wrk_before = (
-                process_cpu(server.pid),
-                resource.getrusage(resource.RUSAGE_CHILDREN),
-            )
-            rps, p50, p99, requests, acknowledged, non_2xx = run_wrk(
-                wrk, port, args.seconds, args.connections, run_id, lua
-            )
-            used, wrk_after = (
-                cpu_used(before, process_cpu(server.pid)),
-                resource.getrusage(resource.RUSAGE_CHILDREN),
-            )
-        finally:
-            server.terminate()
-            server.wait(30)
-        result = Result(name, rps, p50, p99, requests, acknowledged, non_2xx)
-        wrk_seconds = (wrk_after.ru_utime + wrk_after.ru_stime) - (
-            wrk_before.ru_utime + wrk_before.ru_stime
-        )
-        result.server_cpu_ms = used["server"] * 1000 / requests
-        result.database_cpu_ms = used["database"] * 1000 / requests
-        result.wrk_cpu_ms = wrk_seconds * 1000 / requests
-        if target == "wsgi:app":
-            # Every acknowledged callback must be stored; more may be stored
-            # than acknowledged (answered after wrk stopped counting).
-            found = stored(url, run_id)
-            result.lost = max(0, acknowledged - found)
-            result.in_flight = max(0, found - acknowledged)
-        results.append(result)
+    service = Server("dispatch-ledger", ROOT, "wsgi:app", [])
+    rounds: list[list[Result]] = []
+    for n in range(args.rounds):
+        tag = f"{n}x{int(time.time())}"
+        found = [
+            measure(s, wrk, env, url, args, lua, f"{i}r{tag}")
+            for i, s in enumerate([bare, *receivers, service])
+        ]
+        rounds.append(found)
 
-    ceiling = results[0].rps
     print()
     print(
-        f"{args.connections} connections, {args.seconds} s each, gunicorn {args.workers} workers"
-        f" (gevent unless said), {os.cpu_count()} cores"
+        f"{args.connections} connections, {args.seconds} s per run, {args.rounds} rounds,"
+        f" gunicorn {args.workers} workers (gevent unless said), {os.cpu_count()} cores"
     )
-    print()
-    print("| server | requests/s | of ceiling | p50 ms | p99 ms | 2xx | non-2xx | lost |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        lost = "-" if r.lost is None else str(r.lost)
-        print(
-            f"| {r.name} | {r.rps:,.0f} | {r.rps / ceiling:.0%} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
-            f" | {r.acknowledged:,} | {r.non_2xx} | {lost} |"
-        )
-    # Where the 2 cores went: CPU time per request, and what that allows at most.
-    cores = os.cpu_count() or 1
     print()
     print(
-        "| server | gunicorn CPU ms/request | PostgreSQL CPU ms/request | wrk CPU ms/request"
-        " | cores busy | at most, if the cores were all ours (requests/s) |"
+        "| round | server | callbacks/s | p50 ms | p99 ms | 2xx | non-2xx | lost"
+        " | applied all after (s) | CPU ms/callback (gunicorn + PostgreSQL) |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        per_request = r.server_cpu_ms + r.database_cpu_ms + r.wrk_cpu_ms
-        print(
-            f"| {r.name} | {r.server_cpu_ms:.2f} | {r.database_cpu_ms:.2f} | {r.wrk_cpu_ms:.2f}"
-            f" | {per_request * r.rps / 1000:.2f} of {cores}"
-            f" | {cores * 1000 / per_request:,.0f} |"
-        )
-    print(json.dumps([r.__dict__ for r in results]), file=sys.stderr)
-    if any(r.lost for r in results):
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, found in enumerate(rounds, 1):
+        for r in found:
+            lost = "-" if r.lost is None else str(r.lost)
+            drained = "-" if r.drain_seconds is None else f"{r.drain_seconds:.1f}"
+            print(
+                f"| {n} | {r.name} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
+                f" | {r.acknowledged:,} | {r.non_2xx} | {lost} | {drained}"
+                f" | {r.server_cpu_ms:.2f} + {r.database_cpu_ms:.2f} |"
+            )
+    ratios = []
+    receiver_rates = []
+    for found in rounds:
+        receiver = max(found[1].rps, found[2].rps)
+        receiver_rates.append(receiver)
+        ratios.append((found[3].rps / receiver, found[3].rps / found[0].rps))
+    of_receiver = statistics.median(r[0] for r in ratios)
+    of_ceiling = statistics.median(r[1] for r in ratios)
+    print()
+    print(
+        f"Median of the per-round ratios: the service acknowledges {of_receiver:.0%} of the"
+        f" receiver's rate (best of sync and gthread) and {of_ceiling:.0%} of the ceiling."
+    )
+
+    rate = 0.7 * statistics.median(receiver_rates)
+    held, lag = sustained(wrk, env, url, args, lua, rate)
+    print()
+    print(
+        f"Sustained: asked {rate:,.0f}/s (70% of the receiver's median), got {held.rps:,.0f}/s"
+        f" ({held.rps / statistics.median(receiver_rates):.0%} of the receiver's median),"
+        f" p50 {held.p50_ms:.1f} ms, p99 {held.p99_ms:.1f} ms, the applier's lag at most"
+        f" {lag:.2f} s, lost {held.lost}."
+    )
+    print(json.dumps([[r.__dict__ for r in found] for found in rounds]), file=sys.stderr)
+    if any(r.lost for found in rounds for r in found) or held.lost:
         sys.exit("callbacks were lost")
 
 

@@ -8,6 +8,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -15,7 +16,7 @@ from flask.testing import FlaskClient
 from freezegun import freeze_time
 from PIL import Image
 
-from app import create_app
+from app import apply, create_app
 from app.dashboard import COLOURS
 from app.extensions import get_db
 from tests import payloads
@@ -67,6 +68,24 @@ def test_the_overview_shows_the_funnel_failover_and_workflows(dash: FlaskClient)
     assert "step 2 viber_service_msg" in page
     assert ">d-1</a>" in page
     assert dash.get("/dashboard?days=0", headers=AUTH).status_code == 400
+
+
+def test_the_overview_lists_callbacks_that_failed_to_apply(
+    dash: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = dash.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    assert "0 waiting to be applied, 0 failed." in page and 'id="failed"' not in page
+
+    def broken(message: Any, event: Any) -> Any:
+        raise RuntimeError("no transition today")
+
+    monkeypatch.setattr(apply, "apply_status", broken)
+    late = payloads.status("m-late", "delivered", "2020-01-01T15:30:00Z", dispatch_uuid="d-1")
+    assert post(dash, "status", late).status_code == 200
+    page = dash.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    assert "0 waiting to be applied, 1 failed" in page
+    assert "RuntimeError: no transition today" in page and ">m-late<" in page
+    assert "dispatch-ledger apply --once --retry-failed" in page
 
 
 def test_the_timeline_shows_each_step_its_statuses_and_deadline(dash: FlaskClient) -> None:

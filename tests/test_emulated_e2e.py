@@ -128,7 +128,8 @@ def test_a_workflow_sent_through_the_ledger_plays_out_and_is_decided(
     dispatch_uuid = answer["dispatch_uuid"]
     idle(emulator)
     _, _, played = emulator.request("GET", f"/_emulator/dispatches/{dispatch_uuid}")
-    _, _, workflow = ledger.request("GET", f"/workflows/{dispatch_uuid}")
+    _, _, workflow = ledger.request("GET", f"/workflows/{dispatch_uuid}?wait=10")
+    assert workflow["pending_callbacks"] == 0
     assert (workflow["status"], workflow["decided_by"], workflow["definition"]) == (
         played["outcome"],
         "definition",
@@ -200,8 +201,8 @@ def test_every_failover_scenario_end_to_end(pair: tuple[Server, Server]) -> None
     for name, dispatch_uuid in started.items():
         expected_kinds = SCENARIOS[name][1]
         _, _, played = emulator.request("GET", f"/_emulator/dispatches/{dispatch_uuid}")
-        code, _, workflow = ledger.request("GET", f"/workflows/{dispatch_uuid}")
-        assert code == 200, name
+        code, _, workflow = ledger.request("GET", f"/workflows/{dispatch_uuid}?wait=10")
+        assert code == 200 and workflow["pending_callbacks"] == 0, name
         assert workflow["status"] == (played["outcome"] or "pending"), name
         assert workflow["decided_by"] == "definition", name
         assert workflow["winning_step"] == played["winning_step"], name

@@ -4,13 +4,24 @@
 -- workflows by id, then messages by id.
 
 -- name: claim_callbacks
--- Take up to `limit` waiting callbacks that are due, oldest first; rows another applier holds are skipped.
+-- Take up to `limit` waiting callbacks that are due (received before `before`, if given), oldest first; rows another applier holds are skipped.
 SELECT id, kind, body, received_at, apply_attempts
   FROM raw_callback
  WHERE applied_at IS NULL
    AND (apply_after IS NULL OR apply_after <= %(now)s)
+   AND (%(before)s::timestamptz IS NULL OR received_at < %(before)s::timestamptz)
  ORDER BY id
  LIMIT %(limit)s
+   FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: claim_own_callbacks
+-- Take the waiting, due callbacks among those this process captured; rows another applier holds are skipped.
+SELECT id, kind, received_at, apply_attempts
+  FROM raw_callback
+ WHERE id = ANY(%(ids)s)
+   AND applied_at IS NULL
+   AND (apply_after IS NULL OR apply_after <= %(now)s)
+ ORDER BY id
    FOR NO KEY UPDATE SKIP LOCKED;
 
 -- name: claim_callback

@@ -1,0 +1,235 @@
+"""The applier: batches, concurrent appliers, failures set aside, lag that can be waited for."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import apply, create_app, decide, rebuild
+from app.capture import Delivery, capture
+from app.cli import main
+from app.db import Database
+from app.definitions import load_definition
+from app.extensions import get_db
+from app.generate import workflows
+from app.intake import read
+from tests import payloads
+from tests.conftest import query
+from tests.test_rebuild import snapshot
+from tests.test_state_in_db import KINDS
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _capture_all(db: Database, deliveries: list[payloads.Delivery]) -> None:
+    """Capture only, as the request path does: nothing is applied yet."""
+    for kind, payload in deliveries:
+        callback = read(KINDS[kind], json.dumps(payload).encode(), 32)
+        capture(db, Delivery(callback, "application/json", NOW))
+
+
+def _workload(db: Database) -> list[payloads.Delivery]:
+    """Generated workflows (half with definitions) with conflicts, shuffled and duplicated."""
+    deliveries: list[payloads.Delivery] = []
+    for n, (dispatch_uuid, request, items) in enumerate(workflows(25, 11, 3, NOW)):
+        if n % 2:
+            definition = load_definition(request)
+            db.run(
+                lambda c, u=dispatch_uuid, r=request, d=definition: decide.record_definition(
+                    c, u, r, d, "recorded", NOW
+                )
+            )
+        deliveries.extend(items)
+    deliveries += payloads.three_message_workflow("d-conflicts")
+    deliveries.append(
+        (
+            "final-report",
+            payloads.final_report(
+                "d-other",
+                "error",
+                "2020-01-01T16:00:00Z",
+                [{"message_uuid": "m-1-messenger", "status": "rejected"}],
+            ),
+        )
+    )
+    rng = random.Random(5)
+    deliveries += rng.sample(deliveries, len(deliveries) // 4)
+    rng.shuffle(deliveries)
+    return deliveries
+
+
+def test_concurrent_appliers_apply_each_callback_once_and_reach_the_rebuilt_state(
+    db: Database, clean_db: str
+) -> None:
+    _capture_all(db, _workload(db))
+    stored = query(clean_db, "SELECT count(*) FROM raw_callback")[0][0]
+    barrier = threading.Barrier(4)
+
+    def applier(batch: int) -> int:
+        barrier.wait()  # together, so that their claims and locks really overlap
+        return apply.apply_waiting(db, 32, batch=batch).applied
+
+    # Small, different batches: many transactions, interleaved on shared workflows.
+    with ThreadPoolExecutor(4) as pool:
+        applied = list(pool.map(applier, [3, 5, 7, 11]))
+    assert sum(applied) == stored  # each exactly once: none twice, none left
+    assert all(applied)
+    assert query(clean_db, "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL") == [(0,)]
+    incremental = snapshot(clean_db)
+    assert incremental["discrepancy"] and incremental["reconciliation"]
+
+    # Folding everything again in one pass (a rebuild) gives exactly this state.
+    rebuild.rebuild(clean_db, 32)
+    assert snapshot(clean_db) == incremental
+
+
+def test_a_callback_that_fails_to_apply_is_set_aside_and_the_others_are_applied(
+    db: Database, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _capture_all(db, payloads.three_message_workflow("d-1"))
+    real = apply.apply_status
+
+    def buggy(message: Any, event: Any) -> Any:
+        if event.message_uuid == "m-2-viber":
+            raise RuntimeError("a bug in a transition")
+        return real(message, event)
+
+    monkeypatch.setattr(apply, "apply_status", buggy)
+    summary = apply.apply_waiting(db, 32, clock=lambda: NOW)
+    # The batch failed as a whole, then each callback alone: only the viber
+    # message's two are set aside.
+    assert (summary.applied, summary.failed) == (5, 2)
+    failed = "SELECT apply_error, apply_attempts, apply_after FROM raw_callback"
+    failed += " WHERE applied_at IS NULL"
+    retry_at = NOW + timedelta(seconds=apply.FIRST_RETRY_SECONDS)
+    assert query(clean_db, failed) == [("RuntimeError: a bug in a transition", 1, retry_at)] * 2
+    viber = "SELECT submitted_at, rejected_at FROM message WHERE message_uuid = 'm-2-viber'"
+    assert query(clean_db, viber) == [(None, None)]  # known from the final report only
+
+    # Not due before its backoff; each failure doubles it.
+    assert apply.apply_waiting(db, 32, clock=lambda: NOW).failed == 0
+    later = NOW + timedelta(seconds=apply.FIRST_RETRY_SECONDS)
+    assert apply.apply_waiting(db, 32, clock=lambda: later).failed == 2
+    again = later + timedelta(seconds=2 * apply.FIRST_RETRY_SECONDS)
+    assert {row[1:] for row in query(clean_db, failed)} == {(2, again)}
+
+    # After the fix, they are applied on their next turn, and the workflow is whole.
+    monkeypatch.undo()
+    assert apply.apply_waiting(db, 32, clock=lambda: again).applied == 2
+    assert None not in query(clean_db, viber)[0]
+
+
+def test_status_lists_failed_callbacks_and_apply_retry_failed_applies_them_after_a_fix(
+    db: Database, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _capture_all(db, payloads.three_message_workflow("d-1"))
+
+    def broken(message: Any, event: Any) -> Any:
+        raise ValueError("no transition today")
+
+    monkeypatch.setattr(apply, "apply_status", broken)
+    apply.apply_waiting(db, 32)
+    runner = CliRunner()
+    env = {"DATABASE_URL": clean_db}
+
+    status = runner.invoke(main, ["status"], env=env)
+    assert status.exit_code == 1, status.output
+    assert "0 callbacks waiting to be applied, 6 failed" in status.output
+    assert status.output.count("ValueError: no transition today") == 6
+    assert "dispatch-ledger apply --once --retry-failed" in status.output
+
+    monkeypatch.undo()
+    # Without --retry-failed they wait for their backoff.
+    assert "applied 0" in runner.invoke(main, ["apply", "--once"], env=env).output
+    fixed = runner.invoke(main, ["apply", "--once", "--retry-failed"], env=env)
+    assert fixed.exit_code == 0, fixed.output
+    assert "applied 6, failed 0" in fixed.output
+    assert runner.invoke(main, ["status"], env=env).exit_code == 0
+    assert query(clean_db, "SELECT count(*) FROM message WHERE submitted_at IS NOT NULL") == [(3,)]
+
+
+@pytest.fixture
+def live(clean_db: str) -> Iterator[Flask]:
+    """The service as deployed: its own background applier in the process."""
+    app = create_app({"database_url": clean_db, "apply_in_web": True})
+    yield app
+    get_db(app).close()
+
+
+def test_a_callback_is_answered_whether_or_not_it_can_be_applied(
+    live: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(message: Any, event: Any) -> Any:
+        raise RuntimeError("a bug in a transition")
+
+    monkeypatch.setattr(apply, "apply_status", broken)
+    client = live.test_client()
+    delivery = payloads.status("m-1", "delivered", "2026-01-01T10:00:00Z", dispatch_uuid="d-1")
+    answer = client.post("/webhooks/status", json=delivery)
+    assert (answer.status_code, answer.json["status"]) == (200, "accepted")  # type: ignore[index]
+
+    # The read waits for the applier, which sets the callback aside: it says so.
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").json["applier"]["failed"] == 0:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the failure was never recorded"
+    missing = client.get("/messages/m-1?wait=1")
+    assert missing.status_code == 404
+    assert (
+        "1 callbacks naming it are captured and not applied (1 failed)"
+        in (
+            missing.json["message"]  # type: ignore[index]
+        )
+    )
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "dispatch_ledger_callbacks_failed 1.0" in metrics
+    assert "dispatch_ledger_apply_failures_total" in metrics
+
+
+def test_reads_wait_for_the_applier_and_say_what_is_still_waiting(
+    live: Flask, clean_db: str
+) -> None:
+    client = live.test_client()
+    submitted = payloads.status("m-1", "submitted", "2026-01-01T10:00:00Z", dispatch_uuid="d-1")
+    assert client.post("/webhooks/status", json=submitted).status_code == 200
+    first = client.get("/workflows/d-1?wait=10").json
+    assert first is not None and first["pending_callbacks"] == 0
+    assert [m["status"] for m in first["messages"]] == ["submitted"]
+
+    with psycopg.connect(clean_db) as blocker:
+        # The message's row is held: the next callback is captured, not applied.
+        blocker.execute("SELECT 1 FROM message WHERE message_uuid = 'm-1' FOR UPDATE")
+        delivered = dict(submitted, status="delivered", timestamp="2026-01-01T10:00:05Z")
+        assert client.post("/webhooks/status", json=delivered).status_code == 200
+        started = time.monotonic()
+        held = client.get("/messages/m-1?wait=0.5").json
+        assert time.monotonic() - started >= 0.5  # it waited, then answered what it has
+        assert held is not None and (held["status"], held["pending_callbacks"]) == ("submitted", 1)
+        assert client.get("/workflows/d-1").json["pending_callbacks"] == 1  # type: ignore[index]
+    # Released: the same read now answers as soon as the applier is done.
+    applied = client.get("/messages/m-1?wait=10").json
+    assert applied is not None and (applied["status"], applied["pending_callbacks"]) == (
+        "delivered",
+        0,
+    )
+    ready = client.get("/readyz").json
+    assert ready is not None and ready["applier"]["in_process"] == "running"
+    assert ready["applier"]["waiting"] == 0
+
+
+@pytest.mark.parametrize("wait", ["-1", "10.5", "abc", "nan", "inf", ""])
+def test_a_bad_wait_is_refused_in_the_envelope(client: FlaskClient, wait: str) -> None:
+    response = client.get(f"/workflows/d-1?wait={wait}")
+    assert response.status_code == 400
+    assert response.json is not None and response.json["errors"] == {"wait": ["Out of range."]}
