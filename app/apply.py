@@ -397,17 +397,19 @@ class BackgroundApplier:
         return thread is not None and thread.is_alive() and self._pid == os.getpid()
 
     def _gather(self) -> None:
-        """Woken by a capture: while more keep coming, let them gather (up to a batch or
-        `max_delay`), so that a burst is applied in few large transactions and
-        leaves the CPU to the requests; at a trickle, apply after one `linger`.
+        """Woken by a capture: if captures are pouring in, let them gather (up to a batch
+        or `max_delay`), so that a burst is applied in few large transactions and
+        leaves the CPU to the requests; otherwise apply after one `linger`.
         """
         started = time.monotonic()
         seen = self._handoff.size()
+        # "Pouring in": a quarter of a batch or more arrived during one linger.
+        pouring = max(self._claim.batch // 4, 1)
         while self._linger:
             time.sleep(self._linger)
             now = self._handoff.size()
-            if now == seen or now >= self._claim.batch:
-                return  # quiet again, or a full batch
+            if now - seen < pouring or now >= self._claim.batch:
+                return  # a trickle, or a full batch
             if time.monotonic() - started >= self._max_delay:
                 return
             seen = now

@@ -60,6 +60,7 @@ LUA = textwrap.dedent(
     local counter = 0
     ok = 0  -- global: done() reads it from each thread with thread:get
     local prefix = ""
+    local pause = 0  -- ms after each answer (second argument; 0: as fast as it goes)
     local statuses = {"submitted", "delivered", "read"}
     local threads = {}
 
@@ -115,7 +116,6 @@ LUA = textwrap.dedent(
       if status >= 200 and status < 300 then ok = ok + 1 end
     end
 
-    local pause = 0
     function delay()  -- 0 unless a rate is asked for (third argument: ms between requests)
       return pause
     end
@@ -444,12 +444,12 @@ def sustained(
     try:
         # wrk paces each connection by a pause after each answer, so the rate
         # is connections / (pause + latency). After an unmeasured warm-up (a
-        # fresh server's first requests are slow), two short calibration runs
+        # fresh server's first requests are slow), three short calibration runs
         # measure the latency at about this load and the pause subtracts it.
         run_wrk(wrk, port, args.warmup or 1, args.connections, f"w{int(time.time())}", lua)
         drain(url)
         pause_ms = 1000 * args.connections / rate
-        for step in range(2):
+        for step in range(3):
             tag = f"c{step}x{int(time.time())}"
             calibrated = run_wrk(wrk, port, 3, args.connections, tag, lua, pause_ms)
             latency_ms = max(1000 * args.connections / calibrated[0] - pause_ms, 0.0)
