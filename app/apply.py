@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from app import decide, storage
@@ -201,9 +202,14 @@ class Handoff:
         with self._lock:
             return sorted(self._events)[:count]
 
-    def take(self, ids: Iterable[int]) -> dict[int, StatusEvent | FinalReport]:
+    def get(self, ids: Iterable[int]) -> dict[int, StatusEvent | FinalReport]:
         with self._lock:
-            return {i: self._events.pop(i) for i in ids if i in self._events}
+            return {i: self._events[i] for i in ids if i in self._events}
+
+    def forget(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            for i in ids:
+                self._events.pop(i, None)
 
 
 @dataclass(frozen=True)
@@ -236,13 +242,16 @@ def apply_waiting(
     if retry_failed:
         db.run(lambda conn: conn.execute(sql("retry_failed_now")))
     while True:
+        mine = claim.handoff.oldest(claim.batch) if claim.handoff is not None else []
         try:
             # A unit of work may run more than once (a deadlock): each run
             # counts afresh, and only the committed one is added.
-            claimed, done = db.run(lambda conn: _apply_batch(conn, max_depth, claim, clock()))
+            claimed, done = db.run(
+                partial(_apply_batch, max_depth=max_depth, claim=claim, mine=mine, clock=clock)
+            )
             summary.add(done)
         except DatabaseUnavailable:
-            raise
+            raise  # the hand-off keeps them for the next turn
         except Exception:
             # One of the batch's callbacks broke it: apply them one by one, so
             # that only the guilty one is set aside.
@@ -251,6 +260,10 @@ def apply_waiting(
             for callback_id in ids:
                 summary.add(_apply_alone(db, callback_id, max_depth, clock))
             claimed = len(ids)
+        if claim.handoff is not None:
+            # Applied now, or by another applier that held them, or (after a
+            # failure) from their stored bodies: either way not from here.
+            claim.handoff.forget(mine)
         if claimed < claim.batch:
             # Fewer were due than a batch holds: none is left but what arrived
             # since, which the next turn takes (an empty claim costs a
@@ -259,15 +272,15 @@ def apply_waiting(
 
 
 def _apply_batch(
-    conn: Connection, max_depth: int, claim: Claim, now: datetime
+    conn: Connection, *, max_depth: int, claim: Claim, mine: list[int], clock: Clock
 ) -> tuple[int, ApplySummary]:
+    now = clock()
     rows: list[Any] = []  # claimed rows (dicts)
     known: dict[int, StatusEvent | FinalReport] = {}
-    if claim.handoff is not None and (mine := claim.handoff.oldest(claim.batch)):
+    if claim.handoff is not None and mine:
+        # This process's own captures first, with the events it checked.
         rows = conn.execute(sql("claim_own_callbacks"), {"ids": mine, "now": now}).fetchall()
-        # Taken from the hand-off whether claimed or not: one not claimed was
-        # applied already or is held by another applier, which applies it.
-        known = claim.handoff.take(mine)
+        known = claim.handoff.get(mine)
     if len(rows) < claim.batch:
         before = None
         if claim.others_after_seconds:
