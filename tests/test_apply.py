@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -17,17 +16,15 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import apply, create_app, decide, rebuild
+from app import apply, create_app, rebuild
 from app.capture import Delivery, capture
 from app.cli import main
 from app.db import Database
-from app.definitions import load_definition
 from app.extensions import get_db
-from app.generate import workflows
 from app.intake import read
 from tests import payloads
 from tests.conftest import query
-from tests.test_rebuild import snapshot
+from tests.test_rebuild import snapshot, workload
 from tests.test_state_in_db import KINDS
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -40,40 +37,10 @@ def _capture_all(db: Database, deliveries: list[payloads.Delivery]) -> None:
         capture(db, Delivery(callback, "application/json", NOW))
 
 
-def _workload(db: Database) -> list[payloads.Delivery]:
-    """Generated workflows (half with definitions) with conflicts, shuffled and duplicated."""
-    deliveries: list[payloads.Delivery] = []
-    for n, (dispatch_uuid, request, items) in enumerate(workflows(25, 11, 3, NOW)):
-        if n % 2:
-            definition = load_definition(request)
-            db.run(
-                lambda c, u=dispatch_uuid, r=request, d=definition: decide.record_definition(
-                    c, u, r, d, "recorded", NOW
-                )
-            )
-        deliveries.extend(items)
-    deliveries += payloads.three_message_workflow("d-conflicts")
-    deliveries.append(
-        (
-            "final-report",
-            payloads.final_report(
-                "d-other",
-                "error",
-                "2020-01-01T16:00:00Z",
-                [{"message_uuid": "m-1-messenger", "status": "rejected"}],
-            ),
-        )
-    )
-    rng = random.Random(5)
-    deliveries += rng.sample(deliveries, len(deliveries) // 4)
-    rng.shuffle(deliveries)
-    return deliveries
-
-
 def test_concurrent_appliers_apply_each_callback_once_and_reach_the_rebuilt_state(
     db: Database, clean_db: str
 ) -> None:
-    _capture_all(db, _workload(db))
+    _capture_all(db, workload(db))
     stored = query(clean_db, "SELECT count(*) FROM raw_callback")[0][0]
     barrier = threading.Barrier(4)
 

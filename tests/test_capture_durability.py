@@ -142,6 +142,15 @@ def database(tmp_path: Path) -> Iterator[OwnServer]:
     server.handle.cleanup()
 
 
+@pytest.fixture
+def serve(database: OwnServer, tmp_path: Path) -> Iterator[Serve]:
+    """`dispatch-ledger serve` on the test's own database, stopped at the end."""
+    server = Serve(database.url, tmp_path / "serve.log")
+    server.start()
+    yield server
+    server.stop()
+
+
 def _wait_for(condition: object, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():  # type: ignore[operator]
@@ -154,54 +163,42 @@ def _stored(url: str) -> set[str]:
 
 
 def test_every_acknowledged_callback_survives_a_kill_9_of_the_server(
-    database: OwnServer, tmp_path: Path
+    database: OwnServer, serve: Serve
 ) -> None:
-    serve = Serve(database.url, tmp_path / "serve.log")
-    serve.start()
-    try:
-        with Senders(serve.port) as senders:
-            _wait_for(lambda: senders.count() >= 300, 60, "no load reached the server")
-            serve.kill()
-        acknowledged = set(senders.acknowledged)
-        assert acknowledged <= _stored(database.url)
+    with Senders(serve.port) as senders:
+        _wait_for(lambda: senders.count() >= 300, 60, "no load reached the server")
+        serve.kill()
+    acknowledged = set(senders.acknowledged)
+    assert acknowledged <= _stored(database.url)
 
-        # Started again, its appliers apply everything the dead one left waiting.
-        serve.start()
-        _wait_for(
-            lambda: (
-                query(database.url, "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL")
-                == [(0,)]
-            ),
-            30,
-            "callbacks left waiting after the restart",
-        )
-        applied = {row[0] for row in query(database.url, "SELECT message_uuid FROM message")}
-        assert acknowledged <= applied
-    finally:
-        serve.stop()
+    # Started again, its appliers apply everything the dead one left waiting.
+    serve.start()
+    waiting = "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL"
+    _wait_for(
+        lambda: query(database.url, waiting) == [(0,)],
+        30,
+        "callbacks left waiting after the restart",
+    )
+    applied = {row[0] for row in query(database.url, "SELECT message_uuid FROM message")}
+    assert acknowledged <= applied
 
 
 def test_every_acknowledged_callback_survives_a_kill_9_of_postgresql(
-    database: OwnServer, tmp_path: Path
+    database: OwnServer, serve: Serve
 ) -> None:
-    serve = Serve(database.url, tmp_path / "serve.log")
-    serve.start()
-    try:
-        with Senders(serve.port) as senders:
-            _wait_for(lambda: senders.count() >= 300, 60, "no load reached the server")
-            pid = int((database.pgdata / "postmaster.pid").read_text().split()[0])
-            postmaster = psutil.Process(pid)
-            postmaster.send_signal(signal.SIGKILL)
-            postmaster.wait(10)  # reaped: a zombie would pass for a running server
-            before_restart = senders.count()
-            time.sleep(1)  # a second of load against a dead database: 503s, never 2xx
-            database.start()  # crash recovery from the WAL
-            _wait_for(
-                lambda: senders.count() >= before_restart + 300,
-                60,
-                "the service did not take callbacks again after PostgreSQL came back",
-            )
-        assert senders.refused > 0  # the outage was seen by the senders
-        assert set(senders.acknowledged) <= _stored(database.url)
-    finally:
-        serve.stop()
+    with Senders(serve.port) as senders:
+        _wait_for(lambda: senders.count() >= 300, 60, "no load reached the server")
+        pid = int((database.pgdata / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        postmaster.send_signal(signal.SIGKILL)
+        postmaster.wait(10)  # reaped: a zombie would pass for a running server
+        before_restart = senders.count()
+        time.sleep(1)  # a second of load against a dead database: 503s, never 2xx
+        database.start()  # crash recovery from the WAL
+        _wait_for(
+            lambda: senders.count() >= before_restart + 300,
+            60,
+            "the service did not take callbacks again after PostgreSQL came back",
+        )
+    assert senders.refused > 0  # the outage was seen by the senders
+    assert set(senders.acknowledged) <= _stored(database.url)

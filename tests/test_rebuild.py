@@ -44,8 +44,8 @@ def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
     return {name: query(url, statement) for name, statement in STATE.items()}
 
 
-def _workload(db: Database) -> None:
-    """Generated workflows (half with definitions), conflicts, shuffled, duplicated, concurrent."""
+def workload(db: Database) -> list[payloads.Delivery]:
+    """Generated workflows (half with definitions, recorded here), conflicts, shuffled, doubled."""
     deliveries: list[payloads.Delivery] = []
     for n, (dispatch_uuid, request, items) in enumerate(workflows(30, 7, 3, NOW)):
         if n % 2:
@@ -72,7 +72,12 @@ def _workload(db: Database) -> None:
     rng = random.Random(3)
     deliveries += rng.sample(deliveries, len(deliveries) // 5)
     rng.shuffle(deliveries)
-    _deliver_all(db, deliveries, threads=6)
+    return deliveries
+
+
+def _workload(db: Database) -> None:
+    """The workload, captured and applied by six concurrent senders."""
+    _deliver_all(db, workload(db), threads=6)
 
 
 def test_a_rebuild_gives_exactly_the_state_incremental_application_gave(
