@@ -27,6 +27,11 @@ from app.state import FinalReport, StatusEvent
 
 log = logging.getLogger(__name__)
 
+# The longest a request waits for its shared commit: more than a statement's
+# timeout (10 s) plus the pool's wait and a new connection's, so that this
+# fires only if the committer is stuck.
+WAIT_SECONDS = 20.0
+
 
 @dataclass(frozen=True)
 class Receipt:
@@ -139,13 +144,17 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Waiting] = queue.Queue()
         self._pid: int | None = None
+        self._thread: threading.Thread | None = None
 
     def capture(self, delivery: Delivery) -> Receipt:
         """Store one delivery, with whatever else is waiting; returns once it is committed."""
         self._start()
         waiting = _Waiting(delivery)
         self._queue.put(waiting)
-        waiting.done.wait()
+        if not waiting.done.wait(WAIT_SECONDS):
+            # Answered 503, so Vonage retries; should the commit still happen,
+            # the retry is a duplicate. Nothing is acknowledged uncommitted.
+            raise DatabaseUnavailable("the capture did not finish in time")
         if waiting.error is not None:
             raise waiting.error
         assert waiting.receipt is not None
@@ -154,21 +163,36 @@ class GroupCommit:
     def _start(self) -> None:
         # Threads do not survive a fork: each process starts its own.
         with self._lock:
-            if self._pid != os.getpid():
-                self._queue = queue.Queue()
-                threading.Thread(target=self._run, name="group-commit", daemon=True).start()
+            forked = self._pid != os.getpid()
+            if forked or self._thread is None or not self._thread.is_alive():
+                if forked:
+                    self._queue = queue.Queue()
+                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+                self._thread.start()
                 self._pid = os.getpid()
 
     def _run(self) -> None:
         own = self._queue
         while True:
-            batch = [own.get()]
+            try:
+                batch = [own.get(timeout=1.0)]
+            except queue.Empty:
+                if self._db.closed:
+                    return  # the application is done
+                continue
             while len(batch) < self._max_batch:
                 try:
                     batch.append(own.get_nowait())
                 except queue.Empty:
                     break
-            self._store(batch)
+            try:
+                self._store(batch)
+            except Exception as exc:  # never leave a request waiting, nor the committer dead
+                log.exception("the committer failed")
+                for w in batch:
+                    if not w.done.is_set():
+                        w.error = exc
+                        w.done.set()
 
     def _store(self, batch: list[_Waiting]) -> None:
         try:
@@ -195,6 +219,10 @@ class GroupCommit:
                 if r.outcome == "accepted"
             ]
             if self._on_accepted is not None and accepted:
-                self._on_accepted(accepted)
+                try:
+                    self._on_accepted(accepted)
+                except Exception:
+                    # Committed all the same: an applier finds them by looking.
+                    log.exception("could not hand captured callbacks to the applier")
         for w in batch:
             w.done.set()

@@ -118,3 +118,16 @@ def test_a_delivery_that_breaks_a_shared_commit_fails_alone(
         isinstance(a, Receipt) and a.outcome == "accepted" for a in answers[:13] + answers[14:]
     )
     assert query(clean_db, "SELECT count(*) FROM raw_callback") == [(15,)]
+
+
+def test_a_failing_hand_over_to_the_applier_loses_no_answer(
+    counting: CountingDatabase, clean_db: str
+) -> None:
+    def broken(accepted: Any) -> None:
+        raise RuntimeError("the applier is gone")
+
+    commits = GroupCommit(counting, on_accepted=broken)
+    # Committed and answered all the same; the committer lives on for the next.
+    assert commits.capture(_delivery(1)).outcome == "accepted"
+    assert commits.capture(_delivery(2)).outcome == "accepted"
+    assert query(clean_db, "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL") == [(2,)]
