@@ -82,6 +82,7 @@ def metrics_view() -> Response:
     """The metrics of every worker, in Prometheus's text format."""
     from app import backlog
     from app.access import require_read_access
+    from app.db import DatabaseUnavailable
     from app.extensions import get_db
 
     require_read_access()
@@ -93,8 +94,14 @@ def metrics_view() -> Response:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = PROCESS_REGISTRY
-    # The backlog is the database's, not a process's: read at each scrape.
-    found = backlog.summary(db)
+    body = generate_latest(registry)
+    # The backlog is the database's, not a process's: read at each scrape;
+    # left out while the database is unreachable, which is when the other
+    # metrics matter most.
+    try:
+        found = backlog.summary(db)
+    except DatabaseUnavailable:
+        return Response(body, mimetype=CONTENT_TYPE_LATEST)
     shared = CollectorRegistry()
     for name, doc, value in (
         (
@@ -115,8 +122,7 @@ def metrics_view() -> Response:
         ),
     ):
         Gauge(name, doc, registry=shared).set(value)
-    body = generate_latest(registry) + generate_latest(shared)
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    return Response(body + generate_latest(shared), mimetype=CONTENT_TYPE_LATEST)
 
 
 def init_app(app: Flask) -> None:

@@ -174,6 +174,11 @@ def test_database_down_answers_503_with_retry_after(offline_app: Flask) -> None:
     assert client.get("/readyz").status_code == 503
     assert client.get("/workflows/x").status_code == 503
     assert client.get("/healthz").status_code == 200
+    # Metrics still answer (without the backlog, which lives in the database).
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "dispatch_ledger_callbacks_total" in metrics.get_data(as_text=True)
+    assert "dispatch_ledger_callbacks_waiting" not in metrics.get_data(as_text=True)
 
 
 def test_bad_input_is_still_refused_while_the_database_is_down(offline_app: Flask) -> None:
