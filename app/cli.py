@@ -385,8 +385,10 @@ def apply_command(once: bool, retry_failed: bool, poll: float) -> None:
             found = backlog.summary(db)
             click.echo(found.describe())
             sys.exit(1 if found.failed else 0)
-        click.echo("applying captured callbacks; Ctrl-C to stop")
+        click.echo("applying captured callbacks; Ctrl-C to stop", err=True)
         retry = retry_failed
+        applied = failed = 0
+        reported = time.monotonic()
         while True:
             try:
                 summary = apply_waiting(
@@ -397,8 +399,12 @@ def apply_command(once: bool, retry_failed: bool, poll: float) -> None:
                 time.sleep(5)
                 continue
             retry = False
-            if summary.applied or summary.failed:
-                click.echo(f"applied {summary.applied}, failed {summary.failed}")
+            applied, failed = applied + summary.applied, failed + summary.failed
+            if (applied or failed) and time.monotonic() - reported >= 10:
+                # One line per 10 s of work, not one per batch.
+                click.echo(f"applied {applied}, failed {failed}", err=True)
+                applied = failed = 0
+                reported = time.monotonic()
             time.sleep(poll)
 
 

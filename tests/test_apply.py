@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from app.extensions import get_db
 from app.intake import read
 from tests import payloads
 from tests.conftest import query
+from tests.test_e2e import ROOT
 from tests.test_rebuild import snapshot, workload
 from tests.test_state_in_db import KINDS
 
@@ -200,3 +204,43 @@ def test_a_bad_wait_is_refused_in_the_envelope(client: FlaskClient, wait: str) -
     response = client.get(f"/workflows/d-1?wait={wait}")
     assert response.status_code == 400
     assert response.json is not None and response.json["errors"] == {"wait": ["Out of range."]}
+
+
+def test_a_worker_process_applies_what_web_processes_only_captured(
+    db: Database, clean_db: str
+) -> None:
+    # As a Procfile's `worker: dispatch-ledger apply` beside `web:` with APPLY_IN_WEB=false.
+    _capture_all(db, payloads.three_message_workflow("d-1"))
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "apply", "--poll", "0.05"],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": clean_db},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        waiting = "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL"
+        while query(clean_db, waiting) != [(0,)]:
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            assert time.monotonic() < deadline, "the worker applied nothing"
+            time.sleep(0.05)
+        # And it goes on: a callback captured later is applied too.
+        late = payloads.status("m-late", "delivered", "2020-01-01T15:30:00Z", dispatch_uuid="d-1")
+        capture(
+            db, Delivery(read(KINDS["message-status"], json.dumps(late).encode(), 32), None, NOW)
+        )
+        while query(clean_db, "SELECT count(*) FROM message WHERE message_uuid = 'm-late'") != [
+            (1,)
+        ]:
+            assert time.monotonic() < deadline, "the worker stopped applying"
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(10)
+        if worker.stderr:
+            worker.stderr.close()
+    assert query(clean_db, "SELECT status FROM dispatch WHERE dispatch_uuid = 'd-1'") == [
+        ("completed",)
+    ]
