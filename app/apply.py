@@ -38,7 +38,8 @@ from app.state import (
 
 log = logging.getLogger(__name__)
 
-BATCH = 200
+# Callbacks per transaction when the caller does not say (APPLY_BATCH_SIZE's default).
+BATCH = 100
 # A failed callback waits 5 s, then twice as long after each failure, at most an hour.
 FIRST_RETRY_SECONDS = 5
 LAST_RETRY_SECONDS = 3600
@@ -371,7 +372,6 @@ class BackgroundApplier:
         self._linger = linger
         self._max_delay = max_delay
         self._max_depth = max_depth
-        self._batch = batch
         self._poll = poll
         self._lock = threading.Lock()
         self._wake = threading.Event()

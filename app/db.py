@@ -140,10 +140,6 @@ class Database:
         with self._lock:
             return self._pool.get_stats() if self._pool is not None else {}
 
-    def ping(self) -> None:
-        """Check that the database answers; raises DatabaseUnavailable otherwise."""
-        self.run(lambda conn: conn.execute("SELECT 1").fetchone())
-
     @property
     def closed(self) -> bool:
         return self._closed

@@ -63,10 +63,7 @@ def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None
     if row is None:
         return None
     dispatch = storage.dispatch_from_row(row)
-    messages = [
-        storage.message_from_row(r)
-        for r in conn.execute(sql("get_dispatch_messages"), params).fetchall()
-    ]
+    messages = storage.workflows_messages(conn, [dispatch_uuid])[dispatch_uuid]
     report = dispatch.report
     decided = conn.execute(sql("get_decision"), params).fetchone()
     assert decided is not None  # same row as above
@@ -127,11 +124,6 @@ def _step_document(result: StepResult) -> dict[str, Any]:
         "submitted_at": iso(result.submitted_at) if result.submitted_at else None,
         "deadline": iso(result.deadline) if result.deadline else None,
     }
-
-
-def message(db: Database, message_uuid: str) -> dict[str, Any] | None:
-    """The document of one message, or None if no callback has named it."""
-    return db.run(lambda conn: read_message(conn, message_uuid))
 
 
 def read_message(conn: Connection, message_uuid: str) -> dict[str, Any] | None:

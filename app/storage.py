@@ -8,6 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from psycopg.rows import DictRow
+
 from app.db import Connection, jsonb
 from app.definitions import definition_from_steps, steps_document
 from app.failover import Definition
@@ -120,12 +122,7 @@ def lock_dispatches(
 
     `first_seen` maps each workflow to the receive time its row starts with if new.
     """
-    if not first_seen:
-        return {}
-    ids = sorted(first_seen)
-    conn.execute(sql("ensure_dispatches"), {"ids": ids, "at": [first_seen[i] for i in ids]})
-    rows = conn.execute(sql("lock_dispatches"), {"ids": ids}).fetchall()
-    assert len(rows) == len(ids)  # ensured just before, and rows are never deleted
+    rows = _ensure_and_lock(conn, "dispatches", first_seen)
     return {row["dispatch_uuid"]: _locked_dispatch(row) for row in rows}
 
 
@@ -181,13 +178,21 @@ def message_dispatches(conn: Connection, message_uuids: Iterable[str]) -> dict[s
 
 def lock_messages(conn: Connection, first_seen: Mapping[str, datetime]) -> dict[str, MessageState]:
     """Create the messages' rows if new, then lock them in id order for this transaction."""
-    if not first_seen:
-        return {}
-    ids = sorted(first_seen)
-    conn.execute(sql("ensure_messages"), {"ids": ids, "at": [first_seen[i] for i in ids]})
-    rows = conn.execute(sql("lock_messages"), {"ids": ids}).fetchall()
-    assert len(rows) == len(ids)  # ensured just before, and rows are never deleted
+    rows = _ensure_and_lock(conn, "messages", first_seen)
     return {row["message_uuid"]: message_from_row(row) for row in rows}
+
+
+def _ensure_and_lock(
+    conn: Connection, table: str, first_seen: Mapping[str, datetime]
+) -> list[DictRow]:
+    """Create the rows not there yet (`ensure_<table>`), then lock them all in id order."""
+    if not first_seen:
+        return []
+    ids = sorted(first_seen)
+    conn.execute(sql(f"ensure_{table}"), {"ids": ids, "at": [first_seen[i] for i in ids]})
+    rows = conn.execute(sql(f"lock_{table}"), {"ids": ids}).fetchall()
+    assert len(rows) == len(ids)  # ensured just before, and rows are never deleted
+    return rows
 
 
 def save_messages(conn: Connection, changed: Iterable[tuple[MessageState, datetime]]) -> None:

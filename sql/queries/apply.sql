@@ -5,7 +5,7 @@
 
 -- name: claim_callbacks
 -- Take up to `limit` waiting callbacks that are due (received before `before`, if given), oldest first; rows another applier holds are skipped.
-SELECT id, kind, body, received_at, apply_attempts
+SELECT id, kind, body, received_at
   FROM raw_callback
  WHERE applied_at IS NULL
    AND (apply_after IS NULL OR apply_after <= %(now)s)
@@ -16,7 +16,7 @@ SELECT id, kind, body, received_at, apply_attempts
 
 -- name: claim_own_callbacks
 -- Take the waiting, due callbacks among those this process captured; rows another applier holds are skipped.
-SELECT id, kind, received_at, apply_attempts
+SELECT id, kind, received_at
   FROM raw_callback
  WHERE id = ANY(%(ids)s)
    AND applied_at IS NULL
@@ -26,7 +26,7 @@ SELECT id, kind, received_at, apply_attempts
 
 -- name: claim_callback
 -- Take one waiting callback by id, unless another applier holds it (applying a failed batch one by one).
-SELECT id, kind, body, received_at, apply_attempts
+SELECT id, kind, body, received_at
   FROM raw_callback
  WHERE id = %(id)s AND applied_at IS NULL
    FOR NO KEY UPDATE SKIP LOCKED;
@@ -45,7 +45,7 @@ UPDATE raw_callback
        apply_after = %(now)s + least(%(first)s * power(2, least(apply_attempts, 30)), %(last)s)
                                * interval '1 second'
  WHERE id = %(id)s AND applied_at IS NULL
-RETURNING apply_attempts, apply_after;
+RETURNING id;
 
 -- name: retry_failed_now
 -- Make every failed callback due at once (after a fix: `dispatch-ledger apply --retry-failed`).

@@ -5,15 +5,6 @@ SELECT dispatch_uuid, template, status, reported_status, reported_at, reported_p
   FROM dispatch
  WHERE dispatch_uuid = %(dispatch_uuid)s;
 
--- name: get_dispatch_messages
--- A workflow's messages in the order they were sent.
-SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
-       from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at
-  FROM message
- WHERE dispatch_uuid = %(dispatch_uuid)s
- ORDER BY first_event_at NULLS LAST, message_uuid;
-
 -- name: get_message
 -- One message's row.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
