@@ -32,6 +32,7 @@ from app.state import (
     FinalReport,
     StatusEvent,
     apply_final_report,
+    apply_link,
     apply_reported_message,
     apply_status,
 )
@@ -85,6 +86,7 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> None:
     message_at: dict[str, datetime] = {}  # changed messages: latest receive time
     dispatch_at: dict[str, datetime] = {}  # changed workflows: latest receive time
     first_report: dict[str, datetime] = {}
+    restated: dict[str, datetime] = {}  # workflows whose own row changed
     found: list[tuple[Discrepancy, int, datetime]] = []
 
     def merged(c: Captured, discrepancies: Iterable[Discrepancy]) -> None:
@@ -97,6 +99,13 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> None:
             messages[event.message_uuid] = moved.state
             _keep_latest(message_at, event.message_uuid, c.received_at)
             merged(c, moved.discrepancies)
+            if event.dispatch_uuid is not None:
+                # The workflow learns which API runs it.
+                link = apply_link(states[event.dispatch_uuid], event.dispatch_uuid, event.api)
+                if link.state != states[event.dispatch_uuid]:
+                    states[event.dispatch_uuid] = link.state
+                    _keep_earliest(restated, event.dispatch_uuid, c.received_at)
+                merged(c, link.discrepancies)
             continue
         for reported in event.messages:
             moved = apply_reported_message(
@@ -108,6 +117,7 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> None:
         transition = apply_final_report(states[event.dispatch_uuid], event)
         states[event.dispatch_uuid] = transition.state
         _keep_earliest(first_report, event.dispatch_uuid, c.received_at)
+        _keep_earliest(restated, event.dispatch_uuid, c.received_at)
         _keep_latest(dispatch_at, event.dispatch_uuid, c.received_at)
         merged(c, transition.discrepancies)
 
@@ -123,8 +133,8 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> None:
     storage.save_dispatches(
         conn,
         [
-            storage.SavedDispatch(states[u], dispatch_at[u], at)
-            for u, at in sorted(first_report.items())
+            storage.SavedDispatch(states[u], dispatch_at[u], first_report.get(u))
+            for u in sorted(restated)
         ],
     )
     storage.record_discrepancies(conn, found)

@@ -128,20 +128,23 @@ def send(request_file: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.option("--fail-if-any", is_flag=True, help="Exit with status 1 if anything is overdue.")
 def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
-    """List workflows whose failover or final report is overdue."""
+    """List workflows whose failover, step outcome or final report is overdue, and why.
+
+    Reads OVERDUE_GRACE_SECONDS and LAST_STEP_TIMEOUT_SECONDS.
+    """
     settings = Settings.from_env()
     allowed = grace if grace is not None else settings.overdue_grace_seconds
+    timeout = settings.last_step_timeout_seconds
     with _database(settings) as db:
-        found = workflows.overdue(db, datetime.now(UTC), allowed, limit=10_000)
+        found = workflows.overdue(db, datetime.now(UTC), allowed, 10_000, timeout)
     for item in found:
         doc = item.document()
         if as_json:
             click.echo(json.dumps(doc))
         else:
-            step = f"step {doc['current_step']}" if doc["current_step"] else "-"
-            click.echo(f"{doc['dispatch_uuid']}  {doc['kind']:<22} since {doc['since']}  {step}")
+            click.echo(f"{doc['dispatch_uuid']}  {doc['kind']:<22} {doc['reason']}")
     if not as_json:
-        click.echo(f"{len(found)} overdue (grace {allowed} s)")
+        click.echo(f"{len(found)} overdue (grace {allowed} s, outcome timeout {timeout} s)")
     if fail_if_any and found:
         sys.exit(1)
 

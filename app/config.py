@@ -56,6 +56,11 @@ class Settings:
     dashboard_password: str | None = field(default=None, repr=False)
     # How late a failover or a final report may be before it is listed as overdue.
     overdue_grace_seconds: int = 300
+    # A step with no deadline (Dispatch's last step; every Messages API item)
+    # that has neither succeeded nor failed this long after it was submitted
+    # is overdue. Vonage attempts delivery for up to 72 h by default; a day
+    # without an outcome is worth a look.
+    last_step_timeout_seconds: int = 86_400
     # Dispatch's API, for sending workflows (point it at a stand-in for tests).
     dispatch_api_url: str = "https://api.nexmo.com"
     dispatch_api_key: str | None = None
@@ -122,6 +127,7 @@ class Settings:
             "rejects_kept_bytes_per_hour",
             "signature_max_age_seconds",
             "overdue_grace_seconds",
+            "last_step_timeout_seconds",
             "apply_batch_size",
         )
         for name in positive:

@@ -65,7 +65,10 @@ def overview() -> str:
             conn.execute(sql("list_recent"), {"limit": 20}).fetchall(),
         )
     )
-    overdue = workflows.overdue(db, now, get_settings().overdue_grace_seconds, limit=20)
+    settings = get_settings()
+    overdue = workflows.overdue(
+        db, now, settings.overdue_grace_seconds, 20, settings.last_step_timeout_seconds
+    )
     return render_template(
         "dashboard.html",
         backlog=backlog.summary(db),

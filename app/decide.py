@@ -15,7 +15,8 @@ from typing import Any
 from app import storage
 from app.db import Connection
 from app.failover import Decision, Definition, evaluate
-from app.state import DispatchState
+from app.intake import Reason, Rejection
+from app.state import Api, DispatchState
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,12 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> None:
     """Decide locked workflows again from everything known, and reconcile their final reports."""
     # Without a definition or a report there is nothing to decide from: still
     # pending, decided by nobody.
-    deciding = [c for c in changed if c.locked.definition is not None or c.state.report]
+    # A Messages API workflow's items say where each stands.
+    deciding = [
+        c
+        for c in changed
+        if c.locked.definition is not None or c.state.report or c.state.api is Api.MESSAGES
+    ]
     if not deciding:
         return
     # Stable while the workflows' rows are locked: every writer of their
@@ -43,8 +49,8 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> None:
     findings: dict[str, tuple[datetime, list[tuple[str, str]]]] = {}
     for c in deciding:
         uuid = c.state.dispatch_uuid
-        decision, found = evaluate(c.locked.definition, messages[uuid], c.state.report)
-        decided = _columns(decision, c.locked.definition)
+        decision, found = evaluate(c.locked.definition, messages[uuid], c.state.report, c.state.api)
+        decided = _columns(decision)
         if decided != c.locked.decided:  # an unchanged decision is not written again
             decisions[uuid] = decided
         if c.state.report is not None:  # findings exist only once there is a report
@@ -54,9 +60,10 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> None:
     storage.save_reconciliations(conn, findings)
 
 
-def _columns(decision: Decision, definition: Definition | None) -> tuple[Any, ...]:
+def _columns(decision: Decision) -> tuple[Any, ...]:
     """A decision as the columns it is stored in (storage.DECISION_COLUMNS)."""
     winner = decision.winning_step
+    channel = decision.steps[winner - 1].step.channel if winner is not None else None
     return (
         decision.status.value,
         decision.decided_by,
@@ -64,9 +71,8 @@ def _columns(decision: Decision, definition: Definition | None) -> tuple[Any, ..
         decision.due_at,
         decision.decided_at,
         winner,
-        definition.steps[winner - 1].channel.value
-        if definition is not None and winner is not None
-        else None,
+        channel.value if channel else None,
+        decision.awaiting_since,
     )
 
 
@@ -91,7 +97,17 @@ def record_definition(
 ) -> bool:
     """Store a workflow's definition and decide the workflow by it; True if it is new."""
     locked = storage.lock_dispatch(conn, dispatch_uuid, now)
+    if locked.state.api not in (None, definition.api):
+        raise Rejection(
+            409,
+            Reason.SCHEMA_VIOLATION,
+            f"{dispatch_uuid!r} is a workflow of the {locked.state.api} API; this definition "
+            f"is for the {definition.api} API.",
+        )
     created = locked.definition is None
+    state = replace(locked.state, api=definition.api)
+    if state != locked.state:
+        storage.save_dispatches(conn, [storage.SavedDispatch(state, now, None)])
     storage.store_definition(conn, dispatch_uuid, request, definition, source, now)
-    decide(conn, [Changed(replace(locked, definition=definition), locked.state, now)])
+    decide(conn, [Changed(replace(locked, definition=definition, state=state), state, now)])
     return created

@@ -13,7 +13,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from app.failover import Definition, Step
 from app.schemas import WholeNumber
-from app.state import Channel, MessageStatus
+from app.state import Api, Channel, MessageStatus
 
 # The request's channels (the reference lists no mms for sending).
 REQUEST_CHANNELS = ["sms", "viber_service_msg", "messenger", "whatsapp"]
@@ -243,7 +243,7 @@ def steps_document(definition: Definition) -> list[dict[str, Any]]:
     """The steps as stored (and shown): channel, condition and expiry of each."""
     return [
         {
-            "channel": step.channel.value,
+            "channel": step.channel.value if step.channel else None,
             "condition_status": step.condition_status.value if step.condition_status else None,
             "expiry_time": step.expiry_time,
         }
@@ -251,16 +251,17 @@ def steps_document(definition: Definition) -> list[dict[str, Any]]:
     ]
 
 
-def definition_from_steps(steps: list[dict[str, Any]]) -> Definition:
+def definition_from_steps(steps: list[dict[str, Any]], api: str = "dispatch") -> Definition:
     return Definition(
-        tuple(
+        api=Api(api),
+        steps=tuple(
             Step(
-                channel=Channel(s["channel"]),
+                channel=Channel(s["channel"]) if s["channel"] else None,
                 condition_status=MessageStatus(s["condition_status"])
                 if s["condition_status"]
                 else None,
                 expiry_time=s["expiry_time"],
             )
             for s in steps
-        )
+        ),
     )

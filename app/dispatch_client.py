@@ -1,4 +1,5 @@
-"""Send a workflow to Dispatch's `POST /v0.1/dispatch`, with Basic or JWT (RS256) auth."""
+"""Send a workflow to Vonage: Dispatch's `POST /v0.1/dispatch`, or the Messages API's
+`POST /v1/messages` with `failover`; Basic or JWT (RS256) auth."""
 
 from __future__ import annotations
 
@@ -57,10 +58,27 @@ def authorization(settings: Settings, now: float) -> str:
 
 def submit(request_body: Any, settings: Settings) -> str:
     """Send a validated Dispatch request; returns Dispatch's dispatch_uuid."""
-    url = settings.dispatch_api_url.rstrip("/") + "/v0.1/dispatch"
+    status, answer = _post("/v0.1/dispatch", request_body, settings, "Dispatch")
+    dispatch_uuid = answer.get("dispatch_uuid")
+    if status != 202 or not isinstance(dispatch_uuid, str) or not 1 <= len(dispatch_uuid) <= 50:
+        raise DispatchRefused(status, f"Dispatch answered {status} without a dispatch_uuid")
+    return dispatch_uuid
+
+
+def submit_messages(request_body: Any, settings: Settings) -> str:
+    """Send a validated Messages API failover request; returns its workflow_id."""
+    status, answer = _post("/v1/messages", request_body, settings, "The Messages API")
+    workflow_id = answer.get("workflow_id")
+    if status != 202 or not isinstance(workflow_id, str) or not 1 <= len(workflow_id) <= 200:
+        raise DispatchRefused(status, f"The Messages API answered {status} without a workflow_id")
+    return workflow_id
+
+
+def _post(path: str, body: Any, settings: Settings, who: str) -> tuple[int, dict[str, Any]]:
+    url = settings.dispatch_api_url.rstrip("/") + path
     request = urllib.request.Request(
         url,
-        data=json.dumps(request_body).encode(),
+        data=json.dumps(body).encode(),
         method="POST",
         headers={
             "Content-Type": "application/json",
@@ -72,15 +90,13 @@ def submit(request_body: Any, settings: Settings) -> str:
         with urllib.request.urlopen(request, timeout=settings.dispatch_timeout_seconds) as answer:
             status, raw = answer.status, answer.read(65536)
     except urllib.error.HTTPError as error:
-        body = error.read(2048).decode("utf-8", "replace")
-        raise DispatchRefused(error.code, f"Dispatch answered {error.code}: {body}") from None
+        text = error.read(2048).decode("utf-8", "replace")
+        raise DispatchRefused(error.code, f"{who} answered {error.code}: {text}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise DispatchRefused(None, f"Dispatch could not be reached: {reason}") from None
+        raise DispatchRefused(None, f"{who} could not be reached: {reason}") from None
     try:
-        dispatch_uuid = json.loads(raw)["dispatch_uuid"]
-    except (ValueError, KeyError, TypeError):
-        dispatch_uuid = None
-    if status != 202 or not isinstance(dispatch_uuid, str) or not 1 <= len(dispatch_uuid) <= 50:
-        raise DispatchRefused(status, f"Dispatch answered {status} without a dispatch_uuid")
-    return dispatch_uuid
+        document = json.loads(raw)
+    except ValueError:
+        document = None
+    return status, document if isinstance(document, dict) else {}

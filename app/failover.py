@@ -11,7 +11,7 @@ the present is left to the caller, who passes the time in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -20,6 +20,7 @@ from typing import Literal
 from app import times
 from app.state import (
     FAILURE,
+    Api,
     Channel,
     DispatchStatus,
     MessageState,
@@ -30,7 +31,7 @@ from app.state import (
     computed_usage,
 )
 
-DecidedBy = Literal["definition", "final_report"]
+DecidedBy = Literal["definition", "final_report", "callbacks"]
 
 
 class Outcome(StrEnum):
@@ -46,8 +47,10 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Step:
-    channel: Channel
-    # None on the last step, which only has to be delivered.
+    # None only for a Messages API item never seen, in a workflow without a definition.
+    channel: Channel | None
+    # None on the last step, which only has to be delivered, and on every
+    # Messages API item (it fails over when rejected, never on a timer).
     condition_status: MessageStatus | None = None
     expiry_time: int | None = None  # seconds
 
@@ -59,6 +62,7 @@ class Step:
 @dataclass(frozen=True)
 class Definition:
     steps: tuple[Step, ...]
+    api: Api = Api.DISPATCH
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class Decision:
     # (its deadline, or, if its message never appeared, when it was due).
     current_step: int | None = None
     due_at: datetime | None = None
+    # While pending on a step with no deadline (a last step; any Messages
+    # item): since when. How long is too long is the reader's setting.
+    awaiting_since: datetime | None = None
     # When the terminal outcome happened (event time), for final-report overdue.
     decided_at: datetime | None = None
     winning_step: int | None = None
@@ -116,10 +123,10 @@ def failed_at(message: MessageState) -> datetime | None:
 def assign(
     definition: Definition, messages: Iterable[MessageState]
 ) -> tuple[dict[int, MessageState], list[MessageState]]:
-    """Map messages to steps by channel and order of appearance.
+    """Map messages to steps. Returns {step index: message} and the messages no step has.
 
-    The n-th message seen on a channel (by event time) is the n-th step on
-    that channel. Returns {step index: message} and the messages no step has.
+    A Messages API item says which it is (`item_number`). Otherwise the n-th
+    message seen on a channel (by event time) is the n-th step on that channel.
     """
     ordered = sorted(
         messages,
@@ -129,12 +136,22 @@ def assign(
             m.message_uuid,
         ),
     )
-    free: dict[Channel, list[int]] = {}
-    for index, step in enumerate(definition.steps):
-        free.setdefault(step.channel, []).append(index)
     assigned: dict[int, MessageState] = {}
     unmatched: list[MessageState] = []
+    rest: list[MessageState] = []
     for message in ordered:
+        number = message.item_number
+        if number is None:
+            rest.append(message)
+        elif 1 <= number <= len(definition.steps) and number - 1 not in assigned:
+            assigned[number - 1] = message
+        else:
+            unmatched.append(message)
+    free: dict[Channel | None, list[int]] = {}
+    for index, step in enumerate(definition.steps):
+        if index not in assigned:
+            free.setdefault(step.channel, []).append(index)
+    for message in rest:
         slots = free.get(message.channel) if message.channel else None
         if slots:
             assigned[slots.pop(0)] = message
@@ -143,15 +160,173 @@ def assign(
     return assigned, unmatched
 
 
+def items_definition(messages: Sequence[MessageState]) -> Definition | None:
+    """A Messages API failover workflow's steps as its items show them, without a definition.
+
+    As many steps as the items say there are (`items_total`, or the highest
+    item seen), each on its item's channel where that item has been seen.
+    """
+    numbered = [m for m in messages if m.item_number is not None]
+    totals = [m.items_total for m in messages if m.items_total is not None]
+    count = max([*totals, *(m.item_number or 0 for m in numbered)], default=0)
+    if count == 0:
+        return None
+    channels: dict[int, Channel | None] = {}
+    for m in sorted(numbered, key=lambda m: m.message_uuid):
+        channels.setdefault(m.item_number or 0, m.channel)
+    return Definition(tuple(Step(channels.get(n)) for n in range(1, count + 1)), Api.MESSAGES)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What is known of the message of one step: what the rules below read."""
+
+    message: MessageState
+    last: bool  # the workflow's last step
+    later_sent: bool  # a later step has a message
+    start: datetime | None  # submitted (or first seen)
+    deadline: datetime | None  # start + expiry_time (None: none, or past year 9999)
+    unbounded: bool  # an expiry so long that its deadline is past representable time
+    reached: datetime | None  # when it reached its condition (last step: delivery)
+    failure: datetime | None  # when it was rejected or undeliverable
+
+    @property
+    def delivered(self) -> bool:
+        """Delivery is known: by a callback's time, or by the current status alone."""
+        return self.message.delivery_reached_at is not None or self.message.status in (
+            MessageStatus.DELIVERED,
+            MessageStatus.READ,
+        )
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None or self.message.status in FAILURE
+
+    @property
+    def reached_in_time(self) -> bool:
+        # At the deadline exactly is still within the expiry time.
+        return self.reached is not None and (
+            self.unbounded or (self.deadline is not None and self.reached <= self.deadline)
+        )
+
+    @property
+    def reached_late(self) -> bool:
+        return self.reached is not None and self.deadline is not None
+
+
+def _always(_: Seen) -> bool:
+    return True
+
+
+def _no_time(_: Seen) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """If `applies`, the step's outcome is `outcome`, known at `settled` (an event time)."""
+
+    says: str
+    applies: Callable[[Seen], bool]
+    outcome: Outcome
+    settled: Callable[[Seen], datetime | None] = _no_time
+
+
+# The rules of both APIs, side by side. Each step's message is judged by the
+# first rule of its list that applies. Then the workflow: a step that
+# SUCCEEDED completes it; FAILED or EXPIRED on the last step ends it in error;
+# elsewhere they hand over to the next step (at `settled`); PENDING waits.
+# A step with no message is MISSING when a later step has one, else awaited.
+DISPATCH_STEP = (
+    Rule(
+        "reached its condition_status by the deadline",
+        lambda s: s.reached_in_time,
+        Outcome.SUCCEEDED,
+        lambda s: s.reached,
+    ),
+    Rule(
+        "rejected or undeliverable: Dispatch moves on at once",
+        lambda s: s.failed,
+        Outcome.FAILED,
+        lambda s: s.failure,
+    ),
+    Rule(
+        "reached its condition after the deadline",
+        lambda s: s.reached_late,
+        Outcome.EXPIRED,
+        lambda s: s.deadline,
+    ),
+    Rule("a later step was sent", lambda s: s.later_sent, Outcome.EXPIRED, lambda s: s.deadline),
+    Rule("otherwise it waits until its deadline", _always, Outcome.PENDING),
+)
+DISPATCH_LAST_STEP = (
+    Rule(
+        "delivered (read implies delivered)",
+        lambda s: s.delivered,
+        Outcome.SUCCEEDED,
+        lambda s: s.reached,
+    ),
+    Rule("rejected or undeliverable", lambda s: s.failed, Outcome.FAILED, lambda s: s.failure),
+    Rule("otherwise it waits for delivery, with no deadline", _always, Outcome.PENDING),
+)
+MESSAGES_ITEM = (
+    Rule(
+        "delivered (read implies delivered)",
+        lambda s: s.delivered,
+        Outcome.SUCCEEDED,
+        lambda s: s.reached,
+    ),
+    Rule(
+        "rejected (or undeliverable): the next item goes out",
+        lambda s: s.failed,
+        Outcome.FAILED,
+        lambda s: s.failure,
+    ),
+    Rule("a later item was sent", lambda s: s.later_sent, Outcome.EXPIRED),
+    Rule("otherwise it waits for an outcome, with no deadline", _always, Outcome.PENDING),
+)
+MESSAGES_LAST_ITEM = (
+    Rule(
+        "delivered (read implies delivered)",
+        lambda s: s.delivered,
+        Outcome.SUCCEEDED,
+        lambda s: s.reached,
+    ),
+    Rule("rejected or undeliverable", lambda s: s.failed, Outcome.FAILED, lambda s: s.failure),
+    Rule("otherwise it waits for an outcome, with no deadline", _always, Outcome.PENDING),
+)
+RULES: dict[tuple[Api, bool], tuple[Rule, ...]] = {
+    # (api, last step?) -> rules
+    (Api.DISPATCH, False): DISPATCH_STEP,
+    (Api.DISPATCH, True): DISPATCH_LAST_STEP,
+    (Api.MESSAGES, False): MESSAGES_ITEM,
+    (Api.MESSAGES, True): MESSAGES_LAST_ITEM,
+}
+
+
+def judge(rules: Sequence[Rule], seen: Seen) -> tuple[Outcome, datetime | None]:
+    """The outcome of one step's message by the first rule that applies."""
+    rule = next(r for r in rules if r.applies(seen))
+    return rule.outcome, rule.settled(seen)
+
+
 def evaluate(
-    definition: Definition | None, messages: Sequence[MessageState], report: Report | None
+    definition: Definition | None,
+    messages: Sequence[MessageState],
+    report: Report | None,
+    api: Api | None = Api.DISPATCH,
 ) -> tuple[Decision, list[Finding]]:
     """The workflow's status, and every way the final report disagrees with the callbacks.
 
-    By the definition where there is one; else by the final report; else
+    By the definition where there is one; a Messages API workflow without
+    one, by its items (each says its place); else by the final report; else
     pending, decided by nobody (the service does not guess).
     """
-    walked = _walk(definition, messages) if definition is not None else None
+    if definition is None and api is Api.MESSAGES:
+        by_items = items_definition(messages)
+        if by_items is not None:
+            return _walk(by_items, messages, "callbacks"), []
+    walked = _walk(definition, messages, "definition") if definition is not None else None
     findings = _reconcile(walked, definition, report, messages) if report is not None else []
     if walked is None:
         if report is None:
@@ -175,111 +350,82 @@ def _mirror(status: ReportedStatus) -> DispatchStatus:
     return DispatchStatus(status.value)
 
 
-def _walk(definition: Definition, messages: Sequence[MessageState]) -> Decision:
+def _seen(definition: Definition, index: int, message: MessageState, later_sent: bool) -> Seen:
+    step = definition.steps[index]
+    last = index == len(definition.steps) - 1
+    start = submitted_at(message)
+    timed = not last and step.condition_status is not None and step.expiry is not None
+    deadline = None
+    if timed and start is not None:
+        assert step.expiry is not None
+        deadline = times.plus(start, step.expiry)
+    condition = step.condition_status if timed and step.condition_status else None
+    return Seen(
+        message=message,
+        last=last,
+        later_sent=later_sent,
+        start=start,
+        deadline=deadline,
+        # A deadline past the end of representable time is no deadline at all.
+        unbounded=timed and start is not None and deadline is None,
+        reached=reached_at(message, condition or MessageStatus.DELIVERED),
+        failure=failed_at(message),
+    )
+
+
+def _walk(definition: Definition, messages: Sequence[MessageState], by: DecidedBy) -> Decision:
     assigned, _ = assign(definition, messages)
     results: list[StepResult] = []
-    last = len(definition.steps) - 1
     moved_on_at: datetime | None = None  # when the previous step handed over
 
-    def finish(status: DispatchStatus, at: datetime | None, winner: int | None) -> Decision:
-        rest = [
+    def rest() -> list[StepResult]:
+        return [
             StepResult(i + 1, definition.steps[i], Outcome.NOT_REACHED)
             for i in range(len(results), len(definition.steps))
         ]
-        return Decision(
-            status, "definition", tuple(results + rest), decided_at=at, winning_step=winner
-        )
 
-    def wait(due: datetime | None) -> Decision:
+    def finish(status: DispatchStatus, at: datetime | None, winner: int | None) -> Decision:
+        return Decision(status, by, tuple(results + rest()), decided_at=at, winning_step=winner)
+
+    def wait(due: datetime | None, since: datetime | None = None) -> Decision:
         number = len(results)  # the pending step was appended last
-        rest = [
-            StepResult(i + 1, definition.steps[i], Outcome.NOT_REACHED)
-            for i in range(number, len(definition.steps))
-        ]
         return Decision(
             DispatchStatus.PENDING,
-            "definition",
-            tuple(results + rest),
+            by,
+            tuple(results + rest()),
             current_step=number,
             due_at=due,
+            awaiting_since=since,
         )
 
     for index, step in enumerate(definition.steps):
         number = index + 1
         message = assigned.get(index)
+        later_sent = any(i > index for i in assigned)
         if message is None:
-            if any(i > index for i in assigned):
+            if later_sent:
                 # A later step was sent, so this one's message was lost to us.
                 results.append(StepResult(number, step, Outcome.MISSING))
                 continue
             results.append(StepResult(number, step, Outcome.PENDING))
             return wait(moved_on_at)
 
-        start = submitted_at(message)
-        failure = failed_at(message)
-        if index == last:
-            delivered = reached_at(message, MessageStatus.DELIVERED)
-            delivered_known = delivered is not None or message.status in (
-                MessageStatus.DELIVERED,
-                MessageStatus.READ,
-            )
-            if delivered_known:
-                results.append(
-                    StepResult(
-                        number,
-                        step,
-                        Outcome.SUCCEEDED,
-                        message.message_uuid,
-                        start,
-                        settled_at=delivered,
-                    )
-                )
-                return finish(DispatchStatus.COMPLETED, delivered, number)
-            if failure is not None or message.status in FAILURE:
-                results.append(
-                    StepResult(
-                        number,
-                        step,
-                        Outcome.FAILED,
-                        message.message_uuid,
-                        start,
-                        settled_at=failure,
-                    )
-                )
-                return finish(DispatchStatus.ERROR, failure, None)
-            results.append(StepResult(number, step, Outcome.PENDING, message.message_uuid, start))
-            return wait(None)
-
-        assert step.condition_status is not None and step.expiry is not None
-        deadline = times.plus(start, step.expiry) if start is not None else None
-        # A deadline past the end of representable time is no deadline at all.
-        unbounded = start is not None and deadline is None
-        reached = reached_at(message, step.condition_status)
-        # At the deadline exactly is still within the expiry time.
-        if reached is not None and (unbounded or (deadline is not None and reached <= deadline)):
-            results.append(
-                StepResult(
-                    number, step, Outcome.SUCCEEDED, message.message_uuid, start, deadline, reached
-                )
-            )
-            return finish(DispatchStatus.COMPLETED, reached, number)
-
-        later_sent = any(i > index for i in assigned)
-        if failure is not None or message.status in FAILURE:
-            settled = failure
-            outcome = Outcome.FAILED
-        elif reached is not None and deadline is not None:  # reached, but too late
-            settled, outcome = deadline, Outcome.EXPIRED
-        elif later_sent:
-            settled, outcome = deadline, Outcome.EXPIRED
-        else:
-            results.append(
-                StepResult(number, step, Outcome.PENDING, message.message_uuid, start, deadline)
-            )
-            return wait(deadline)
+        seen = _seen(definition, index, message, later_sent)
+        outcome, settled = judge(RULES[definition.api, seen.last], seen)
         results.append(
-            StepResult(number, step, outcome, message.message_uuid, start, deadline, settled)
+            StepResult(
+                number, step, outcome, message.message_uuid, seen.start, seen.deadline, settled
+            )
         )
+        if outcome is Outcome.SUCCEEDED:
+            return finish(DispatchStatus.COMPLETED, settled, number)
+        if outcome is Outcome.PENDING:
+            # A step with a deadline is due then; one without is only awaited.
+            if seen.deadline is not None or seen.unbounded:
+                return wait(seen.deadline)
+            return wait(None, seen.start)
+        if seen.last:
+            return finish(DispatchStatus.ERROR, settled, None)
         moved_on_at = settled
     raise AssertionError("a definition has at least one step")  # pragma: no cover
 

@@ -15,13 +15,14 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from app.schemas import load_final_report, load_message_status
+from app.schemas import load_final_report, load_message_status, load_messages_status
 from app.state import FinalReport, StatusEvent
 
 
 class CallbackKind(StrEnum):
-    MESSAGE_STATUS = "message_status"
-    FINAL_REPORT = "final_report"
+    MESSAGE_STATUS = "message_status"  # Dispatch's message status
+    FINAL_REPORT = "final_report"  # Dispatch's final report
+    MESSAGES_STATUS = "messages_status"  # the Messages API's (v1) message status
 
 
 class Reason(StrEnum):
@@ -147,10 +148,16 @@ def _unstorable(value: Any, max_depth: int) -> str | None:
 def kind_of(payload: Any, hint: CallbackKind) -> CallbackKind:
     """Tell a callback's kind by its shape, whichever URL it came to.
 
-    Dispatch sends both kinds to the application's status URL, so the URL is
-    only a hint: a status has `message_uuid` at the top, a final report has
-    `dispatch_uuid` (and `template`). A body of neither shape is checked
-    against the hinted kind's schema, so that its field errors say what is missing.
+    Dispatch sends both kinds to the application's status URL, and the
+    Messages API sends its statuses there too, so the URL is only a hint:
+
+    - a final report has `dispatch_uuid` (and `template`);
+    - a status has `message_uuid`: a Messages API one has `to`/`from` as
+      strings, or (when neither is an object) a top-level `channel` or
+      `workflow`; a Dispatch one has them as objects, under `_links`.
+
+    A body of no known shape is checked against the hinted kind's schema,
+    so that its field errors say what is missing.
     """
     if not isinstance(payload, dict):
         return hint
@@ -164,10 +171,24 @@ def kind_of(payload: Any, hint: CallbackKind) -> CallbackKind:
             {"_schema": ["Both message_uuid and dispatch_uuid with template at the top."]},
         )
     if status:
-        return CallbackKind.MESSAGE_STATUS
+        return (
+            CallbackKind.MESSAGES_STATUS
+            if _messages_api_shape(payload)
+            else (CallbackKind.MESSAGE_STATUS)
+        )
     if report:
         return CallbackKind.FINAL_REPORT
     return hint
+
+
+def _messages_api_shape(payload: dict[str, Any]) -> bool:
+    """A status of the Messages API, not of Dispatch (see kind_of)."""
+    parties = [payload.get(side) for side in ("to", "from")]
+    if any(isinstance(p, str) for p in parties):
+        return True
+    if any(isinstance(p, dict) for p in parties):
+        return False
+    return "channel" in payload or "workflow" in payload
 
 
 def validate(kind: CallbackKind, payload: Any, body: bytes) -> Callback:
@@ -176,10 +197,16 @@ def validate(kind: CallbackKind, payload: Any, body: bytes) -> Callback:
         event: StatusEvent | FinalReport
         if kind is CallbackKind.MESSAGE_STATUS:
             event = load_message_status(payload)
+        elif kind is CallbackKind.MESSAGES_STATUS:
+            event = load_messages_status(payload)
         else:
             event = load_final_report(payload)
     except ValidationError as exc:
-        message = "The callback does not match the Dispatch API reference."
+        message = (
+            "The callback does not match the Messages API's status webhook."
+            if kind is CallbackKind.MESSAGES_STATUS
+            else "The callback does not match the Dispatch API reference."
+        )
         raise schema_rejection(exc, message) from None
     return Callback(kind=kind, body=body, payload=payload, event=event)
 

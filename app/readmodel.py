@@ -38,6 +38,7 @@ def _discrepancies(rows: list[Any]) -> list[dict[str, str]]:
 def message_document(state: MessageState) -> dict[str, Any]:
     return {
         "message_uuid": state.message_uuid,
+        "api": state.api.value if state.api else None,
         "channel": state.channel.value if state.channel else None,
         "status": state.status.value if state.status else None,
         "usage": _money(state.usage),
@@ -49,6 +50,10 @@ def message_document(state: MessageState) -> dict[str, Any]:
         "error": (
             {"code": state.error.code, "reason": state.error.reason} if state.error else None
         ),
+        # Messages API failover: the message's place in its workflow.
+        "item_number": state.item_number,
+        "items_total": state.items_total,
+        "client_ref": state.client_ref,
     }
 
 
@@ -68,13 +73,13 @@ def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None
     decided = conn.execute(sql("get_decision"), params).fetchone()
     assert decided is not None  # same row as above
     definition = (
-        definition_from_steps(decided["definition_steps"])
+        definition_from_steps(decided["definition_steps"], decided["definition_api"])
         if decided["definition_steps"] is not None
         else None
     )
     # The steps are worked out again rather than stored: the same pure walk
     # that made the stored decision, over the same rows.
-    decision, _ = evaluate(definition, messages, report)
+    decision, _ = evaluate(definition, messages, report, dispatch.api)
     pending = row["status"] == "pending"
     current = (
         decision.steps[decision.current_step - 1]
@@ -92,19 +97,23 @@ def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None
     ]
     return {
         "dispatch_uuid": dispatch.dispatch_uuid,
+        "api": dispatch.api.value if dispatch.api else None,
         "template": dispatch.template,
         "status": row["status"],
         "decided_by": decided["decided_by"],
         "current_step": _step_document(current) if current else None,
         "deadline": iso(current.deadline) if current and current.deadline else None,
         "due_at": iso(decided["due_at"]) if pending and decided["due_at"] else None,
+        "awaiting_since": (
+            iso(decided["awaiting_since"]) if pending and decided["awaiting_since"] else None
+        ),
         "winning_step": decided["winning_step"],
         "reported_status": report.status.value if report else None,
         "reported_at": iso(report.occurred_at) if report else None,
         "usage": usage_document(computed_usage(messages)),
         "reported_usage": _money(report.usage) if report else None,
         "definition": decided["definition_source"],
-        "steps": [_step_document(s) for s in decision.steps] if definition else None,
+        "steps": [_step_document(s) for s in decision.steps] if decision.steps else None,
         "messages": [message_document(m) for m in messages],
         "discrepancies": reconciliation
         + _discrepancies(conn.execute(sql("get_dispatch_discrepancies"), params).fetchall()),
@@ -114,7 +123,7 @@ def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None
 def _step_document(result: StepResult) -> dict[str, Any]:
     return {
         "step": result.number,
-        "channel": result.step.channel.value,
+        "channel": result.step.channel.value if result.step.channel else None,
         "condition_status": (
             result.step.condition_status.value if result.step.condition_status else None
         ),

@@ -30,7 +30,9 @@ from app.apply import Captured, fold
 from app.db import Connection, adapt_times
 from app.definitions import load_definition
 from app.intake import CallbackKind, Rejection, read
+from app.messages_request import load_failover_request
 from app.queries import sql
+from app.state import Api
 
 PAGE = 1000
 
@@ -88,7 +90,12 @@ def _prepare(conn: Connection) -> None:
 def _apply_definitions(conn: Connection, summary: RebuildSummary) -> None:
     for row in conn.execute(sql("definitions_to_rebuild")).fetchall():
         try:
-            definition = load_definition(row["request"])
+            request = row["request"]
+            definition = (
+                load_failover_request(request)
+                if row["api"] == Api.MESSAGES
+                else load_definition(request)
+            )
         except ValidationError as exc:
             # A definition is the only copy of what was sent: never dropped.
             raise RebuildRefused(

@@ -12,10 +12,21 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from app import times
 from app.state import (
+    DISPATCH_CHANNELS,
+    MESSAGES_CHANNELS,
+    Api,
     Channel,
     ErrorInfo,
     FinalReport,
@@ -111,25 +122,26 @@ def _optional(schema: type[Schema]) -> fields.Nested:
 
 
 class ChannelField(fields.String):
-    """A channel name, with the reference's own typo normalized."""
+    """A channel name among one API's, with the Dispatch reference's own typo normalized."""
 
     default_error_messages = {  # noqa: RUF012 - marshmallow's convention
         "channel": "Must be one of: {choices}.",
     }
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, channels: tuple[Channel, ...] = DISPATCH_CHANNELS, **kwargs: Any) -> None:
+        self.channels = channels
+        aliases = [a for a, c in CHANNEL_ALIASES.items() if Channel(c) in channels]
         # Published in /openapi.json: every spelling accepted, the typo too.
-        accepted = [*(c.value for c in Channel), *CHANNEL_ALIASES]
+        accepted = [*(c.value for c in channels), *aliases]
         super().__init__(metadata={"enum": accepted}, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Channel:
         text = super()._deserialize(value, attr, data, **kwargs)
         text = CHANNEL_ALIASES.get(text, text)
-        try:
-            return Channel(text)
-        except ValueError:
-            choices = ", ".join(c.value for c in Channel)
-            raise self.make_error("channel", choices=choices) from None
+        if text not in self.channels:
+            choices = ", ".join(c.value for c in self.channels)
+            raise self.make_error("channel", choices=choices)
+        return Channel(text)
 
 
 _PAST_MICROSECONDS = re.compile(r"(\.[0-9]{6})[0-9]+")
@@ -310,8 +322,153 @@ class FinalReportSchema(_Base):
         )
 
 
+# Messages API failover: a workflow_id is not a UUID (an SDK fixture has 55
+# characters), so it gets more room than Dispatch's 50.
+WORKFLOW_ID_LENGTH = validate.Length(min=1, max=200)
+# Ids on the Messages API side: phone numbers, page and channel ids.
+MESSAGES_ID_LENGTH = validate.Length(min=1, max=200)
+_ITEM_COUNT = validate.Range(min=1, max=10_000)
+
+
+class CountField(fields.Integer):
+    """A count as Vonage sends it in the workflow object: "2" (a string) or 2."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value):
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise self.make_error("invalid", input=value)
+
+
+class MessagesWorkflowSchema(_Base):
+    """The `workflow` object of a failover send; Vonage's SDKs spell its fields two ways."""
+
+    workflow_id = fields.String(load_default=None, validate=[WORKFLOW_ID_LENGTH, ID])
+    id = fields.String(load_default=None, validate=[WORKFLOW_ID_LENGTH, ID])
+    items_number = CountField(load_default=None, validate=_ITEM_COUNT)
+    item_number = CountField(load_default=None, validate=_ITEM_COUNT)
+    items_total = CountField(load_default=None, validate=_ITEM_COUNT)
+    total_items = CountField(load_default=None, validate=_ITEM_COUNT)
+
+    @validates_schema
+    def _one_of_each(self, data: dict[str, Any], **_: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        for a, b in (
+            ("workflow_id", "id"),
+            ("items_number", "item_number"),
+            ("items_total", "total_items"),
+        ):
+            if data.get(a) is not None and data.get(b) is not None and data[a] != data[b]:
+                errors[b] = [f"Disagrees with {a}."]
+        if data.get("workflow_id") is None and data.get("id") is None:
+            errors["workflow_id"] = ["A workflow object needs workflow_id (or id)."]
+        number = _either(data, "items_number", "item_number")
+        total = _either(data, "items_total", "total_items")
+        if number is not None and total is not None and number > total:
+            errors["items_number"] = [f"Item {number} of {total} items."]
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        return {
+            "workflow_id": _either(data, "workflow_id", "id"),
+            "item_number": _either(data, "items_number", "item_number"),
+            "items_total": _either(data, "items_total", "total_items"),
+        }
+
+
+def _either(data: dict[str, Any], a: str, b: str) -> Any:
+    return data[a] if data.get(a) is not None else data.get(b)
+
+
+class CodeOrText(fields.Field[int | str]):
+    """An error `title`: the SDKs read a string, the guides show a number such as 1300."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's convention
+        "invalid": "Not a string or a whole number.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
+        if isinstance(value, str) and len(value) <= 2000:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            _INT32(value)
+            return value
+        raise self.make_error("invalid")
+
+
+class MessagesErrorSchema(_Base):
+    type = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    title = CodeOrText(load_default=None, allow_none=True)
+    detail = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    instance = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> ErrorInfo:
+        title = data["title"]
+        code = title if isinstance(title, int) else None
+        if isinstance(title, str) and re.fullmatch(r"[0-9]{1,9}", title):
+            code = int(title)  # "1300" is the same code as 1300
+        text = [t for t in (None if code is not None else title, data["detail"]) if t]
+        return ErrorInfo(code=code, reason=": ".join(text) or None)
+
+
+class MessagesStatusSchema(_Base):
+    """A Messages API (v1) message-status webhook, with a failover send's `workflow` object."""
+
+    message_uuid = _id(required=True)
+    to = fields.String(load_default=None, allow_none=True, validate=[MESSAGES_ID_LENGTH, ID])
+    from_ = fields.String(
+        data_key="from", load_default=None, allow_none=True, validate=[MESSAGES_ID_LENGTH, ID]
+    )
+    timestamp = IsoTimestamp(required=True)
+    status = fields.Enum(MessageStatus, by_value=True, required=True)
+    channel = ChannelField(MESSAGES_CHANNELS, load_default=None, allow_none=True)
+    client_ref = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=100)
+    )
+    error = _optional(MessagesErrorSchema)
+    usage = _optional(UsageSchema)
+    workflow = _optional(MessagesWorkflowSchema)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> StatusEvent:
+        channel: Channel | None = data["channel"]
+        workflow = data["workflow"] or {}
+        # Parties as Dispatch's are stored: a Messenger id, anyone else's number.
+        kind = channel.value if channel else "unknown"
+        side = "id" if channel is Channel.MESSENGER else "number"
+        to, from_ = (
+            Party(type=kind, **{side: value}) if value is not None else None
+            for value in (data["to"], data["from_"])
+        )
+        return StatusEvent(
+            message_uuid=data["message_uuid"],
+            status=data["status"],
+            occurred_at=data["timestamp"],
+            dispatch_uuid=workflow.get("workflow_id"),
+            channel=channel,
+            to=to,
+            from_=from_,
+            error=data["error"],
+            usage=data["usage"],
+            api=Api.MESSAGES,
+            item_number=workflow.get("item_number"),
+            items_total=workflow.get("items_total"),
+            client_ref=data["client_ref"],
+        )
+
+
 _MESSAGE_STATUS = MessageStatusSchema()
 _FINAL_REPORT = FinalReportSchema()
+_MESSAGES_STATUS = MessagesStatusSchema()
+
+
+def load_messages_status(payload: Any) -> StatusEvent:
+    """Validate a Messages API status webhook; raises ValidationError with field errors."""
+    return _load(_MESSAGES_STATUS, payload, StatusEvent)
 
 
 def load_message_status(payload: Any) -> StatusEvent:

@@ -45,12 +45,45 @@ class DispatchStatus(StrEnum):
     ERROR = "error"
 
 
+class Api(StrEnum):
+    """Which Vonage API ran a workflow, and sent a callback."""
+
+    DISPATCH = "dispatch"
+    MESSAGES = "messages"  # Messages API failover, Dispatch's successor
+
+
 class Channel(StrEnum):
+    """Every channel either API names, each under its own API's name.
+
+    Which API accepts which is the schemas' business (`DISPATCH_CHANNELS`,
+    `MESSAGES_CHANNELS`): Viber is `viber_service_msg` to Dispatch and
+    `viber_service` to the Messages API, and only the latter has RCS.
+    """
+
     SMS = "sms"
     MMS = "mms"
     MESSENGER = "messenger"
     VIBER_SERVICE_MSG = "viber_service_msg"
     WHATSAPP = "whatsapp"
+    RCS = "rcs"
+    VIBER_SERVICE = "viber_service"
+
+
+DISPATCH_CHANNELS = (
+    Channel.SMS,
+    Channel.MMS,
+    Channel.MESSENGER,
+    Channel.VIBER_SERVICE_MSG,
+    Channel.WHATSAPP,
+)
+MESSAGES_CHANNELS = (
+    Channel.SMS,
+    Channel.MMS,
+    Channel.RCS,
+    Channel.WHATSAPP,
+    Channel.MESSENGER,
+    Channel.VIBER_SERVICE,
+)
 
 
 # What "current status" means when callbacks come out of order: the highest
@@ -127,17 +160,22 @@ class ErrorInfo:
 
 @dataclass(frozen=True)
 class StatusEvent:
-    """One message-status callback."""
+    """One message-status callback, of either API."""
 
     message_uuid: str
     status: MessageStatus
     occurred_at: datetime
-    dispatch_uuid: str | None = None
+    dispatch_uuid: str | None = None  # the workflow: Dispatch's uuid, or Messages' workflow_id
     channel: Channel | None = None
     to: Party | None = None
     from_: Party | None = None
     error: ErrorInfo | None = None
     usage: Money | None = None
+    api: Api = Api.DISPATCH
+    # Messages API failover: the message's place in its workflow.
+    item_number: int | None = None
+    items_total: int | None = None
+    client_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +246,10 @@ class MessageState:
     usage: Money | None = None
     error: ErrorInfo | None = None
     error_at: datetime | None = None
+    api: Api | None = None
+    item_number: int | None = None
+    items_total: int | None = None
+    client_ref: str | None = None
 
     @property
     def status(self) -> MessageStatus | None:
@@ -238,6 +280,7 @@ class DispatchState:
     dispatch_uuid: str
     template: str | None = None
     report: Report | None = None
+    api: Api | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +348,10 @@ def _str_key(value: str) -> str:
 
 
 def _same(value: str) -> str:
+    return value
+
+
+def _int_key(value: int) -> int:
     return value
 
 
@@ -377,6 +424,16 @@ def apply_status(state: MessageState | None, event: StatusEvent) -> Transition[M
         ),
         error=error,
         error_at=error_at,
+        api=joiner.join("api_conflict", state.api, event.api, _str_key, _same),
+        item_number=joiner.join(
+            "item_number_conflict", state.item_number, event.item_number, _int_key, str
+        ),
+        items_total=joiner.join(
+            "items_total_conflict", state.items_total, event.items_total, _int_key, str
+        ),
+        client_ref=joiner.join(
+            "client_ref_conflict", state.client_ref, event.client_ref, _str_key, _same
+        ),
     )
     return Transition(new, tuple(joiner.found) + _contradictions(new))
 
@@ -402,6 +459,7 @@ def apply_reported_message(
             "dispatch_conflict", state.dispatch_uuid, dispatch_uuid, _str_key, _same
         ),
         channel=joiner.join("channel_conflict", state.channel, reported.channel, _str_key, _same),
+        api=joiner.join("api_conflict", state.api, Api.DISPATCH, _str_key, _same),
         reported_status=reported_status,
         usage=joiner.join(
             "price_conflict", state.usage, reported.usage, _money_key, Money.describe, keep="max"
@@ -423,6 +481,7 @@ def apply_final_report(
     joiner = _Joiner("dispatch", state.dispatch_uuid)
     new = replace(
         state,
+        api=joiner.join("api_conflict", state.api, Api.DISPATCH, _str_key, _same),
         template=joiner.join("template_conflict", state.template, report.template, _str_key, _same),
         report=joiner.join(
             "final_report_conflict",
@@ -433,6 +492,17 @@ def apply_final_report(
             keep="max",
         ),
     )
+    return Transition(new, tuple(joiner.found))
+
+
+def apply_link(
+    state: DispatchState | None, dispatch_uuid: str, api: Api
+) -> Transition[DispatchState]:
+    """Merge what a message's callback or a definition says about its workflow: its API."""
+    state = state or DispatchState(dispatch_uuid)
+    _check_subject("link", state.dispatch_uuid, dispatch_uuid)
+    joiner = _Joiner("dispatch", state.dispatch_uuid)
+    new = replace(state, api=joiner.join("api_conflict", state.api, api, _str_key, _same))
     return Transition(new, tuple(joiner.found))
 
 

@@ -15,6 +15,7 @@ from app.definitions import definition_from_steps, steps_document
 from app.failover import Definition
 from app.queries import sql
 from app.state import (
+    Api,
     Channel,
     Discrepancy,
     DispatchState,
@@ -55,6 +56,10 @@ def message_from_row(row: Mapping[str, Any]) -> MessageState:
         usage=Money(row["price"], row["currency"]) if row["price"] is not None else None,
         error=error,
         error_at=row["error_at"],
+        api=Api(row["api"]) if row["api"] else None,
+        item_number=row["item_number"],
+        items_total=row["items_total"],
+        client_ref=row["client_ref"],
     )
 
 
@@ -72,6 +77,10 @@ def message_params(state: MessageState) -> dict[str, Any]:
         "error_code": state.error.code if state.error else None,
         "error_reason": state.error.reason if state.error else None,
         "error_at": state.error_at,
+        "api": state.api.value if state.api else None,
+        "item_number": state.item_number,
+        "items_total": state.items_total,
+        "client_ref": state.client_ref,
     }
     for side, party in (("to", state.to), ("from", state.from_)):
         params[f"{side}_type"] = party.type if party else None
@@ -90,7 +99,10 @@ def dispatch_from_row(row: Mapping[str, Any]) -> DispatchState:
             usage = Money(row["reported_price"], row["reported_currency"])
         report = Report(row["reported_at"], ReportedStatus(row["reported_status"]), usage)
     return DispatchState(
-        dispatch_uuid=row["dispatch_uuid"], template=row["template"], report=report
+        dispatch_uuid=row["dispatch_uuid"],
+        template=row["template"],
+        report=report,
+        api=Api(row["api"]) if row["api"] else None,
     )
 
 
@@ -99,6 +111,7 @@ def dispatch_params(state: DispatchState) -> dict[str, Any]:
     return {
         "dispatch_uuid": state.dispatch_uuid,
         "template": state.template,
+        "api": state.api.value if state.api else None,
         "reported_status": report.status.value if report else None,
         "reported_at": report.occurred_at if report else None,
         "reported_price": report.usage.amount if report and report.usage else None,
@@ -135,7 +148,9 @@ def _locked_dispatch(row: Mapping[str, Any]) -> LockedDispatch:
     steps = row["definition_steps"]
     return LockedDispatch(
         state=dispatch_from_row(row),
-        definition=definition_from_steps(steps) if steps is not None else None,
+        definition=(
+            definition_from_steps(steps, row["definition_api"]) if steps is not None else None
+        ),
         decided=tuple(row[k] for k in DECISION_COLUMNS),
     )
 
@@ -148,6 +163,7 @@ DECISION_COLUMNS = (
     "decided_at",
     "winning_step",
     "winning_channel",
+    "awaiting_since",
 )
 
 
@@ -249,6 +265,7 @@ def store_definition(
         sql("upsert_definition"),
         {
             "dispatch_uuid": dispatch_uuid,
+            "api": definition.api.value,
             "source": source,
             "request": jsonb(request),
             "steps": jsonb(steps_document(definition)),

@@ -42,8 +42,9 @@ def _validated(call: Any) -> Any:
 def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
     """Record the definition of a workflow another system sent."""
     require_api_token()
-    if not 1 <= len(dispatch_uuid) <= 50:
-        raise ApiError(404, "A dispatch_uuid has 1 to 50 characters.")
+    # Dispatch's ids have at most 50 characters, the Messages API's workflow_id more.
+    if not 1 <= len(dispatch_uuid) <= 200:
+        raise ApiError(404, "A workflow id has 1 to 200 characters.")
     body = _json_body()
     now = datetime.now(UTC)
     created = _validated(lambda: workflows.record(get_db(), dispatch_uuid, body, now))
@@ -62,7 +63,7 @@ def get_definition(dispatch_uuid: str) -> Response:
 
 @bp.post("/workflows")
 def post_workflow() -> tuple[Response, int]:
-    """Validate a Dispatch request, send it to Dispatch, and record it."""
+    """Validate a Dispatch or Messages API failover request, send it to Vonage, and record it."""
     require_api_token()
     body = _json_body()
     settings = get_settings()
@@ -76,6 +77,7 @@ def post_workflow() -> tuple[Response, int]:
         raise ApiError(
             502, exc.detail, {"dispatch_status": exc.status} if exc.status else None
         ) from None
+    # A Messages API workflow's id is its workflow_id; one name for both keeps clients simple.
     return jsonify(dispatch_uuid=dispatch_uuid), 202
 
 
@@ -94,13 +96,17 @@ def list_workflows() -> Response:
     db = get_db()
     if overdue == "true":
         now = datetime.now(UTC)
-        listed = [o.document() for o in workflows.overdue(db, now, grace, limit)]
-        return jsonify(workflows=listed, as_of=iso(now), grace_seconds=grace)
+        timeout = get_settings().last_step_timeout_seconds
+        listed = [o.document() for o in workflows.overdue(db, now, grace, limit, timeout)]
+        return jsonify(
+            workflows=listed, as_of=iso(now), grace_seconds=grace, last_step_timeout_seconds=timeout
+        )
     rows = db.run(lambda conn: conn.execute(sql("list_recent"), {"limit": limit}).fetchall())
     return jsonify(
         workflows=[
             {
                 "dispatch_uuid": r["dispatch_uuid"],
+                "api": r["api"],
                 "status": r["status"],
                 "decided_by": r["decided_by"],
                 "reported_status": r["reported_status"],

@@ -14,12 +14,25 @@ from app.db import Database
 from app.definitions import load_definition
 from app.failover import Definition
 from app.intake import schema_rejection
+from app.messages_request import is_messages_request, load_failover_request
 from app.queries import sql
+from app.state import Api
 from app.times import iso
 
 
 def validate(body: Any) -> Definition:
-    """A Dispatch request body as a definition; Rejection(422) lists every problem."""
+    """A request body as a definition; Rejection(422) lists every problem.
+
+    A Dispatch request (`template`, `workflow`) or a Messages API failover
+    request (`channel`, `message_type`, ..., `failover`), told apart by shape.
+    """
+    if is_messages_request(body):
+        try:
+            return load_failover_request(body)
+        except ValidationError as exc:
+            raise schema_rejection(
+                exc, "The failover request does not follow the Messages API reference."
+            ) from None
     try:
         return load_definition(body)
     except ValidationError as exc:
@@ -39,9 +52,12 @@ def record(db: Database, dispatch_uuid: str, body: Any, now: datetime) -> bool:
 
 
 def send(db: Database, body: Any, settings: Settings, now: datetime) -> str:
-    """Validate, send to Dispatch, and record under the dispatch_uuid it returns."""
+    """Validate, send to Vonage, and record under the id it returns (dispatch_uuid, workflow_id)."""
     definition = validate(body)
-    dispatch_uuid = dispatch_client.submit(body, settings)
+    if definition.api is Api.MESSAGES:
+        dispatch_uuid = dispatch_client.submit_messages(body, settings)
+    else:
+        dispatch_uuid = dispatch_client.submit(body, settings)
     db.run(
         lambda conn: decide.record_definition(conn, dispatch_uuid, body, definition, "sent", now)
     )
@@ -58,6 +74,7 @@ def definition(db: Database, dispatch_uuid: str) -> dict[str, Any] | None:
         return None
     return {
         "dispatch_uuid": dispatch_uuid,
+        "api": row["api"],
         "source": row["source"],
         "steps": row["steps"],
         "request": row["request"],
@@ -68,26 +85,63 @@ def definition(db: Database, dispatch_uuid: str) -> dict[str, Any] | None:
 @dataclass(frozen=True)
 class Overdue:
     dispatch_uuid: str
-    kind: str  # failover_overdue | final_report_overdue
+    api: str | None
+    kind: str  # failover_overdue | outcome_overdue | final_report_overdue
     since: datetime
     status: str
     current_step: int | None
+    reason: str
 
     def document(self) -> dict[str, Any]:
         return {
             "dispatch_uuid": self.dispatch_uuid,
+            "api": self.api,
             "kind": self.kind,
             "since": iso(self.since),
             "status": self.status,
             "current_step": self.current_step,
+            "reason": self.reason,
         }
 
 
-def overdue(db: Database, now: datetime, grace_seconds: int, limit: int = 100) -> list[Overdue]:
-    """Workflows whose failover, or final report, is later than `grace_seconds`."""
-    params = {"cutoff": now - timedelta(seconds=grace_seconds), "limit": limit}
+def _reason(kind: str, api: str | None, step: int | None, since: datetime) -> str:
+    what = f"{'item' if api == Api.MESSAGES else 'step'} {step}"
+    if kind == "failover_overdue":
+        if api == Api.MESSAGES:
+            return f"{what} was due when the item before it failed, at {iso(since)}"
+        return f"{what}: its failover was due at {iso(since)}"
+    if kind == "outcome_overdue":
+        return f"{what} was submitted at {iso(since)} and has neither succeeded nor failed"
+    return f"decided by its definition at {iso(since)}, and no final report has come"
+
+
+def overdue(
+    db: Database,
+    now: datetime,
+    grace_seconds: int,
+    limit: int = 100,
+    last_step_timeout_seconds: int = 86_400,
+) -> list[Overdue]:
+    """Workflows whose failover, step outcome or final report is later than allowed.
+
+    A failover or a final report `grace_seconds` after it was due; the outcome
+    of a step with no deadline `last_step_timeout_seconds` after it was submitted.
+    """
+    params = {
+        "cutoff": now - timedelta(seconds=grace_seconds),
+        "awaiting_cutoff": now - timedelta(seconds=last_step_timeout_seconds),
+        "limit": limit,
+    }
     rows = db.run(lambda conn: conn.execute(sql("list_overdue"), params).fetchall())
     return [
-        Overdue(r["dispatch_uuid"], r["kind"], r["since"], r["status"], r["current_step"])
+        Overdue(
+            r["dispatch_uuid"],
+            r["api"],
+            r["kind"],
+            r["since"],
+            r["status"],
+            r["current_step"],
+            _reason(r["kind"], r["api"], r["current_step"], r["since"]),
+        )
         for r in rows
     ]

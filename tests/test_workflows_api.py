@@ -369,7 +369,7 @@ def test_the_overdue_command_lists_and_can_fail(api: FlaskClient, clean_db: str)
         result = runner.invoke(main, ["overdue"], env=env)
         assert result.exit_code == 0, result.output
         assert f"{D}  failover_overdue" in result.output
-        assert "1 overdue (grace 300 s)" in result.output
+        assert "1 overdue (grace 300 s, outcome timeout 86400 s)" in result.output
         failing = runner.invoke(main, ["overdue", "--json", "--fail-if-any"], env=env)
         assert failing.exit_code == 1
         assert json.loads(failing.output.splitlines()[0])["since"] == "2026-03-01T09:10:00Z"

@@ -70,7 +70,8 @@ ON CONFLICT ON CONSTRAINT dispatch_pkey DO NOTHING;
 -- Read workflows' rows, definitions and decisions, locked in id order until commit (NO KEY UPDATE lets messages keep referencing them).
 SELECT d.dispatch_uuid, d.template, d.reported_status, d.reported_at, d.reported_price,
        d.reported_currency, d.status, d.decided_by, d.current_step, d.due_at, d.decided_at,
-       d.winning_step, d.winning_channel, w.steps AS definition_steps
+       d.winning_step, d.winning_channel, d.awaiting_since, d.api, w.steps AS definition_steps,
+       w.api AS definition_api
   FROM dispatch d
   LEFT JOIN workflow_definition w USING (dispatch_uuid)
  WHERE d.dispatch_uuid = ANY(%(ids)s)
@@ -88,7 +89,8 @@ ON CONFLICT ON CONSTRAINT message_pkey DO NOTHING;
 -- Read messages' rows, locked in id order until commit.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
        from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at
+       reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
+       items_total, client_ref
   FROM message
  WHERE message_uuid = ANY(%(ids)s)
  ORDER BY message_uuid COLLATE "C"
@@ -122,7 +124,8 @@ UPDATE dispatch d
 -- The messages of locked workflows, each workflow's in the order they were sent.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
        from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at
+       reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
+       items_total, client_ref
   FROM message
  WHERE dispatch_uuid = ANY(%(ids)s)
  ORDER BY dispatch_uuid, first_event_at NULLS LAST, message_uuid;
@@ -135,6 +138,7 @@ DELETE FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)s);
 -- Write a workflow's new state after a transition.
 UPDATE dispatch
    SET template = %(template)s,
+       api = %(api)s,
        reported_status = %(reported_status)s,
        reported_at = %(reported_at)s,
        reported_price = %(reported_price)s,
@@ -168,6 +172,10 @@ UPDATE message
        error_code = %(error_code)s,
        error_reason = %(error_reason)s,
        error_at = %(error_at)s,
+       api = %(api)s,
+       item_number = %(item_number)s,
+       items_total = %(items_total)s,
+       client_ref = %(client_ref)s,
        updated_at = greatest(updated_at, %(received_at)s)
  WHERE message_uuid = %(message_uuid)s;
 
@@ -186,7 +194,8 @@ UPDATE dispatch
        due_at = %(due_at)s,
        decided_at = %(decided_at)s,
        winning_step = %(winning_step)s,
-       winning_channel = %(winning_channel)s
+       winning_channel = %(winning_channel)s,
+       awaiting_since = %(awaiting_since)s
  WHERE dispatch_uuid = %(dispatch_uuid)s;
 
 -- name: insert_reconciliation
@@ -196,10 +205,11 @@ VALUES (%(dispatch_uuid)s, %(kind)s, %(detail)s, %(recorded_at)s);
 
 -- name: upsert_definition
 -- Store (or replace) a workflow's definition.
-INSERT INTO workflow_definition (dispatch_uuid, source, request, steps, recorded_at)
-VALUES (%(dispatch_uuid)s, %(source)s, %(request)s, %(steps)s, %(recorded_at)s)
+INSERT INTO workflow_definition (dispatch_uuid, api, source, request, steps, recorded_at)
+VALUES (%(dispatch_uuid)s, %(api)s, %(source)s, %(request)s, %(steps)s, %(recorded_at)s)
 ON CONFLICT ON CONSTRAINT workflow_definition_pkey DO UPDATE
-   SET source = excluded.source,
+   SET api = excluded.api,
+       source = excluded.source,
        request = excluded.request,
        steps = excluded.steps,
        recorded_at = excluded.recorded_at;

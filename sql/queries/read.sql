@@ -1,7 +1,7 @@
 -- name: get_dispatch
 -- One workflow's row.
 SELECT dispatch_uuid, template, status, reported_status, reported_at, reported_price,
-       reported_currency
+       reported_currency, api
   FROM dispatch
  WHERE dispatch_uuid = %(dispatch_uuid)s;
 
@@ -9,7 +9,8 @@ SELECT dispatch_uuid, template, status, reported_status, reported_at, reported_p
 -- One message's row.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
        from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at
+       reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
+       items_total, client_ref
   FROM message
  WHERE message_uuid = %(message_uuid)s;
 
@@ -31,8 +32,8 @@ SELECT subject, subject_id, kind, detail
 
 -- name: get_decision
 -- What was decided for a workflow, and whether it has a definition.
-SELECT d.decided_by, d.current_step, d.due_at, d.decided_at, d.winning_step,
-       w.steps AS definition_steps, w.source AS definition_source
+SELECT d.decided_by, d.current_step, d.due_at, d.decided_at, d.winning_step, d.awaiting_since,
+       w.steps AS definition_steps, w.source AS definition_source, w.api AS definition_api
   FROM dispatch d
   LEFT JOIN workflow_definition w USING (dispatch_uuid)
  WHERE d.dispatch_uuid = %(dispatch_uuid)s;
@@ -45,30 +46,37 @@ SELECT kind, detail FROM reconciliation
 
 -- name: get_definition
 -- A workflow's stored definition.
-SELECT source, request, steps, recorded_at FROM workflow_definition
+SELECT api, source, request, steps, recorded_at FROM workflow_definition
  WHERE dispatch_uuid = %(dispatch_uuid)s;
 
 -- name: list_overdue
--- Workflows where a failover or the final report is later than the cutoff (now - grace).
-SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at, kind, since
+-- Workflows where a failover, a step's outcome or the final report is later than allowed, with why.
+SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at, kind, since
   FROM (
-        SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at,
+        SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
                'failover_overdue' AS kind, due_at AS since
           FROM dispatch
          WHERE status = 'pending' AND due_at IS NOT NULL AND due_at < %(cutoff)s
         UNION ALL
-        SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at,
+        SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
+               'outcome_overdue' AS kind, awaiting_since AS since
+          FROM dispatch
+         WHERE status = 'pending' AND awaiting_since IS NOT NULL
+           AND awaiting_since < %(awaiting_cutoff)s
+        UNION ALL
+        -- The Messages API sends no final report: none is ever overdue.
+        SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
                'final_report_overdue' AS kind, decided_at AS since
           FROM dispatch
          WHERE decided_by = 'definition' AND status <> 'pending' AND reported_status IS NULL
-           AND decided_at < %(cutoff)s
+           AND decided_at < %(cutoff)s AND api IS DISTINCT FROM 'messages'
        ) AS overdue
  ORDER BY since, dispatch_uuid
  LIMIT %(limit)s;
 
 -- name: list_recent
 -- The workflows that changed last.
-SELECT dispatch_uuid, status, decided_by, current_step, due_at, decided_at, reported_status,
+SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at, reported_status,
        updated_at
   FROM dispatch
  ORDER BY updated_at DESC, dispatch_uuid

@@ -22,7 +22,7 @@ DELETE FROM dispatch;
 
 -- name: definitions_to_rebuild
 -- The definitions kept aside, in the order they were recorded.
-SELECT dispatch_uuid, source, request, recorded_at
+SELECT dispatch_uuid, api, source, request, recorded_at
   FROM rebuild_definition
  ORDER BY recorded_at, dispatch_uuid;
 
