@@ -105,6 +105,8 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> None:
                 if link.state != states[event.dispatch_uuid]:
                     states[event.dispatch_uuid] = link.state
                     _keep_earliest(restated, event.dispatch_uuid, c.received_at)
+                    # Changed even if the message stays in another workflow (a conflict).
+                    _keep_latest(dispatch_at, event.dispatch_uuid, c.received_at)
                 merged(c, link.discrepancies)
             continue
         for reported in event.messages:

@@ -74,7 +74,8 @@ class MessageSchema(_Base):
     webhook_version = fields.String(validate=validate.OneOf(WEBHOOK_VERSIONS))
     ttl = fields.Integer(strict=True)
 
-    @validates_schema
+    # Also when another field is wrong: every problem is reported at once.
+    @validates_schema(skip_on_field_errors=False)
     def _fits_its_channel(self, data: dict[str, Any], **_: Any) -> None:
         channel, kind = data.get("channel"), data.get("message_type")
         if channel is None or kind is None:

@@ -19,8 +19,11 @@ from app.definitions import (
 )
 from app.schemas import (
     ChannelField,
+    CodeOrText,
+    CountField,
     FinalReportSchema,
     IsoTimestamp,
+    MessagesStatusSchema,
     MessageStatusSchema,
     PriceField,
 )
@@ -79,15 +82,27 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-# Any status URL takes either kind, told apart by shape as intake.kind_of
-# does: a status has message_uuid; a final report has dispatch_uuid (and
-# template) and no message_uuid; a body with both shapes is refused.
+# Any status URL takes every kind, told apart by shape as intake.kind_of
+# does: a status has message_uuid (the Messages API's with string parties);
+# a final report has dispatch_uuid (and template) and no message_uuid; a body
+# with both shapes is refused. Each alternative here is one kind_of reads
+# the same way (a little narrower than what it accepts).
 _CALLBACK = {
     "oneOf": [
         {
             "allOf": [
                 {"$ref": "#/components/schemas/MessageStatus"},
                 {"not": {"required": ["dispatch_uuid", "template"]}},
+                # A top-level channel or workflow is the Messages API's.
+                {"not": {"anyOf": [{"required": ["channel"]}, {"required": ["workflow"]}]}},
+            ]
+        },
+        {
+            # The Messages API's status: its `to` is a string (Dispatch's an object).
+            "allOf": [
+                {"$ref": "#/components/schemas/MessagesStatus"},
+                {"not": {"required": ["dispatch_uuid", "template"]}},
+                {"required": ["to"], "properties": {"to": {"type": "string"}}},
             ]
         },
         {
@@ -346,14 +361,20 @@ def document() -> dict[str, Any]:
         version="1",
         openapi_version="3.1.0",
         plugins=[plugin],
-        info={"description": "Webhook receiver and read API for Vonage Dispatch callbacks."},
+        info={
+            "description": "Webhook receiver and read API for Vonage Dispatch and Messages API"
+            " failover callbacks."
+        },
     )
     # Not format date-time: the pattern says exactly what is accepted (a
     # missing offset too, taken as UTC).
     plugin.map_to_openapi_type(IsoTimestamp, "string", None)  # type: ignore[no-untyped-call]
     plugin.map_to_openapi_type(PriceField, "string", None)  # type: ignore[no-untyped-call]
     plugin.map_to_openapi_type(ChannelField, "string", None)  # type: ignore[no-untyped-call]
+    plugin.map_to_openapi_type(CountField, None, None)  # type: ignore[no-untyped-call]
+    plugin.map_to_openapi_type(CodeOrText, None, None)  # type: ignore[no-untyped-call]
     spec.components.schema("MessageStatus", schema=MessageStatusSchema)
+    spec.components.schema("MessagesStatus", schema=MessagesStatusSchema)
     spec.components.schema("FinalReport", schema=FinalReportSchema)
     spec.components.schema("ErrorEnvelope", _ERROR)
     spec.components.schema("Receipt", _RECEIPT)
@@ -367,7 +388,9 @@ def document() -> dict[str, Any]:
     spec.components.schema("Callback", _CALLBACK)
     spec.path(
         "/webhooks/status",
-        operations=_webhook("Callback", "Receive any Dispatch callback (the one status URL)"),
+        operations=_webhook(
+            "Callback", "Receive any callback, Dispatch or Messages API (the one status URL)"
+        ),
     )
     spec.path(
         "/webhooks/message-status",

@@ -1,8 +1,9 @@
 """The `<id:...>` URL converter: only an id a callback could carry reaches a view.
 
-Anything else (a NUL or another control character, blank, over 50
-characters) names nothing that can exist, so it is answered 404 by routing,
-in the JSON envelope, and never reaches the database.
+Anything else (a NUL or another control character, blank, over 200
+characters: a Messages API workflow_id's limit) names nothing that can
+exist, so it is answered 404 by routing, in the JSON envelope, and never
+reaches the database.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from marshmallow import (
     fields,
     post_load,
     validate,
-    validates_schema,
 )
 
 from app import times
@@ -96,12 +95,15 @@ class _Base(Schema):
 
 
 ID_LENGTH = validate.Length(min=1, max=50)
+# Messages API failover: a workflow_id is not a UUID (an SDK fixture has 55
+# characters), so it gets more room than Dispatch's 50.
+WORKFLOW_ID_LENGTH = validate.Length(min=1, max=200)
 
 
 def is_id(value: str) -> bool:
-    """Whether a callback could name this id (the same rule the schemas apply)."""
+    """Whether a callback could name this id (the rules the schemas apply, the longest length)."""
     try:
-        ID_LENGTH(value)
+        WORKFLOW_ID_LENGTH(value)
         ID(value)
     except ValidationError:
         return False
@@ -322,53 +324,51 @@ class FinalReportSchema(_Base):
         )
 
 
-# Messages API failover: a workflow_id is not a UUID (an SDK fixture has 55
-# characters), so it gets more room than Dispatch's 50.
-WORKFLOW_ID_LENGTH = validate.Length(min=1, max=200)
 # Ids on the Messages API side: phone numbers, page and channel ids.
 MESSAGES_ID_LENGTH = validate.Length(min=1, max=200)
 _ITEM_COUNT = validate.Range(min=1, max=10_000)
+_COUNT_PATTERN = "^(?:[1-9][0-9]{0,3}|10000)$"
 
 
 class CountField(fields.Integer):
     """A count as Vonage sends it in the workflow object: "2" (a string) or 2."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Published as OpenAPI reads it: a whole number, or its digits in a string.
+        metadata = {
+            "type": ["integer", "string"],
+            "pattern": _COUNT_PATTERN,
+            "minimum": 1,
+            "maximum": 10_000,
+        }
+        super().__init__(validate=_ITEM_COUNT, metadata=metadata, **kwargs)
+
     def _validated(self, value: Any) -> int:
-        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value):
+        if isinstance(value, str) and re.fullmatch(_COUNT_PATTERN, value):
             return int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer():  # 2.0 is JSON's 2
+            return int(value)
         raise self.make_error("invalid", input=value)
 
 
 class MessagesWorkflowSchema(_Base):
-    """The `workflow` object of a failover send; Vonage's SDKs spell its fields two ways."""
+    """The `workflow` object of a failover send; Vonage's SDKs spell its fields two ways.
+
+    Where both spellings come, the .NET SDK's (`workflow_id`, `items_number`,
+    `items_total`) stands. Nothing here refuses a callback that can be kept:
+    an item past the total is stored as it came (its workflow then has as
+    many steps as its highest item), and an object without an id links the
+    message to no workflow.
+    """
 
     workflow_id = fields.String(load_default=None, validate=[WORKFLOW_ID_LENGTH, ID])
     id = fields.String(load_default=None, validate=[WORKFLOW_ID_LENGTH, ID])
-    items_number = CountField(load_default=None, validate=_ITEM_COUNT)
-    item_number = CountField(load_default=None, validate=_ITEM_COUNT)
-    items_total = CountField(load_default=None, validate=_ITEM_COUNT)
-    total_items = CountField(load_default=None, validate=_ITEM_COUNT)
-
-    @validates_schema
-    def _one_of_each(self, data: dict[str, Any], **_: Any) -> None:
-        errors: dict[str, list[str]] = {}
-        for a, b in (
-            ("workflow_id", "id"),
-            ("items_number", "item_number"),
-            ("items_total", "total_items"),
-        ):
-            if data.get(a) is not None and data.get(b) is not None and data[a] != data[b]:
-                errors[b] = [f"Disagrees with {a}."]
-        if data.get("workflow_id") is None and data.get("id") is None:
-            errors["workflow_id"] = ["A workflow object needs workflow_id (or id)."]
-        number = _either(data, "items_number", "item_number")
-        total = _either(data, "items_total", "total_items")
-        if number is not None and total is not None and number > total:
-            errors["items_number"] = [f"Item {number} of {total} items."]
-        if errors:
-            raise ValidationError(errors)
+    items_number = CountField(load_default=None)
+    item_number = CountField(load_default=None)
+    items_total = CountField(load_default=None)
+    total_items = CountField(load_default=None)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -389,6 +389,15 @@ class CodeOrText(fields.Field[int | str]):
     default_error_messages = {  # noqa: RUF012 - marshmallow's convention
         "invalid": "Not a string or a whole number.",
     }
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {
+            "type": ["string", "integer"],
+            "maxLength": 2000,
+            "minimum": -(2**31),
+            "maximum": 2**31 - 1,
+        }
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
         if isinstance(value, str) and len(value) <= 2000:
@@ -449,14 +458,15 @@ class MessagesStatusSchema(_Base):
             status=data["status"],
             occurred_at=data["timestamp"],
             dispatch_uuid=workflow.get("workflow_id"),
+            # Without a workflow, a position means nothing.
             channel=channel,
             to=to,
             from_=from_,
             error=data["error"],
             usage=data["usage"],
             api=Api.MESSAGES,
-            item_number=workflow.get("item_number"),
-            items_total=workflow.get("items_total"),
+            item_number=workflow.get("item_number") if workflow.get("workflow_id") else None,
+            items_total=workflow.get("items_total") if workflow.get("workflow_id") else None,
             client_ref=data["client_ref"],
         )
 

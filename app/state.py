@@ -424,7 +424,7 @@ def apply_status(state: MessageState | None, event: StatusEvent) -> Transition[M
         ),
         error=error,
         error_at=error_at,
-        api=joiner.join("api_conflict", state.api, event.api, _str_key, _same),
+        api=joiner.join("api_conflict", state.api, event.api, _str_key, _same, keep="max"),
         item_number=joiner.join(
             "item_number_conflict", state.item_number, event.item_number, _int_key, str
         ),
@@ -459,7 +459,7 @@ def apply_reported_message(
             "dispatch_conflict", state.dispatch_uuid, dispatch_uuid, _str_key, _same
         ),
         channel=joiner.join("channel_conflict", state.channel, reported.channel, _str_key, _same),
-        api=joiner.join("api_conflict", state.api, Api.DISPATCH, _str_key, _same),
+        api=joiner.join("api_conflict", state.api, Api.DISPATCH, _str_key, _same, keep="max"),
         reported_status=reported_status,
         usage=joiner.join(
             "price_conflict", state.usage, reported.usage, _money_key, Money.describe, keep="max"
@@ -481,7 +481,7 @@ def apply_final_report(
     joiner = _Joiner("dispatch", state.dispatch_uuid)
     new = replace(
         state,
-        api=joiner.join("api_conflict", state.api, Api.DISPATCH, _str_key, _same),
+        api=joiner.join("api_conflict", state.api, Api.DISPATCH, _str_key, _same, keep="max"),
         template=joiner.join("template_conflict", state.template, report.template, _str_key, _same),
         report=joiner.join(
             "final_report_conflict",
@@ -502,7 +502,9 @@ def apply_link(
     state = state or DispatchState(dispatch_uuid)
     _check_subject("link", state.dispatch_uuid, dispatch_uuid)
     joiner = _Joiner("dispatch", state.dispatch_uuid)
-    new = replace(state, api=joiner.join("api_conflict", state.api, api, _str_key, _same))
+    new = replace(
+        state, api=joiner.join("api_conflict", state.api, api, _str_key, _same, keep="max")
+    )
     return Transition(new, tuple(joiner.found))
 
 

@@ -156,3 +156,69 @@ def three_message_workflow(dispatch_uuid: str, prefix: str = "m") -> list[Delive
             ),
         ),
     ]
+
+
+# Vonage's SDKs spell the workflow object of a Messages failover status two ways.
+NET_SPELLING = ("workflow_id", "items_number", "items_total")  # .NET SDK
+JAVA_SPELLING = ("id", "item_number", "total_items")  # Java SDK
+
+
+def messages_status(
+    message_uuid: str,
+    status: str,
+    timestamp: str,
+    *,
+    channel: str = "sms",
+    workflow: tuple[str, int, int] | None = None,
+    spelling: tuple[str, str, str] = NET_SPELLING,
+    price: str | None = None,
+    error: tuple[int | str, str] | None = None,
+    client_ref: str | None = None,
+) -> dict[str, Any]:
+    """A Messages API (v1) status webhook; `workflow` is (workflow_id, item, of items)."""
+    payload: dict[str, Any] = {
+        "message_uuid": message_uuid,
+        "to": "447700900000",
+        "from": "447700900001",
+        "timestamp": timestamp,
+        "status": status,
+        "channel": channel,
+    }
+    if workflow is not None:
+        name_id, name_number, name_total = spelling
+        # The counts arrive as strings.
+        payload["workflow"] = {
+            name_id: workflow[0],
+            name_number: str(workflow[1]),
+            name_total: str(workflow[2]),
+        }
+    if price is not None:
+        payload["usage"] = {"currency": "EUR", "price": price}
+    if error is not None:
+        payload["error"] = {
+            "type": "https://developer.vonage.com/api-errors/messages#1000",
+            "title": error[0],
+            "detail": error[1],
+            "instance": "bf0ca0bf927b3b52e3cb03217e1a1ddf",
+        }
+    if client_ref is not None:
+        payload["client_ref"] = client_ref
+    return payload
+
+
+def messages_failover_request(*channels: str, text: str = "Your code is 1234") -> dict[str, Any]:
+    """A Messages API send with failover: one message per channel, in order."""
+    senders = {"messenger": "1234567890", "viber_service": "16273"}
+
+    def one(channel: str) -> dict[str, Any]:
+        to = "0987654321" if channel == "messenger" else "447700900000"
+        return {
+            "channel": channel,
+            "message_type": "text",
+            "to": to,
+            "from": senders.get(channel, "447700900001"),
+            "text": text,
+        }
+
+    first, *rest = channels
+    return {**one(first), "client_ref": "campaign-7", "failover": [one(c) for c in rest]}

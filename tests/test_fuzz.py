@@ -130,18 +130,27 @@ def test_every_payload_the_schema_accepts_is_stored_and_applied(
     app = create_app({"database_url": clean_db, "api_token": TOKEN})
     app.config["PROPAGATE_EXCEPTIONS"] = False  # a bug shows as 500, as in production
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    definition = payloads.fixture("dispatch_request_failover.json")
+    definition: dict[str, Any] | None = payloads.fixture("dispatch_request_failover.json")
     try:
         client = app.test_client()
         workflow = payload.get("dispatch_uuid") or (
             ((payload.get("_links") or {}).get("workflow") or {}).get("dispatch_uuid")
         )
+        if isinstance(payload.get("to"), str):  # the Messages API's: its workflow object
+            definition = payloads.messages_failover_request("rcs", "whatsapp", "sms")
+            named = payload.get("workflow") or {}
+            workflow = named.get("workflow_id") or named.get("id")
         path = f"/workflows/{urllib.parse.quote(workflow, safe='')}" if workflow else None
         if path:
-            assert client.put(f"{path}/definition", json=definition, headers=auth).status_code in (
-                200,
-                201,
-            )
+            put = client.put(f"{path}/definition", json=definition, headers=auth)
+            if put.status_code == 409:
+                # An earlier example made this id a workflow of the other API:
+                # a definition for this one is refused, and the callback kept.
+                api = "messages" if "failover" in definition else "dispatch"
+                assert client.get(path).json["api"] not in (None, api)  # type: ignore[index]
+                definition = None
+            else:
+                assert put.status_code in (200, 201), put.json
         response = client.post("/webhooks/status", json=payload)
         assert response.status_code == 200, response.json
         # Applied by the app's own background applier: the reads wait for it,
@@ -153,7 +162,7 @@ def test_every_payload_the_schema_accepts_is_stored_and_applied(
             found = client.get(read_path, query_string={"wait": "10"})
             assert found.status_code == 200, found.json
             assert (found.json["pending_callbacks"], found.json["failed_callbacks"]) == (0, 0)
-        if path:
+        if path and definition is not None:
             # Deciding again from what is stored, as a new definition does.
             assert (
                 client.put(f"{path}/definition", json=definition, headers=auth).status_code == 200
