@@ -51,17 +51,31 @@ def _days() -> int:
     return days
 
 
+API_FILTERS = ("all", "dispatch", "messages")
+API_LABELS = {"all": "both APIs", "dispatch": "Dispatch", "messages": "Messages API"}
+
+
+def _api() -> str:
+    api = request.args.get("api", "all")
+    if api not in API_FILTERS:
+        raise ApiError(400, "api must be all, dispatch or messages.")
+    return api
+
+
 @bp.get("")
 def overview() -> str:
     """Per-channel funnel and failover rates for a period, recent and overdue workflows."""
     days = _days()
+    api = _api()
+    chosen = {"since": None, "api": None if api == "all" else api}
     now = datetime.now(UTC)
     since: date = (now - timedelta(days=days - 1)).date()
+    chosen["since"] = since
     db = get_db()
     funnel, failover, recent = db.run(
         lambda conn: (
-            conn.execute(sql("dashboard_funnel"), {"since": since}).fetchall(),
-            conn.execute(sql("dashboard_failover"), {"since": since}).fetchall(),
+            conn.execute(sql("dashboard_funnel"), chosen).fetchall(),
+            conn.execute(sql("dashboard_failover"), chosen).fetchall(),
             conn.execute(sql("list_recent"), {"limit": 20}).fetchall(),
         )
     )
@@ -75,6 +89,9 @@ def overview() -> str:
         failed=backlog.failed(db, 20),
         days=days,
         since=since,
+        api=api,
+        api_filters=API_FILTERS,
+        api_labels=API_LABELS,
         funnel=_bars(funnel, ("sent", "delivered", "read", "failed")),
         failover=failover,
         recent=recent,

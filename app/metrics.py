@@ -27,10 +27,16 @@ from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
 CALLBACKS = Counter(
     "dispatch_ledger_callbacks_total",
-    "Callbacks received, by kind (message_status, final_report) and outcome"
+    "Callbacks received, by API (dispatch, messages; unknown for a refused one), kind"
+    " (message_status, final_report, messages_status; a refused one's by its URL) and outcome"
     " (accepted, duplicate, rejected).",
-    ["kind", "outcome"],
+    ["api", "kind", "outcome"],
 )
+
+
+def api_of(kind: str) -> str:
+    """The API whose callback this kind is."""
+    return "messages" if kind == "messages_status" else "dispatch"
 REJECTS = Counter("dispatch_ledger_rejects_total", "Refused deliveries, by reason.", ["reason"])
 REJECTS_DROPPED = Counter(
     "dispatch_ledger_rejects_not_kept_total",

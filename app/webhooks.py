@@ -51,7 +51,8 @@ def final_report() -> Response:
 def _receive() -> Response:
     callback = _load(_HINTS[request.endpoint or ""])
     receipt = capture_delivery(Delivery(callback, _ctype(), _now()))
-    metrics.CALLBACKS.labels(callback.kind.value, receipt.outcome).inc()
+    kind = callback.kind.value
+    metrics.CALLBACKS.labels(metrics.api_of(kind), kind, receipt.outcome).inc()
     return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
 
 
@@ -115,7 +116,8 @@ def _authenticate(body: bytes) -> Method:
 
 
 def _keep(hint: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection) -> None:
-    metrics.CALLBACKS.labels(hint.value, "rejected").inc()
+    # Which API a refused body came from is not known (it may not even parse).
+    metrics.CALLBACKS.labels("unknown", hint.value, "rejected").inc()
     metrics.REJECTS.labels(rejection.reason.value).inc()
     # The reason only: bodies and credentials stay out of the logs.
     current_app.logger.info(

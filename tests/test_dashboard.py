@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image
 from app import apply, create_app
 from app.dashboard import COLOURS
 from app.extensions import get_db
+from app.times import iso
 from tests import payloads
 from tests.conftest import post
 
@@ -164,3 +166,21 @@ def test_chromium_draws_the_charts_and_the_timeline(dash: FlaskClient, tmp_path:
     for status in ("submitted", "delivered", "rejected"):
         assert dots[rgb(COLOURS[status])] > 60, status  # circles of radius 7
     assert dots[rgb("#dbeafe")] > 100  # the waiting window up to a deadline
+
+
+def test_the_overview_filters_by_api_and_the_timeline_names_it(dash: FlaskClient) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = payloads.messages_status(
+        "rcs-1", "delivered", iso(now), channel="rcs", workflow=("wf-1", 1, 2), price="0.01"
+    )
+    assert post(dash, "status", body).status_code == 200
+    both = dash.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    only_messages = dash.get("/dashboard?api=messages", headers=AUTH).get_data(as_text=True)
+    only_dispatch = dash.get("/dashboard?api=dispatch", headers=AUTH).get_data(as_text=True)
+    assert "<td>rcs</td>" in both and "<td>rcs</td>" in only_messages
+    assert "<td>rcs</td>" not in only_dispatch
+    assert "Messages API only" in only_messages
+    refused = dash.get("/dashboard?api=fax", headers=AUTH)
+    assert refused.status_code == 400
+    timeline = dash.get("/dashboard/workflows/wf-1", headers=AUTH).get_data(as_text=True)
+    assert "Messages API failover" in timeline and "sends no final report" in timeline

@@ -393,3 +393,44 @@ def test_rejections_name_the_kind_they_were_checked_as() -> None:
         read(CallbackKind.FINAL_REPORT, b'{"message_uuid": "m", "to": "1", "status": "x"}', 32)
     assert caught.value.http_status == 422
     assert "Messages API" in caught.value.message
+
+
+# --- one ledger: the analytics views ---------------------------------------------
+
+
+def test_the_analysts_comparison_of_the_two_apis(client: FlaskClient, clean_db: str) -> None:
+    """The example questions of sql/README.md that compare the APIs, on one of each."""
+    from datetime import timedelta
+
+    from app.times import iso
+    from tests import scale
+
+    day = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+
+    def at(seconds: int) -> str:
+        return iso(day + timedelta(seconds=seconds))
+
+    # Dispatch: viber_service_msg rejected, SMS delivered.
+    dispatch = [
+        payloads.status("d1", "rejected", at(0), channel="viber_service_msg", dispatch_uuid="dw"),
+        payloads.status("d2", "delivered", at(5), channel="sms", dispatch_uuid="dw", price="0.05"),
+    ]
+    # Messages API: viber_service (the same channel, its own name) delivered at once.
+    messages = [ms("n1", "delivered", at(3), "viber_service", 1, 2, price="0.02")]
+    send_all(client, dispatch + messages)
+    examples = dict(scale.examples())
+    funnel = next(sql for q, sql in examples.items() if q.startswith("How do the two APIs"))
+    per_workflow = next(sql for q, sql in examples.items() if q.startswith("And per workflow"))
+    with psycopg.connect(clean_db) as conn:
+        rows = conn.execute(funnel).fetchall()  # type: ignore[call-overload]
+        assert [(r[0], r[1], r[3]) for r in rows] == [
+            ("sms", 1, None),
+            ("viber_service_msg", 1, 1),  # one name for both APIs' Viber
+        ]
+        viber = rows[1]
+        assert (float(viber[2]), float(viber[4])) == (0.0, 1.0)
+        outcomes = conn.execute(per_workflow).fetchall()  # type: ignore[call-overload]
+    assert [(r[0], r[1], r[2], str(r[4])) for r in outcomes] == [
+        ("dispatch", "pending", 1, "0.05"),  # no definition, no final report: undecided
+        ("messages", "completed", 1, "0.02"),
+    ]

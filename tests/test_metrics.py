@@ -27,6 +27,7 @@ def test_metrics_count_callbacks_rejects_latency_and_the_pool(client: FlaskClien
     status = payloads.fixture("message_status_sample.json")
     post(client, "message-status", status)
     post(client, "message-status", status)
+    post(client, "status", payloads.messages_status("m-1", "delivered", "2026-01-01T00:00:00Z"))
     post(client, "final-report", b"{broken")
     post(client, "final-report", {"dispatch_uuid": "d"})
     response = client.get("/metrics")
@@ -38,10 +39,12 @@ def test_metrics_count_callbacks_rejects_latency_and_the_pool(client: FlaskClien
         return sample(after, name, **labels) - sample(before, name, **labels)
 
     callbacks = "dispatch_ledger_callbacks_total"
-    assert delta(callbacks, kind="message_status", outcome="accepted") == 1
-    assert delta(callbacks, kind="message_status", outcome="duplicate") == 1
-    assert delta(callbacks, kind="final_report", outcome="rejected") == 2
+    assert delta(callbacks, api="dispatch", kind="message_status", outcome="accepted") == 1
+    assert delta(callbacks, api="dispatch", kind="message_status", outcome="duplicate") == 1
+    assert delta(callbacks, api="unknown", kind="final_report", outcome="rejected") == 2
+    assert delta(callbacks, api="messages", kind="messages_status", outcome="accepted") == 1
     assert delta("dispatch_ledger_rejects_total", reason="malformed_json") == 1
     assert delta("dispatch_ledger_rejects_total", reason="schema_violation") == 1
     assert delta("dispatch_ledger_request_seconds_count", endpoint="webhooks.message_status") == 2
+    assert delta("dispatch_ledger_request_seconds_count", endpoint="webhooks.status") == 1
     assert sample(after, "dispatch_ledger_db_pool_connections", state="size") >= 1

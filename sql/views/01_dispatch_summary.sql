@@ -3,13 +3,14 @@ CREATE VIEW analytics.dispatch_summary AS
 -- Per-workflow message figures are rollups kept on the workflow's row by the
 -- service (migration 0004), so that this view reads one table.
 SELECT d.dispatch_uuid,
+       d.api,
        d.template,
        d.status,
        d.decided_by,
        d.reported_status,
        d.steps_tried::bigint AS steps_tried,
        d.winning_step,
-       d.winning_channel,
+       analytics.channel_name(d.winning_channel) AS winning_channel,
        d.computed_cost,
        d.cost_currency,
        d.reported_price AS reported_cost,
@@ -22,12 +23,13 @@ SELECT d.dispatch_uuid,
        d.updated_at
   FROM dispatch d;
 
-COMMENT ON VIEW analytics.dispatch_summary IS 'One row per workflow (dispatch_uuid): outcome, steps tried, winning channel, cost computed and reported, time to success.';
-COMMENT ON COLUMN analytics.dispatch_summary.dispatch_uuid IS 'The workflow''s id, as Dispatch gave it.';
+COMMENT ON VIEW analytics.dispatch_summary IS 'One row per workflow (dispatch_uuid), of either API: outcome, steps tried, winning channel, cost computed and reported, time to success.';
+COMMENT ON COLUMN analytics.dispatch_summary.dispatch_uuid IS 'The workflow''s id, as Vonage gave it: Dispatch''s dispatch_uuid, or the Messages API''s workflow_id.';
+COMMENT ON COLUMN analytics.dispatch_summary.api IS 'dispatch (Dispatch API) or messages (Messages API failover).';
 COMMENT ON COLUMN analytics.dispatch_summary.template IS 'Dispatch template (failover), from the final report; null before it.';
 COMMENT ON COLUMN analytics.dispatch_summary.status IS 'Status decided by this service: pending, completed or error.';
-COMMENT ON COLUMN analytics.dispatch_summary.decided_by IS 'What decided the status: definition, final_report, or null (not decided yet).';
-COMMENT ON COLUMN analytics.dispatch_summary.reported_status IS 'Status in Dispatch''s final report (completed or error); null until it arrives.';
+COMMENT ON COLUMN analytics.dispatch_summary.decided_by IS 'What decided the status: definition, final_report, callbacks (a Messages API workflow by its items), or null (not decided yet).';
+COMMENT ON COLUMN analytics.dispatch_summary.reported_status IS 'Status in Dispatch''s final report (completed or error); null until it arrives, and always for the Messages API, which sends none.';
 COMMENT ON COLUMN analytics.dispatch_summary.steps_tried IS 'Number of messages seen for the workflow (one per step tried).';
 COMMENT ON COLUMN analytics.dispatch_summary.winning_step IS 'Step (1-based) whose message met its condition in time; null if none or no definition.';
 COMMENT ON COLUMN analytics.dispatch_summary.winning_channel IS 'Channel of the winning step, from the workflow definition.';

@@ -5,7 +5,8 @@
 -- did not); times come from the callbacks' event times.
 CREATE VIEW analytics.channel_funnel_daily AS
 WITH messages AS (
-    SELECT m.channel,
+    SELECT analytics.channel_name(m.channel) AS channel,
+           m.api,
            (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
            m.status IN ('delivered', 'read') AS delivered,
            m.status = 'read' AS read,
@@ -17,6 +18,7 @@ WITH messages AS (
      WHERE m.channel IS NOT NULL
 )
 SELECT day,
+       api,
        channel,
        count(*) AS sent,
        count(*) FILTER (WHERE delivered) AS delivered,
@@ -34,11 +36,12 @@ SELECT day,
            AS p95_seconds_to_read
   FROM messages
  WHERE day IS NOT NULL
- GROUP BY day, channel;
+ GROUP BY day, api, channel;
 
-COMMENT ON VIEW analytics.channel_funnel_daily IS 'Per UTC day (of each message''s first event) and channel: sent, delivered, read, failed, rates and latency percentiles.';
+COMMENT ON VIEW analytics.channel_funnel_daily IS 'Per UTC day (of each message''s first event), API and channel: sent, delivered, read, failed, rates and latency percentiles.';
+COMMENT ON COLUMN analytics.channel_funnel_daily.api IS 'The API whose callbacks reported the messages: dispatch or messages.';
 COMMENT ON COLUMN analytics.channel_funnel_daily.day IS 'UTC date of the message''s first event.';
-COMMENT ON COLUMN analytics.channel_funnel_daily.channel IS 'sms, mms, messenger, viber_service_msg or whatsapp.';
+COMMENT ON COLUMN analytics.channel_funnel_daily.channel IS 'sms, mms, messenger, viber_service_msg, whatsapp or rcs (analytics.channel_name: one name across both APIs).';
 COMMENT ON COLUMN analytics.channel_funnel_daily.sent IS 'Messages seen (any status).';
 COMMENT ON COLUMN analytics.channel_funnel_daily.delivered IS 'Messages whose status is delivered or read (read counts as delivered), as GET /messages says.';
 COMMENT ON COLUMN analytics.channel_funnel_daily.read IS 'Messages whose status is read.';

@@ -3,17 +3,19 @@ CREATE VIEW analytics.failover_rate AS
 -- Each workflow's row lists its messages' channels in order of appearance
 -- (kept by the service, migration 0004): a message at step n was followed by a
 -- next step when the workflow has more than n.
-SELECT s.step,
-       s.channel,
+SELECT d.api,
+       s.step,
+       analytics.channel_name(s.channel) AS channel,
        count(*) AS messages,
        count(*) FILTER (WHERE s.step < cardinality(d.message_channels)) AS failed_over,
        round(count(*) FILTER (WHERE s.step < cardinality(d.message_channels))::numeric / count(*),
              4) AS failover_rate
   FROM dispatch d
  CROSS JOIN LATERAL unnest(d.message_channels) WITH ORDINALITY AS s (channel, step)
- GROUP BY s.step, s.channel;
+ GROUP BY d.api, s.step, 3;
 
 COMMENT ON VIEW analytics.failover_rate IS 'Per step (1-based, by order of appearance in the workflow) and channel: how many messages were followed by a next step.';
+COMMENT ON COLUMN analytics.failover_rate.api IS 'The API that ran the workflows: dispatch or messages.';
 COMMENT ON COLUMN analytics.failover_rate.step IS 'Position of the message in its workflow (1 = first sent).';
 COMMENT ON COLUMN analytics.failover_rate.channel IS 'Channel of the message at that step.';
 COMMENT ON COLUMN analytics.failover_rate.messages IS 'Messages seen at that step and channel.';

@@ -1,17 +1,19 @@
 -- analytics.channel_cost_daily: what each channel cost per day (UTC, by first event).
 CREATE VIEW analytics.channel_cost_daily AS
 SELECT (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
-       m.channel,
+       m.api,
+       analytics.channel_name(m.channel) AS channel,
        m.currency,
        count(*) AS priced_messages,
        sum(m.price) AS cost
   FROM message m
  WHERE m.price IS NOT NULL AND m.channel IS NOT NULL
- GROUP BY 1, m.channel, m.currency;
+ GROUP BY 1, m.api, 3, m.currency;
 
 COMMENT ON VIEW analytics.channel_cost_daily IS 'Per UTC day (of each message''s first event), channel and currency: priced messages and their exact total.';
 COMMENT ON COLUMN analytics.channel_cost_daily.day IS 'UTC date of the message''s first event.';
-COMMENT ON COLUMN analytics.channel_cost_daily.channel IS 'Channel of the messages.';
+COMMENT ON COLUMN analytics.channel_cost_daily.api IS 'The API whose callbacks reported the messages: dispatch or messages.';
+COMMENT ON COLUMN analytics.channel_cost_daily.channel IS 'Channel of the messages (analytics.channel_name: one name across both APIs).';
 COMMENT ON COLUMN analytics.channel_cost_daily.currency IS 'ISO 4217 currency of the prices.';
 COMMENT ON COLUMN analytics.channel_cost_daily.priced_messages IS 'Messages with a price (one price per message).';
 COMMENT ON COLUMN analytics.channel_cost_daily.cost IS 'Sum of their prices, exact (numeric).';

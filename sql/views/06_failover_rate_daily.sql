@@ -3,18 +3,20 @@ CREATE VIEW analytics.failover_rate_daily AS
 -- As analytics.failover_rate, from the same rollups on each workflow's row
 -- (migration 0004), grouped by the UTC day of the workflow's first event.
 SELECT (d.first_event_at AT TIME ZONE 'UTC')::date AS day,
+       d.api,
        s.step,
-       s.channel,
+       analytics.channel_name(s.channel) AS channel,
        count(*) AS messages,
        count(*) FILTER (WHERE s.step < cardinality(d.message_channels)) AS failed_over,
        round(count(*) FILTER (WHERE s.step < cardinality(d.message_channels))::numeric / count(*),
              4) AS failover_rate
   FROM dispatch d
  CROSS JOIN LATERAL unnest(d.message_channels) WITH ORDINALITY AS s (channel, step)
- GROUP BY 1, s.step, s.channel;
+ GROUP BY 1, d.api, s.step, 4;
 
 COMMENT ON VIEW analytics.failover_rate_daily IS 'Per UTC day a workflow began, step and channel: how many messages were followed by a next step (sum messages and failed_over over days for a period).';
 COMMENT ON COLUMN analytics.failover_rate_daily.day IS 'UTC date of the first event of the workflow the message belongs to.';
+COMMENT ON COLUMN analytics.failover_rate_daily.api IS 'The API that ran the workflows: dispatch or messages.';
 COMMENT ON COLUMN analytics.failover_rate_daily.step IS 'Position of the message in its workflow (1 = first sent).';
 COMMENT ON COLUMN analytics.failover_rate_daily.channel IS 'Channel of the message at that step.';
 COMMENT ON COLUMN analytics.failover_rate_daily.messages IS 'Messages seen at that step and channel, in workflows begun that day.';
