@@ -67,7 +67,7 @@ def overview() -> str:
     """Per-channel funnel and failover rates for a period, recent and overdue workflows."""
     days = _days()
     api = _api()
-    chosen = {"since": None, "api": None if api == "all" else api}
+    chosen: dict[str, object] = {"api": None if api == "all" else api}
     now = datetime.now(UTC)
     since: date = (now - timedelta(days=days - 1)).date()
     chosen["since"] = since
