@@ -183,6 +183,14 @@ def _seed_or_new(seed: int | None) -> int:
     show_default=True,
     help="Emulated seconds per real second (600: a 600 s expiry in 1 s).",
 )
+@click.option(
+    "--workflow-spelling",
+    type=click.Choice(["net", "java"]),
+    default="net",
+    show_default=True,
+    help="How Messages API statuses spell the workflow object: as Vonage's .NET SDK reads it"
+    " (workflow_id, items_number, items_total) or its Java SDK (id, item_number, total_items).",
+)
 def emulate(
     webhook_base_url: str | None,
     status_url: str | None,
@@ -190,8 +198,10 @@ def emulate(
     scenario_text: str | None,
     seed: int | None,
     time_scale: float,
+    workflow_spelling: str,
 ) -> None:
-    """Run a local stand-in of Dispatch that plays workflows out and calls back."""
+    """Run a local stand-in of Dispatch and the Messages API's failover that plays workflows
+    out and calls back."""
     from werkzeug.serving import run_simple
 
     from app.emulator.plan import Scenario
@@ -221,11 +231,14 @@ def emulate(
         api_secret=os.environ.get("EMULATOR_API_SECRET", "emulator"),
         signature_secret=os.environ.get("VONAGE_SIGNATURE_SECRET") or None,
         public_key=os.environ.get("EMULATOR_PUBLIC_KEY") or None,
+        workflow_spelling=workflow_spelling,
     )
     listen = port or int(os.environ.get("PORT", "8001"))
     host = os.environ.get("HOST", "127.0.0.1")
     target = status_url or webhook_base_url
-    click.echo(f"Dispatch stand-in on http://{host}:{listen}, calling back {target}")
+    click.echo(
+        f"Dispatch and Messages API stand-in on http://{host}:{listen}, calling back {target}"
+    )
     click.echo(f"Seed {seed} (--seed {seed} repeats this run)")
     run_simple(host, listen, create_emulator(config), threaded=True)
 

@@ -37,6 +37,8 @@ CALLBACKS = Counter(
 def api_of(kind: str) -> str:
     """The API whose callback this kind is."""
     return "messages" if kind == "messages_status" else "dispatch"
+
+
 REJECTS = Counter("dispatch_ledger_rejects_total", "Refused deliveries, by reason.", ["reason"])
 REJECTS_DROPPED = Counter(
     "dispatch_ledger_rejects_not_kept_total",

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
             # Both kinds to one URL, as Dispatch does with an application's status URL.
             "--status-url",
             f"http://127.0.0.1:{ledger_port}/webhooks/status",
+            # The Messages API's statuses as Vonage's Java SDK reads them (unit tests: both).
+            "--workflow-spelling",
+            "java",
         ],
         base | {"VONAGE_SIGNATURE_SECRET": SECRET},
         folder / "emulator.log",
@@ -211,3 +215,92 @@ def test_every_failover_scenario_end_to_end(pair: tuple[Server, Server]) -> None
         assert all(d["code"] == 200 for d in played["delivered"]), name
         if played["outcome"] is None:
             assert workflow["current_step"]["step"] == 3
+
+
+MESSAGES_REQUEST = payloads.messages_failover_request("rcs", "whatsapp", "sms")
+
+
+def same_cost(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Equal amounts per currency (0.0150 is 0.015: the ledger keeps one spelling)."""
+    return {c: Decimal(v) for c, v in a.items()} == {c: Decimal(v) for c, v in b.items()}
+MESSAGES_SCENARIOS = {
+    "read at once": {"channels": {"rcs": "read"}},
+    "delivered, never read": {},
+    "rejected twice, then sms": {"channels": {"rcs": "fails", "whatsapp": "fails"}},
+    "undeliverable, then delivered late": {
+        "channels": {"rcs": "undeliverable", "whatsapp": "delivered_late"}
+    },
+    "everything fails": {"default": "fails"},
+    "nothing after submitted": {"channels": {"rcs": "fails"}, "default": "silent"},
+    "read late": {"channels": {"rcs": "fails", "whatsapp": "read_late"}},
+    "duplicates and reordering": {
+        "channels": {"rcs": "fails", "whatsapp": "undeliverable"},
+        "faults": {"duplicates": 0.6, "reorder": 40},
+    },
+}
+
+
+def test_a_messages_failover_sent_through_the_ledger_is_decided_and_costed(
+    pair: tuple[Server, Server],
+) -> None:
+    ledger, emulator = pair
+    code, _, answer = ledger.request(
+        "POST",
+        "/workflows",
+        json.dumps(MESSAGES_REQUEST).encode(),
+        {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {TOKEN}",
+        },
+    )
+    assert code == 202, answer
+    workflow_id = answer["dispatch_uuid"]
+    idle(emulator)
+    _, _, played = emulator.request("GET", f"/_emulator/dispatches/{workflow_id}")
+    _, _, workflow = ledger.request("GET", f"/workflows/{workflow_id}?wait=10")
+    assert (workflow["api"], workflow["definition"], workflow["decided_by"]) == (
+        "messages",
+        "sent",
+        "definition",
+    )
+    assert (workflow["status"], workflow["winning_step"]) == (
+        played["outcome"],
+        played["winning_step"],
+    )
+    assert same_cost(workflow["usage"], played["cost"])
+    assert [s["channel"] for s in workflow["steps"]] == ["rcs", "whatsapp", "sms"]
+
+
+def test_every_messages_failover_scenario_end_to_end(pair: tuple[Server, Server]) -> None:
+    """Played by the stand-in and never defined here: decided from the items alone."""
+    ledger, emulator = pair
+    started = {}
+    for name, scenario in MESSAGES_SCENARIOS.items():
+        code, _, answer = emulator.request(
+            "POST",
+            "/v1/messages",
+            json.dumps(MESSAGES_REQUEST).encode(),
+            {
+                "Content-Type": "application/json",
+                "Authorization": BASIC,
+                "X-Emulator-Scenario": json.dumps(scenario),
+            },
+        )
+        assert code == 202, (name, answer)
+        started[name] = answer["workflow_id"]
+    idle(emulator)
+    for name, workflow_id in started.items():
+        _, _, played = emulator.request("GET", f"/_emulator/dispatches/{workflow_id}")
+        code, _, workflow = ledger.request("GET", f"/workflows/{workflow_id}?wait=10")
+        assert code == 200 and workflow["pending_callbacks"] == 0, name
+        assert (workflow["api"], workflow["decided_by"]) == ("messages", "callbacks"), name
+        assert workflow["status"] == (played["outcome"] or "pending"), (name, workflow)
+        assert workflow["winning_step"] == played["winning_step"], name
+        assert same_cost(workflow["usage"], played["cost"]), (name, workflow["usage"], played)
+        assert workflow["reported_status"] is None, name
+        assert workflow["discrepancies"] == [], (name, workflow)
+        assert all(d["code"] == 200 for d in played["delivered"]), name
+        if played["outcome"] is None:
+            # Item 2 was submitted and never heard of again: awaited, with no deadline.
+            assert workflow["current_step"]["step"] == 2, name
+            assert workflow["awaiting_since"] is not None, name

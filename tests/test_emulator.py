@@ -1,4 +1,4 @@
-"""The Dispatch stand-in: its plans follow the failover rules; its API behaves like Dispatch."""
+"""The stand-in: its plans follow each API's failover rules; its API behaves like Vonage's."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
 from app.config import Settings
 from app.dispatch_client import authorization
 from app.emulator import server as emulator_server
-from app.emulator.plan import Behavior, Faults, Scenario, plan
+from app.emulator.plan import Behavior, Faults, Scenario, plan, plan_messages
 from app.emulator.server import EmulatorConfig, create_emulator
 from tests import payloads
 from tests.test_e2e import Server, free_port
@@ -300,3 +300,65 @@ def test_the_api_takes_the_ledgers_jwt_checked_against_the_applications_key() ->
 
     assert answer(pems[0]) == 202  # signed with the application's key, as the ledger signs
     assert answer(pems[1]) == 401  # another key
+
+
+# --- the Messages API's failover -------------------------------------------------
+
+MESSAGES_REQUEST = payloads.messages_failover_request("rcs", "whatsapp", "sms")
+
+
+@pytest.mark.parametrize(
+    ("channels", "outcome", "winner", "items"),
+    [
+        ({"rcs": B.READ}, "completed", 1, 1),
+        ({"rcs": B.FAILS, "whatsapp": B.DELIVERED_LATE}, "completed", 2, 2),
+        ({"rcs": B.UNDELIVERABLE, "whatsapp": B.FAILS}, "completed", 3, 3),
+        ({"rcs": B.FAILS, "whatsapp": B.FAILS, "sms": B.UNDELIVERABLE}, "error", None, 3),
+        ({"rcs": B.FAILS, "whatsapp": B.SILENT}, None, None, 2),
+    ],
+)
+def test_messages_plans_fail_over_on_failure_only(
+    channels: dict[str, Behavior], outcome: str | None, winner: int | None, items: int
+) -> None:
+    played = plan_messages(MESSAGES_REQUEST, Scenario(channels=channels), 1, START)
+    assert (played.outcome, played.winning_step) == (outcome, winner)
+    assert {d.kind for d in played.deliveries} == {"message-status"}  # no final report
+    places = {d.payload["workflow"]["items_number"] for d in played.deliveries}
+    assert places == {str(n) for n in range(1, items + 1)}
+    assert {d.payload["workflow"]["items_total"] for d in played.deliveries} == {"3"}
+    assert len(played.dispatch_uuid) == 55
+
+
+def test_messages_statuses_are_valid_and_spelled_as_asked() -> None:
+    from app.intake import CallbackKind, read
+
+    scenario = Scenario(channels={"rcs": B.FAILS}, faults=Faults(duplicates=0.5, reorder=5))
+    for spelling, names in (
+        ("net", ("workflow_id", "items_number")),
+        ("java", ("id", "item_number")),
+    ):
+        played = plan_messages(MESSAGES_REQUEST, scenario, 3, START, spelling)
+        for d in played.deliveries:
+            assert set(names) <= set(d.payload["workflow"])
+            event = read(CallbackKind.MESSAGE_STATUS, json.dumps(d.payload).encode(), 32).event
+            assert event.dispatch_uuid == played.dispatch_uuid  # type: ignore[union-attr]
+
+
+def test_the_messages_api_answers_202_with_a_workflow_id_or_names_every_problem(
+    emulator: Any,
+) -> None:
+    response = emulator.post("/v1/messages", json=MESSAGES_REQUEST, headers=BASIC)
+    assert response.status_code == 202
+    workflow_id = response.json["workflow_id"]
+    assert response.json["message_uuid"]
+    played = emulator.get(f"/_emulator/dispatches/{workflow_id}").json
+    assert (played["outcome"], played["winning_step"], played["cost"]) == (
+        "completed",
+        1,
+        {"EUR": "0.015"},
+    )
+    bad = {**MESSAGES_REQUEST, "channel": "fax", "failover": []}
+    refused = emulator.post("/v1/messages", json=bad, headers=BASIC)
+    assert refused.status_code == 422
+    assert {p["name"] for p in refused.json["invalid_parameters"]} == {"channel", "failover"}
+    assert emulator.post("/v1/messages", json=MESSAGES_REQUEST).status_code == 401

@@ -278,3 +278,104 @@ def _with_faults(
             if rng.random() < faults.duplicates
         ]
     return result
+
+
+# --- the Messages API's failover -------------------------------------------------
+
+MESSAGES_PRICES = {
+    "sms": Decimal("0.0333"),
+    "mms": Decimal("0.0500"),
+    "rcs": Decimal("0.0150"),
+    "messenger": Decimal("0.0100"),
+    "viber_service": Decimal("0.0200"),
+    "whatsapp": Decimal("0.0146"),
+}
+# Vonage's SDKs read the workflow object under two spellings; the stand-in sends either.
+WORKFLOW_SPELLINGS = {
+    "net": ("workflow_id", "items_number", "items_total"),
+    "java": ("id", "item_number", "total_items"),
+}
+_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def plan_messages(
+    request: dict[str, Any], scenario: Scenario, seed: int, started: datetime, spelling: str = "net"
+) -> Plan:
+    """Every status webhook the Messages API would send for this (validated) failover request.
+
+    The next item goes out when one is rejected or fails (the failover guide:
+    "rejected or fails"); there is no expiry and no final report. Late
+    behaviours are just slower: nothing waits for a condition. The faults
+    that move a final report have nothing to move here.
+    """
+    rng = random.Random(seed)
+
+    def new_uuid() -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+    # Not a UUID: 55 characters, as in one of Vonage's SDK fixtures.
+    workflow_id = "".join(rng.choice(_BASE58) for _ in range(55))
+    items = [request, *request["failover"]]
+    outcome: str | None = None
+    winning: int | None = None
+    deliveries: list[Delivery] = []
+    t = 0.0
+    for number, item in enumerate(items, start=1):
+        channel = item["channel"]
+        events = _behave(scenario.behavior(channel), t, LAST_STEP_WAIT, rng)
+        message = _Message(new_uuid(), channel, {}, {}, events)
+        for at, status in events:
+            payload = _messages_status(
+                message, item, status, at, (workflow_id, number, len(items)), spelling, started
+            )
+            deliveries.append(Delivery(at, at, "message-status", payload))
+        delivered = message.time_of("delivered", "read")
+        failed = message.time_of("rejected", "undeliverable")
+        if delivered is not None:
+            outcome, winning = "completed", number
+            break
+        if failed is None:
+            break  # submitted, and nothing more: the workflow waits for ever
+        if number == len(items):
+            outcome = "error"
+            break
+        t = failed + 1.0
+    faults = replace(scenario.faults, report_first=False, late_statuses=False)
+    deliveries = _with_faults(deliveries, faults, None, message, rng)
+    deliveries.sort(key=lambda d: (d.deliver_at, d.event_at, d.kind))
+    return Plan(workflow_id, outcome, winning, tuple(deliveries))
+
+
+def _messages_status(
+    message: _Message,
+    item: dict[str, Any],
+    status: str,
+    at: float,
+    place: tuple[str, int, int],
+    spelling: str,
+    started: datetime,
+) -> dict[str, Any]:
+    name_id, name_number, name_total = WORKFLOW_SPELLINGS[spelling]
+    payload: dict[str, Any] = {
+        "message_uuid": message.uuid,
+        "to": item["to"],
+        "from": item["from"],
+        "timestamp": _timestamp(started, at),
+        "status": status,
+        "channel": message.channel,
+        # The counts arrive as strings.
+        "workflow": {name_id: place[0], name_number: str(place[1]), name_total: str(place[2])},
+    }
+    if "client_ref" in item:
+        payload["client_ref"] = item["client_ref"]
+    if status in ("rejected", "undeliverable"):
+        payload["error"] = {
+            "type": "https://developer.vonage.com/api-errors/messages#1300",
+            "title": "1300",
+            "detail": "Not part of the provider network",
+            "instance": message.uuid,
+        }
+    if _charged(message, at):
+        price = MESSAGES_PRICES[message.channel]
+        payload["usage"] = {"currency": "EUR", "price": format(price, "f")}
+    return payload

@@ -1,4 +1,5 @@
-"""The stand-in's HTTP side: POST /v0.1/dispatch, and a worker that delivers callbacks."""
+"""The stand-in's HTTP side: Dispatch's POST /v0.1/dispatch, the Messages API's POST
+/v1/messages with failover, and a worker that delivers callbacks."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import jwt
@@ -24,7 +26,8 @@ from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 
 from app.definitions import load_definition
-from app.emulator.plan import Delivery, Plan, Scenario, plan
+from app.emulator.plan import Delivery, Plan, Scenario, plan, plan_messages
+from app.messages_request import load_failover_request
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # real seconds between attempts
@@ -43,6 +46,8 @@ class EmulatorConfig:
     api_secret: str = "emulator"
     signature_secret: str | None = None
     public_key: str | None = None  # PEM; verifies bearer JWTs when given
+    # How the Messages API's status webhooks spell the workflow object: "net" or "java".
+    workflow_spelling: str = "net"
 
 
 @dataclass(order=True)
@@ -216,25 +221,64 @@ def create_emulator(config: EmulatorConfig) -> Flask:
                 invalid_parameters=_flatten(exc.messages),
             )
         assert isinstance(body, dict)  # load_definition refuses anything else
-        scenario = config.scenario
-        override = request.headers.get("X-Emulator-Scenario")
-        if override:
-            try:
-                scenario = Scenario.from_document(json.loads(override))
-            except (ValueError, TypeError) as exc:
-                return _problem(400, "Invalid scenario", str(exc))
+        scenario = _scenario()
+        if isinstance(scenario, Response):
+            return scenario
         the_plan = plan(body, scenario, seeds.getrandbits(64), datetime.now(UTC))
         plans[the_plan.dispatch_uuid] = the_plan
         deliverer.schedule(the_plan)
         return jsonify(dispatch_uuid=the_plan.dispatch_uuid), 202
+
+    @app.post("/v1/messages")
+    def messages() -> Response | tuple[Response, int]:
+        """The Messages API's send, with `failover`: one workflow of items."""
+        if not authorized():
+            return _problem(401, "Invalid credentials supplied", "Basic or bearer JWT is required.")
+        body = request.get_json(silent=True)
+        try:
+            load_failover_request(body)
+        except ValidationError as exc:
+            return _problem(
+                422,
+                "Invalid params",
+                "The value of one or more parameters is invalid.",
+                invalid_parameters=_flatten(exc.messages),
+            )
+        assert isinstance(body, dict)  # load_failover_request refuses anything else
+        scenario = _scenario()
+        if isinstance(scenario, Response):
+            return scenario
+        the_plan = plan_messages(
+            body, scenario, seeds.getrandbits(64), datetime.now(UTC), config.workflow_spelling
+        )
+        plans[the_plan.dispatch_uuid] = the_plan
+        deliverer.schedule(the_plan)
+        first = the_plan.deliveries[0].payload["message_uuid"] if the_plan.deliveries else None
+        return jsonify(message_uuid=first, workflow_id=the_plan.dispatch_uuid), 202
+
+    def _scenario() -> Scenario | Response:
+        override = request.headers.get("X-Emulator-Scenario")
+        if not override:
+            return config.scenario
+        try:
+            return Scenario.from_document(json.loads(override))
+        except (ValueError, TypeError) as exc:
+            return _problem(400, "Invalid scenario", str(exc))
 
     @app.get("/_emulator/dispatches/<dispatch_uuid>")
     def played(dispatch_uuid: str) -> Response | tuple[Response, int]:
         the_plan = plans.get(dispatch_uuid)
         if the_plan is None:
             return _problem(404, "Not found", "No such dispatch.")
+        # What was charged: one price per message, as the status callbacks carry it.
+        prices: dict[str, Decimal] = {}
+        for d in the_plan.deliveries:
+            usage = d.payload.get("usage") if "message_uuid" in d.payload else None
+            if usage:
+                prices[d.payload["message_uuid"]] = Decimal(usage["price"])
         return jsonify(
             dispatch_uuid=dispatch_uuid,
+            cost={"EUR": format(sum(prices.values(), Decimal(0)), "f")} if prices else {},
             outcome=the_plan.outcome,
             winning_step=the_plan.winning_step,
             planned=len(the_plan.deliveries),
