@@ -107,7 +107,8 @@ def serve(port: int | None, workers: int | None) -> None:
 @main.command()
 @click.argument("request_file", type=click.File("rb"))
 def send(request_file: Any) -> None:
-    """Validate a Dispatch request (JSON file, - for stdin), send it, and record it."""
+    """Validate a Dispatch or Messages API failover request (JSON file, - for stdin), send it
+    to Vonage (DISPATCH_API_URL), and record it under the id Vonage returns."""
     settings = Settings.from_env()
     body = json.loads(request_file.read())
     try:

@@ -13,8 +13,8 @@ import os
 import subprocess
 import sys
 import time
-from decimal import Decimal
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,8 @@ MESSAGES_REQUEST = payloads.messages_failover_request("rcs", "whatsapp", "sms")
 def same_cost(a: dict[str, str], b: dict[str, str]) -> bool:
     """Equal amounts per currency (0.0150 is 0.015: the ledger keeps one spelling)."""
     return {c: Decimal(v) for c, v in a.items()} == {c: Decimal(v) for c, v in b.items()}
+
+
 MESSAGES_SCENARIOS = {
     "read at once": {"channels": {"rcs": "read"}},
     "delivered, never read": {},

@@ -45,11 +45,15 @@ class StandIn:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stand_in.received.append((self.headers.get("Authorization", ""), body))
-                if self.path != "/v0.1/dispatch":
+                if self.path not in ("/v0.1/dispatch", "/v1/messages"):
                     return self._answer(404, {"title": "Not found"})
                 if stand_in.refuse_with or not stand_in.authorized(self.headers):
                     code = stand_in.refuse_with or 401
                     return self._answer(code, {"title": "Refused", "detail": "bad credentials"})
+                if self.path == "/v1/messages":  # a failover send: a workflow_id, not a UUID
+                    workflow_id = "W" + uuid.uuid4().hex + uuid.uuid4().hex[:22]
+                    answer = {"message_uuid": str(uuid.uuid4()), "workflow_id": workflow_id}
+                    return self._answer(202, answer)
                 self._answer(202, {"dispatch_uuid": str(uuid.uuid4())})
 
             def _answer(self, code: int, document: Any) -> None:
@@ -206,3 +210,34 @@ def test_the_send_command(clean_db: str, dispatch_api: StandIn, tmp_path: Path) 
     refused = CliRunner().invoke(main, ["send", str(request_file)], env=env)
     assert refused.exit_code == 1
     assert "does not follow the Dispatch API reference" in refused.output
+
+
+def test_the_send_command_sends_a_messages_failover_to_v1_messages(
+    clean_db: str, dispatch_api: StandIn, tmp_path: Path
+) -> None:
+    request = payloads.messages_failover_request("rcs", "sms")
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(request))
+    env = {
+        "DATABASE_URL": clean_db,
+        "DISPATCH_API_URL": dispatch_api.url,
+        "DISPATCH_APPLICATION_ID": "app-1",
+        "DISPATCH_PRIVATE_KEY": PEM,
+    }
+    result = CliRunner().invoke(main, ["send", str(request_file)], env=env)
+    assert result.exit_code == 0, result.output
+    workflow_id = result.output.strip()
+    assert len(workflow_id) == 55
+    assert dispatch_api.received[-1][1] == request  # sent as given
+    assert query(
+        clean_db,
+        "SELECT w.api, w.source, d.api FROM workflow_definition w JOIN dispatch d USING"
+        " (dispatch_uuid) WHERE dispatch_uuid = %s",
+        workflow_id,
+    ) == [("messages", "sent", "messages")]
+    request_file.write_text(json.dumps({**request, "ttl": 5}))
+    refused = CliRunner().invoke(main, ["send", str(request_file)], env=env)
+    assert refused.exit_code == 1
+    assert "does not follow the Messages API reference" in refused.output
+    assert '"ttl"' in refused.output
+    assert len(dispatch_api.received) == 1  # an invalid request is never sent
