@@ -15,7 +15,7 @@ from schemathesis.checks import CHECKS
 from app import create_app
 from app.extensions import get_db
 from app.intake import CallbackKind, Rejection, read
-from app.schemas import load_final_report, load_message_status
+from app.schemas import load_final_report, load_message_status, load_messages_status
 from tests import payloads
 
 TOKEN = "a-fuzzing-token"
@@ -101,6 +101,40 @@ def test_final_report_schema_refuses_cleanly_or_loads(payload: Any) -> None:
         load_final_report(payload)
     except ValidationError as exc:
         json.dumps(exc.messages, default=str)
+
+
+MESSAGES_SAMPLE = payloads.messages_status(
+    "aaaaaaaa-bbbb-cccc-dddd-0123456789ab",
+    "rejected",
+    "2026-03-01T09:00:00.000Z",
+    channel="rcs",
+    workflow=("3TcNjguHxr2vcCZ9Ddsnq6tw8yQUpZ9rMHv9QXSxLan5ibMxqSzLdx9", 1, 2),
+    price="0.0150",
+    error=(1300, "Not part of the provider network"),
+    client_ref="campaign-7",
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        json_values,
+        mutated(MESSAGES_SAMPLE),
+        mutated(MESSAGES_SAMPLE["workflow"]).map(lambda w: {**MESSAGES_SAMPLE, "workflow": w}),
+        mutated(MESSAGES_SAMPLE["error"]).map(lambda e: {**MESSAGES_SAMPLE, "error": e}),
+    )
+)
+def test_messages_status_schema_refuses_cleanly_or_loads(payload: Any) -> None:
+    try:
+        event = load_messages_status(payload)
+    except ValidationError as exc:
+        json.dumps(exc.messages, default=str)
+    else:
+        # What it loads is what the state can hold: a place only within a workflow.
+        assert event.item_number is None or event.dispatch_uuid is not None
+        assert (
+            event.error is None or event.error.code is None or -(2**31) <= event.error.code < 2**31
+        )
 
 
 @settings(max_examples=400, deadline=None)

@@ -17,6 +17,7 @@ from app.db import Database
 from app.definitions import load_definition
 from app.extensions import get_db
 from app.generate import workflows
+from app.messages_request import load_failover_request
 from tests import payloads
 from tests.conftest import query
 from tests.test_e2e import ROOT
@@ -57,6 +58,30 @@ def workload(db: Database) -> list[payloads.Delivery]:
             )
         deliveries.extend(items)
     deliveries += payloads.three_message_workflow("d-conflicts")
+    # Messages API failover workflows beside them: one with its definition, two without.
+    request = payloads.messages_failover_request("rcs", "whatsapp", "sms")
+    db.run(
+        lambda c: decide.record_definition(
+            c, "wf-0", request, load_failover_request(request), "recorded", NOW
+        )
+    )
+    for n, outcomes in enumerate(
+        [("rejected", "rejected", "delivered"), ("rejected", "read"), ("rejected",)]
+    ):
+        for item, (status, channel) in enumerate(
+            zip(outcomes, ("rcs", "whatsapp", "sms"), strict=False), start=1
+        ):
+            at = f"2020-01-01T15:00:{10 * item:02d}Z"
+            for said in ("submitted", status):
+                body = payloads.messages_status(
+                    f"wf-{n}-{item}",
+                    said,
+                    at,
+                    channel=channel,
+                    workflow=(f"wf-{n}", item, 3),
+                    price="0.01" if said in ("delivered", "read") else None,
+                )
+                deliveries.append(("message-status", body))
     # The same message claimed by another workflow's final report.
     deliveries.append(
         (
@@ -88,7 +113,7 @@ def test_a_rebuild_gives_exactly_the_state_incremental_application_gave(
     assert len(before["dispatch"]) > 30 and before["discrepancy"] and before["reconciliation"]
 
     summary = rebuild.rebuild(clean_db, 32)
-    assert summary.definitions == 15
+    assert summary.definitions == 16  # 15 Dispatch, 1 Messages API
     assert summary.callbacks == query(clean_db, "SELECT count(*) FROM raw_callback")[0][0]
     assert snapshot(clean_db) == before
 

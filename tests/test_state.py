@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from app.intake import CallbackKind, read
 from app.state import (
     PRECEDENCE,
+    Api,
     Channel,
     Discrepancy,
     DispatchState,
@@ -313,6 +314,11 @@ status_events = st.builds(
     error=st.none()
     | st.builds(ErrorInfo, st.none() | st.integers(0, 3), st.none() | st.text(max_size=3)),
     usage=st.none() | money,
+    # Messages API statuses: the API, a place in a workflow, the sender's reference.
+    api=st.sampled_from(list(Api)),
+    item_number=st.none() | st.integers(1, 3),
+    items_total=st.none() | st.integers(1, 3),
+    client_ref=st.none() | st.sampled_from(["a", "b"]),
 )
 
 
