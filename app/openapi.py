@@ -211,7 +211,8 @@ def _workflows() -> dict[str, Any]:
 def _definition() -> dict[str, Any]:
     return {
         "put": {
-            "summary": "Record the definition of a workflow another system sent",
+            "summary": "Record the definition of a workflow another system sent (a Dispatch"
+            " request, described here, or a Messages API failover request: see the README)",
             "security": [{"apiToken": []}],
             "parameters": [_PATH_ID],
             "requestBody": {
@@ -221,7 +222,19 @@ def _definition() -> dict[str, Any]:
             "responses": {
                 "200": _json(_OBJECT, "Replaced"),
                 "201": _json(_OBJECT, "Recorded"),
-                **_errors(400, 401, 403, 404, 413, 415, 422, 503, described=_TOKEN_REQUIRED),
+                **_errors(
+                    400,
+                    401,
+                    403,
+                    404,
+                    409,
+                    413,
+                    415,
+                    422,
+                    503,
+                    described=_TOKEN_REQUIRED
+                    | {409: "The workflow is one of the other API's (Dispatch or Messages)"},
+                ),
             },
         },
         "get": {

@@ -402,6 +402,8 @@ class CodeOrText(fields.Field[int | str]):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
         if isinstance(value, str) and len(value) <= 2000:
             return value
+        if isinstance(value, float) and value.is_integer():  # 1300.0 is JSON's 1300
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             _INT32(value)
             return value

@@ -355,7 +355,7 @@ def test_the_messages_api_answers_202_with_a_workflow_id_or_names_every_problem(
     assert (played["outcome"], played["winning_step"], played["cost"]) == (
         "completed",
         1,
-        {"EUR": "0.015"},
+        {"EUR": "0.0150"},
     )
     bad = {**MESSAGES_REQUEST, "channel": "fax", "failover": []}
     refused = emulator.post("/v1/messages", json=bad, headers=BASIC)
