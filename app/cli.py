@@ -320,7 +320,15 @@ def prune_rejects(older_than_days: int, unresolved: bool) -> None:
     help="typical: 2-3 step workflows, about 1.6 messages each; "
     "long: 4 steps waiting for read, about 3 messages each.",
 )
-def generate(dispatches: int, seed: int | None, days: int, mix: str) -> None:
+@click.option(
+    "--messages-share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of the workflows sent with the Messages API's failover instead of Dispatch"
+    " (0.3: as during a migration).",
+)
+def generate(dispatches: int, seed: int | None, days: int, mix: str, messages_share: float) -> None:
     """Make realistic workflows through the same code paths as real callbacks."""
     from app.generate import generate as make
 
@@ -328,7 +336,15 @@ def generate(dispatches: int, seed: int | None, days: int, mix: str) -> None:
     click.echo(f"seed {seed}")
     settings = Settings.from_env()
     with _database(settings) as db, click.progressbar(length=dispatches, label="workflows") as bar:
-        callbacks = make(db, dispatches, seed=seed, days=days, mix=mix, progress=bar.update)
+        callbacks = make(
+            db,
+            dispatches,
+            seed=seed,
+            days=days,
+            mix=mix,
+            progress=bar.update,
+            messages_share=messages_share,
+        )
     click.echo(f"stored {dispatches} workflows, {callbacks} callbacks")
 
 

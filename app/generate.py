@@ -1,7 +1,8 @@
 """Realistic data for scale tests, through the same code paths as real callbacks.
 
 Each workflow gets a definition (recorded, as for workflows another system
-sent), is played out by the Dispatch stand-in's planner under a scenario
+sent), is played out by the stand-in's planner (Dispatch's, or the Messages
+API's for a share of them) under a scenario
 drawn at random, and every callback it would send goes through the same
 intake checks and the same store-and-apply transaction as a delivery over
 HTTP. Only HTTP itself is skipped; workflows are stored in batches, one
@@ -22,8 +23,9 @@ from app.apply import apply_waiting
 from app.capture import Delivery, capture_in
 from app.db import Connection, Database
 from app.definitions import load_definition
-from app.emulator.plan import Behavior, Faults, Scenario, plan
+from app.emulator.plan import Behavior, Faults, Scenario, plan, plan_messages
 from app.intake import CallbackKind, read
+from app.messages_request import is_messages_request, load_failover_request
 
 KINDS = {"message-status": CallbackKind.MESSAGE_STATUS, "final-report": CallbackKind.FINAL_REPORT}
 _PARTIES = {
@@ -112,23 +114,62 @@ def _request(shape: list[tuple[str, str | None, int | None]]) -> dict[str, Any]:
     return {"template": "failover", "workflow": workflow}
 
 
+# The Messages API's names for Dispatch's channels, and its own RCS, tried first.
+_MESSAGES_CHANNELS = {"viber_service_msg": "viber_service"}
+_MESSAGES_SENDERS = {"messenger": "2000000000000002", "viber_service": "12345"}
+
+
+def _messages_request(shape: list[tuple[str, str | None, int | None]], rcs: bool) -> dict[str, Any]:
+    """The same campaign as a Messages API failover request (no conditions, no expiry)."""
+    channels = (["rcs"] if rcs else []) + [_MESSAGES_CHANNELS.get(c, c) for c, _, _ in shape]
+    items = [
+        {
+            "channel": channel,
+            "message_type": "text",
+            "to": "1000000000000001" if channel == "messenger" else "447700900000",
+            "from": _MESSAGES_SENDERS.get(channel, "447700900001"),
+            "text": "Your order has shipped.",
+        }
+        for channel in channels
+    ]
+    return {**items[0], "failover": items[1:]}
+
+
 def workflows(
-    count: int, seed: int, days: int, now: datetime, mix: str = "typical"
+    count: int,
+    seed: int,
+    days: int,
+    now: datetime,
+    mix: str = "typical",
+    messages_share: float = 0.0,
 ) -> Iterator[tuple[str, Any, list[Any]]]:
-    """`count` workflows spread over `days`: (dispatch_uuid, request, [(kind, payload)])."""
+    """`count` workflows spread over `days`: (id, request, [(kind, payload)]).
+
+    About `messages_share` of them are Messages API failover workflows (the
+    same campaigns, RCS first for half of them), the rest Dispatch ones.
+    """
     rng = random.Random(seed)
     behaviours, weights = zip(*MIXES[mix].behaviours, strict=True)
     for _ in range(count):
-        request = _request(rng.choice(MIXES[mix].shapes))
+        shape = rng.choice(MIXES[mix].shapes)
+        # Drawn only when asked for, so that a seed keeps making the same Dispatch data.
+        messages_api = bool(messages_share) and rng.random() < messages_share
+        request = _messages_request(shape, rng.random() < 0.5) if messages_api else _request(shape)
         # Sorted: a set's order follows the per-process hash seed, and the
         # same --seed must give the same data in every process.
-        channels = sorted({step["to"]["type"] for step in request["workflow"]})
+        if messages_api:
+            channels = sorted({item["channel"] for item in [request, *request["failover"]]})
+        else:
+            channels = sorted({step["to"]["type"] for step in request["workflow"]})
         scenario = Scenario(
             channels={c: rng.choices(behaviours, weights)[0] for c in channels},
             faults=Faults(duplicates=0.02),
         )
         started = now - timedelta(seconds=rng.uniform(0, days * 86400))
-        played = plan(request, scenario, rng.getrandbits(64), started)
+        if messages_api:
+            played = plan_messages(request, scenario, rng.getrandbits(64), started)
+        else:
+            played = plan(request, scenario, rng.getrandbits(64), started)
         yield played.dispatch_uuid, request, [(d.kind, d.payload) for d in played.deliveries]
 
 
@@ -141,6 +182,7 @@ def generate(
     now: datetime | None = None,
     mix: str = "typical",
     progress: Callable[[int], None] = lambda _: None,
+    messages_share: float = 0.0,
 ) -> int:
     """Store `count` workflows through capture and apply; returns how many callbacks."""
     now = now or datetime.now(UTC)
@@ -156,7 +198,7 @@ def generate(
         progress(len(work))
         pending.clear()
 
-    for item in workflows(count, seed, days, now, mix):
+    for item in workflows(count, seed, days, now, mix, messages_share):
         pending.append(item)
         if len(pending) >= batch:
             flush()
@@ -167,9 +209,12 @@ def generate(
 
 def _store(conn: Connection, work: list[tuple[str, Any, list[Any]]], now: datetime) -> None:
     for dispatch_uuid, request, deliveries in work:
-        decide.record_definition(
-            conn, dispatch_uuid, request, load_definition(request), "recorded", now
+        definition = (
+            load_failover_request(request)
+            if is_messages_request(request)
+            else load_definition(request)
         )
+        decide.record_definition(conn, dispatch_uuid, request, definition, "recorded", now)
         for kind, payload in deliveries:
             callback = read(KINDS[kind], json.dumps(payload).encode(), max_depth=32)
             capture_in(conn, [Delivery(callback, "application/json", now)])

@@ -98,3 +98,25 @@ def test_the_long_mix_sends_about_three_messages_per_workflow(db: Database, clea
     typical = workflows(200, 4, 3, NOW)
     sent = sum(len({p["message_uuid"] for _, p in d if "message_uuid" in p}) for *_, d in typical)
     assert sent / 200 < 2
+
+
+def test_a_share_of_messages_api_workflows_is_stored_beside_dispatch_ones(
+    db: Database, clean_db: str
+) -> None:
+    callbacks = generate(db, 60, seed=5, days=7, batch=9, now=NOW, messages_share=0.4)
+    rows = query(
+        clean_db,
+        "SELECT api, count(*), count(*) FILTER (WHERE decided_by = 'definition'),"
+        " count(*) FILTER (WHERE status <> 'pending') FROM dispatch GROUP BY api ORDER BY api",
+    )
+    (dispatch_api, dispatch_count, *_), (messages_api, messages_count, defined, decided) = rows
+    assert (dispatch_api, messages_api) == ("dispatch", "messages")
+    assert dispatch_count + messages_count == 60 and 10 <= messages_count <= 40
+    assert defined == messages_count and decided >= messages_count // 2
+    assert query(clean_db, "SELECT sum(deliveries)::int FROM raw_callback") == [(callbacks,)]
+    channels = {
+        c for (c,) in query(clean_db, "SELECT DISTINCT channel FROM message WHERE api = 'messages'")
+    }
+    assert "rcs" in channels and "viber_service_msg" not in channels
+    # Without a share, only Dispatch workflows.
+    assert all("workflow" in request for _, request, _ in workflows(20, 5, 7, NOW))
