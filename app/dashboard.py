@@ -76,7 +76,7 @@ def overview() -> str:
         lambda conn: (
             conn.execute(sql("dashboard_funnel"), chosen).fetchall(),
             conn.execute(sql("dashboard_failover"), chosen).fetchall(),
-            conn.execute(sql("list_recent"), {"limit": 20}).fetchall(),
+            conn.execute(sql("list_recent"), {"limit": 20, "api": chosen["api"]}).fetchall(),
         )
     )
     settings = get_settings()

@@ -101,7 +101,9 @@ def list_workflows() -> Response:
         return jsonify(
             workflows=listed, as_of=iso(now), grace_seconds=grace, last_step_timeout_seconds=timeout
         )
-    rows = db.run(lambda conn: conn.execute(sql("list_recent"), {"limit": limit}).fetchall())
+    rows = db.run(
+        lambda conn: conn.execute(sql("list_recent"), {"limit": limit, "api": None}).fetchall()
+    )
     return jsonify(
         workflows=[
             {

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +179,38 @@ def test_the_overview_filters_by_api_and_the_timeline_names_it(dash: FlaskClient
     only_dispatch = dash.get("/dashboard?api=dispatch", headers=AUTH).get_data(as_text=True)
     assert "<td>rcs</td>" in both and "<td>rcs</td>" in only_messages
     assert "<td>rcs</td>" not in only_dispatch
+    assert ">wf-1</a>" in both and ">wf-1</a>" in only_messages and ">wf-1</a>" not in only_dispatch
     assert "Messages API only" in only_messages
     refused = dash.get("/dashboard?api=fax", headers=AUTH)
     assert refused.status_code == 400
     timeline = dash.get("/dashboard/workflows/wf-1", headers=AUTH).get_data(as_text=True)
     assert "Messages API failover" in timeline and "sends no final report" in timeline
+
+
+@pytest.mark.browser
+def test_chromium_draws_a_messages_api_workflow(dash: FlaskClient, tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    for uuid, status, seconds, channel, item in (
+        ("x-1", "submitted", 0, "rcs", 1),
+        ("x-1", "rejected", 2, "rcs", 1),
+        ("x-2", "submitted", 3, "sms", 2),
+        ("x-2", "delivered", 9, "sms", 2),
+    ):
+        body = payloads.messages_status(
+            uuid,
+            status,
+            iso(now - timedelta(seconds=60 - seconds)),
+            channel=channel,
+            workflow=("wf-b", item, 2),
+            price="0.0333" if status == "delivered" else None,
+        )
+        assert post(dash, "status", body).status_code == 200
+    html = dash.get("/dashboard?api=messages", headers=AUTH).get_data(as_text=True)
+    pixels = colours(screenshot(html, tmp_path, "messages-overview"))
+    for series in ("sent", "delivered", "failed"):
+        assert pixels[rgb(COLOURS[series])] > 200, series
+    page = dash.get("/dashboard/workflows/wf-b", headers=AUTH).get_data(as_text=True)
+    assert "Messages API failover" in page
+    dots = colours(screenshot(page, tmp_path, "messages-timeline"))
+    for status in ("submitted", "delivered", "rejected"):
+        assert dots[rgb(COLOURS[status])] > 60, status

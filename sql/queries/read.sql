@@ -75,9 +75,10 @@ SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
  LIMIT %(limit)s;
 
 -- name: list_recent
--- The workflows that changed last.
+-- The workflows that changed last (of one API, or both).
 SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at, reported_status,
        updated_at
   FROM dispatch
+ WHERE %(api)s::text IS NULL OR api = %(api)s::text
  ORDER BY updated_at DESC, dispatch_uuid
  LIMIT %(limit)s;
