@@ -76,6 +76,8 @@ class StepResult:
     deadline: datetime | None = None
     # When the outcome became known (the deciding event's time).
     settled_at: datetime | None = None
+    # The rule that gave the outcome, in words (None for a step with no message).
+    why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -304,10 +306,9 @@ RULES: dict[tuple[Api, bool], tuple[Rule, ...]] = {
 }
 
 
-def judge(rules: Sequence[Rule], seen: Seen) -> tuple[Outcome, datetime | None]:
-    """The outcome of one step's message by the first rule that applies."""
-    rule = next(r for r in rules if r.applies(seen))
-    return rule.outcome, rule.settled(seen)
+def judge(rules: Sequence[Rule], seen: Seen) -> Rule:
+    """The first rule that applies to one step's message: it gives the outcome."""
+    return next(r for r in rules if r.applies(seen))
 
 
 def evaluate(
@@ -411,10 +412,18 @@ def _walk(definition: Definition, messages: Sequence[MessageState], by: DecidedB
             return wait(moved_on_at)
 
         seen = _seen(definition, index, message, later_sent)
-        outcome, settled = judge(RULES[definition.api, seen.last], seen)
+        rule = judge(RULES[definition.api, seen.last], seen)
+        outcome, settled = rule.outcome, rule.settled(seen)
         results.append(
             StepResult(
-                number, step, outcome, message.message_uuid, seen.start, seen.deadline, settled
+                number,
+                step,
+                outcome,
+                message.message_uuid,
+                seen.start,
+                seen.deadline,
+                settled,
+                rule.says,
             )
         )
         if outcome is Outcome.SUCCEEDED:

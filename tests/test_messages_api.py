@@ -168,9 +168,9 @@ def test_a_failover_workflow_is_decided_and_costed_from_its_items(
     )
     assert doc["reported_status"] is None and doc["template"] is None
     assert doc["usage"] == {"EUR": "0.0333"}
-    assert [(s["step"], s["channel"], s["outcome"]) for s in doc["steps"]] == [
-        (1, "rcs", "failed"),
-        (2, "sms", "succeeded"),
+    assert [(s["step"], s["channel"], s["outcome"], s["why"]) for s in doc["steps"]] == [
+        (1, "rcs", "failed", "rejected (or undeliverable): the next item goes out"),
+        (2, "sms", "succeeded", "delivered (read implies delivered)"),
     ]
     assert [(m["message_uuid"], m["item_number"], m["items_total"]) for m in doc["messages"]] == [
         ("a1", 1, 2),
