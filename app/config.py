@@ -19,7 +19,9 @@ class Settings:
 
     # None means: start the embedded PostgreSQL under data_dir.
     database_url: str | None = None
-    data_dir: Path = Path(".dispatch-ledger")
+    # One place whatever the current directory (a command run from another
+    # folder joins the same server): beside the code, in the checkout.
+    data_dir: Path = Path(__file__).resolve().parent.parent / ".dispatch-ledger"
     # Bodies above this are refused with 413 before they are read.
     max_body_bytes: int = 256 * 1024
     # Dispatch payloads nest four levels deep; anything far deeper is hostile.

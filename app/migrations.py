@@ -111,6 +111,17 @@ def grant_analyst_group(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         )
 
 
+def not_applied(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migrations this code has and the database has not applied (all, on an empty one)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migration') IS NOT NULL").fetchone()
+        applied: set[int] = set()
+        if exists and exists[0]:
+            rows = conn.execute("SELECT version FROM schema_migration").fetchall()
+            applied = {int(str(version)) for (version,) in rows}
+    return [m for m in discover(directory) if m.version not in applied]
+
+
 def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply what has not been applied yet, then the analytics views if they changed."""
     migrations = discover(directory)

@@ -1,0 +1,126 @@
+"""The command line as a new operator meets it: one clear line for every failure, help that says
+what each command reads, the version; run as the operator would, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import fresh_database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        env=base | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def empty_db(server_url: str) -> str:
+    """A database without the schema, as a new DATABASE_URL is before `migrate`."""
+    return fresh_database(server_url, "dl_empty")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "--dispatches", "1"],
+        ["overdue"],
+        ["status"],
+        ["reprocess-rejects"],
+        ["apply", "--once"],
+        ["rebuild"],
+        ["prune-raw", "--older-than-days", "30"],
+        ["prune-rejects", "--older-than-days", "30"],
+        ["analyst-role", "someone"],
+    ],
+)
+def test_commands_on_a_database_without_the_schema_say_so_in_one_line(
+    empty_db: str, args: list[str]
+) -> None:
+    done = run(*args, env={"DATABASE_URL": empty_db})
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, done.stderr
+    assert "run `dispatch-ledger migrate` first" in errors[0]
+    with psycopg.connect(empty_db) as conn:  # and nothing was written
+        assert conn.execute("SELECT to_regclass('dispatch')").fetchone() == (None,)
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback() -> None:
+    done = run(
+        "overdue", env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2"}
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("Error: cannot reach the database")
+    assert "DATABASE_URL" in done.stderr
+
+
+def test_a_malformed_setting_is_one_line() -> None:
+    done = run("overdue", env={"OVERDUE_GRACE_SECONDS": "soon"})
+    assert (done.returncode, "Traceback" in done.stderr) == (1, False)
+    assert "OVERDUE_GRACE_SECONDS='soon' is not a valid int" in done.stderr
+
+
+def test_version_and_a_help_that_lists_every_command_whole() -> None:
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("dispatch-ledger ")
+    helped = run("--help").stdout
+    for name in (
+        "serve",
+        "migrate",
+        "apply",
+        "status",
+        "send",
+        "overdue",
+        "generate",
+        "emulate",
+        "rebuild",
+        "reprocess-rejects",
+        "prune-raw",
+        "prune-rejects",
+        "analyst-role",
+    ):
+        assert f"  {name} " in helped, name
+    listed = helped.split("Commands:")[1]
+    assert "..." not in listed  # no summary cut short
+    send = run("send", "--help").stdout
+    assert "real Vonage API" in send and "DISPATCH_API_URL" in send
+    assert "CREATEROLE" in run("analyst-role", "--help").stdout
+    assert "LAST_STEP_TIMEOUT_SECONDS" in run("overdue", "--help").stdout
+
+
+def test_the_embedded_database_is_one_place_whatever_the_folder(tmp_path: Path) -> None:
+    from app.config import Settings
+
+    here = Settings.from_env({}).data_dir
+    os.chdir(tmp_path)
+    try:
+        assert Settings.from_env({}).data_dir == here
+    finally:
+        os.chdir(ROOT)
+    assert here == ROOT / ".dispatch-ledger"
+    assert Settings.from_env({"DATA_DIR": str(tmp_path)}).data_dir == tmp_path
+
+
+def test_generate_says_which_database_it_writes_fake_workflows_into(clean_db: str) -> None:
+    done = run("generate", "--dispatches", "2", "--seed", "1", env={"DATABASE_URL": clean_db})
+    assert done.returncode == 0, done.stderr
+    assert "writing 2 fake workflows into DATABASE_URL" in done.stderr
