@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -36,6 +36,7 @@ from app.state import (
     apply_reported_message,
     apply_status,
 )
+from app.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,10 @@ class Captured:
     received_at: datetime
 
 
-def fold(conn: Connection, batch: Sequence[Captured]) -> None:
+def fold(conn: Connection, batch: Sequence[Captured]) -> Tally:
     """Apply captured callbacks to workflows and messages in the caller's transaction.
+
+    Returns what changed, for the metrics: count it only once the caller commits.
 
     Any order gives the same state (the joins commute), so the batch is
     folded in id order only to make its discrepancies' first witness stable.
@@ -76,6 +79,7 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> None:
     dispatches = storage.lock_dispatches(conn, first_dispatch)
     messages = storage.lock_messages(conn, first_message)
     was_in = {uuid: m.dispatch_uuid for uuid, m in messages.items()}
+    before = dict(messages)
     # Linked elsewhere between that read and the locks (another applier):
     # that workflow changes too. Locked out of order, so a deadlock is
     # possible; PostgreSQL detects it and the batch runs again.
@@ -140,10 +144,13 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> None:
         ],
     )
     storage.record_discrepancies(conn, found)
-    decide.messages_changed(
+    tally = decide.messages_changed(
         conn,
         [decide.Changed(dispatches[u], states[u], at) for u, at in sorted(dispatch_at.items())],
     )
+    for uuid in message_at:
+        tally.message_changed(before[uuid], messages[uuid])
+    return tally
 
 
 def _messages_named(event: StatusEvent | FinalReport) -> list[str]:
@@ -170,14 +177,18 @@ def _keep_latest(seen: dict[str, datetime], key: str, at: datetime) -> None:
 class ApplySummary:
     applied: int = 0
     failed: int = 0
+    changed: Tally = field(default_factory=Tally)
 
     def add(self, other: ApplySummary) -> None:
+        """Count a committed unit of work (metrics too)."""
         from app import metrics  # late: see app/__init__.py
 
         self.applied += other.applied
         self.failed += other.failed
+        self.changed.add(other.changed)
         metrics.APPLIED.inc(other.applied)
         metrics.APPLY_FAILURES.inc(other.failed)
+        metrics.count_changes(other.changed)
 
 
 Clock = Callable[[], datetime]
@@ -322,7 +333,7 @@ def _apply_claimed(
                 done.failed += _mark_failed(conn, row["id"], rejection.message, now)
                 continue
         good.append(Captured(row["id"], event, row["received_at"]))
-    fold(conn, good)
+    done.changed = fold(conn, good)
     conn.execute(sql("mark_applied"), {"now": now, "ids": [c.callback_id for c in good]})
     done.applied = len(good)
     return done

@@ -17,6 +17,7 @@ from app.db import Connection
 from app.failover import Decision, Definition, evaluate
 from app.intake import Reason, Rejection
 from app.state import Api, DispatchState
+from app.tally import Tally
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,12 @@ class Changed:
     at: datetime
 
 
-def decide(conn: Connection, changed: Sequence[Changed]) -> None:
-    """Decide locked workflows again from everything known, and reconcile their final reports."""
+def decide(conn: Connection, changed: Sequence[Changed]) -> Tally:
+    """Decide locked workflows again from everything known, and reconcile their final reports.
+
+    Returns what changed, for the metrics (counted once the caller commits).
+    """
+    tally = Tally()
     # Without a definition or a report there is nothing to decide from: still
     # pending, decided by nobody.
     # A Messages API workflow's items say where each stands.
@@ -41,7 +46,7 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> None:
         if c.locked.definition is not None or c.state.report or c.state.api is Api.MESSAGES
     ]
     if not deciding:
-        return
+        return tally
     # Stable while the workflows' rows are locked: every writer of their
     # messages locks them first. One query for all of them.
     messages = storage.workflows_messages(conn, [c.state.dispatch_uuid for c in deciding])
@@ -53,11 +58,17 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> None:
         decided = _columns(decision)
         if decided != c.locked.decided:  # an unchanged decision is not written again
             decisions[uuid] = decided
+            old = dict(zip(storage.DECISION_COLUMNS, c.locked.decided, strict=True))
+            api = (c.state.api or Api.DISPATCH).value
+            tally.decision_changed(
+                api, old["status"], old["current_step"], old["decided_by"], decision
+            )
         if c.state.report is not None:  # findings exist only once there is a report
             findings[uuid] = (c.at, [(finding.kind, finding.detail) for finding in found])
     # Queued (units of work run in pipeline mode): they go with the commit.
     storage.save_decisions(conn, decisions)
     storage.save_reconciliations(conn, findings)
+    return tally
 
 
 def _columns(decision: Decision) -> tuple[Any, ...]:
@@ -76,7 +87,7 @@ def _columns(decision: Decision) -> tuple[Any, ...]:
     )
 
 
-def messages_changed(conn: Connection, changed: Sequence[Changed]) -> None:
+def messages_changed(conn: Connection, changed: Sequence[Changed]) -> Tally:
     """Locked workflows' messages changed in this transaction: recount them, decide them again.
 
     Both, always together: a message that joins or leaves a workflow changes
@@ -84,7 +95,7 @@ def messages_changed(conn: Connection, changed: Sequence[Changed]) -> None:
     of aggregating every message) and can change its decision.
     """
     storage.refresh_rollups(conn, [c.state.dispatch_uuid for c in changed])
-    decide(conn, changed)
+    return decide(conn, changed)
 
 
 def record_definition(

@@ -54,6 +54,24 @@ APPLY_FAILURES = Counter(
     "dispatch_ledger_apply_failures_total",
     "Attempts to apply a captured callback that failed (it is set aside and retried).",
 )
+MESSAGES = Counter(
+    "dispatch_ledger_messages_total",
+    "Messages that reached an event for the first time, by API, channel (one name across the"
+    " APIs) and event: sent (first seen), delivered (read implies it), read, rejected,"
+    " undeliverable.",
+    ["api", "channel", "event"],
+)
+FAILOVERS = Counter(
+    "dispatch_ledger_failovers_total",
+    "Steps whose message was followed by the workflow's next step (failed, or expired before its"
+    " condition), by API and the channel failed over from.",
+    ["api", "channel"],
+)
+DECIDED = Counter(
+    "dispatch_ledger_workflows_decided_total",
+    "Workflows decided (left pending), by API and outcome (completed, error).",
+    ["api", "status"],
+)
 LATENCY = Histogram(
     "dispatch_ledger_request_seconds",
     "Time to answer a request, by endpoint.",
@@ -67,6 +85,16 @@ POOL = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+
+
+def count_changes(tally: Any) -> None:
+    """Count what a committed batch changed (an app.tally.Tally)."""
+    for (api, channel, event), n in tally.messages.items():
+        MESSAGES.labels(api, channel, event).inc(n)
+    for (api, channel), n in tally.failovers.items():
+        FAILOVERS.labels(api, channel).inc(n)
+    for (api, status), n in tally.decided.items():
+        DECIDED.labels(api, status).inc(n)
 
 
 def _start() -> None:
@@ -111,6 +139,7 @@ def metrics_view() -> Response:
     except DatabaseUnavailable:
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
     shared = CollectorRegistry()
+    _overdue_gauge(db, shared)
     for name, doc, value in (
         (
             "dispatch_ledger_callbacks_waiting",
@@ -131,6 +160,38 @@ def metrics_view() -> Response:
     ):
         Gauge(name, doc, registry=shared).set(value)
     return Response(body + generate_latest(shared), mimetype=CONTENT_TYPE_LATEST)
+
+
+OVERDUE_KINDS = ("failover_overdue", "outcome_overdue", "final_report_overdue")
+# Enough to count any overdue backlog a person could still act on.
+OVERDUE_COUNTED = 100_000
+
+
+def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
+    """Overdue workflows by API and kind, as `dispatch-ledger overdue` lists them (0s included)."""
+    from app import workflows
+    from app.extensions import get_settings
+
+    settings = get_settings()
+    found = workflows.overdue(
+        db,
+        datetime.now(UTC),
+        settings.overdue_grace_seconds,
+        OVERDUE_COUNTED,
+        settings.last_step_timeout_seconds,
+    )
+    gauge = Gauge(
+        "dispatch_ledger_workflows_overdue",
+        "Workflows overdue now, by API and kind (failover_overdue, outcome_overdue,"
+        " final_report_overdue), with OVERDUE_GRACE_SECONDS and LAST_STEP_TIMEOUT_SECONDS.",
+        ["api", "kind"],
+        registry=registry,
+    )
+    for api in ("dispatch", "messages"):
+        for kind in OVERDUE_KINDS:
+            gauge.labels(api, kind).set(0)
+    for item in found:
+        gauge.labels(item.api or "dispatch", item.kind).inc()
 
 
 def init_app(app: Flask) -> None:

@@ -48,3 +48,50 @@ def test_metrics_count_callbacks_rejects_latency_and_the_pool(client: FlaskClien
     assert delta("dispatch_ledger_request_seconds_count", endpoint="webhooks.message_status") == 2
     assert delta("dispatch_ledger_request_seconds_count", endpoint="webhooks.status") == 1
     assert sample(after, "dispatch_ledger_db_pool_connections", state="size") >= 1
+
+
+def test_delivery_failover_outcome_and_overdue_metrics_per_channel_and_api(
+    client: FlaskClient,
+) -> None:
+    before = client.get("/metrics").get_data(as_text=True)
+    t = "2026-03-01T09:00:0{}Z"
+    for body in (
+        # Messages API: RCS rejected, WhatsApp read (delivered implied), workflow completed.
+        payloads.messages_status(
+            "r1", "submitted", t.format(0), channel="rcs", workflow=("w", 1, 2)
+        ),
+        payloads.messages_status(
+            "r1", "rejected", t.format(1), channel="rcs", workflow=("w", 1, 2)
+        ),
+        payloads.messages_status(
+            "r2", "read", t.format(3), channel="whatsapp", workflow=("w", 2, 2)
+        ),
+        # and Viber rejected with no next item: failover overdue.
+        payloads.messages_status(
+            "v1", "rejected", t.format(2), channel="viber_service", workflow=("w2", 1, 2)
+        ),
+        # A redelivery counts nothing twice.
+        payloads.messages_status(
+            "r1", "rejected", t.format(1), channel="rcs", workflow=("w", 1, 2)
+        ),
+    ):
+        assert post(client, "status", body).status_code == 200
+    after = client.get("/metrics").get_data(as_text=True)
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    messages = "dispatch_ledger_messages_total"
+    assert delta(messages, api="messages", channel="rcs", event="sent") == 1
+    assert delta(messages, api="messages", channel="rcs", event="rejected") == 1
+    assert delta(messages, api="messages", channel="whatsapp", event="delivered") == 1
+    assert delta(messages, api="messages", channel="whatsapp", event="read") == 1
+    # One name for Viber across the APIs, as in the views.
+    assert delta(messages, api="messages", channel="viber_service_msg", event="rejected") == 1
+    failovers = "dispatch_ledger_failovers_total"
+    assert delta(failovers, api="messages", channel="rcs") == 1
+    assert delta(failovers, api="messages", channel="viber_service_msg") == 1
+    assert delta("dispatch_ledger_workflows_decided_total", api="messages", status="completed") == 1
+    overdue = "dispatch_ledger_workflows_overdue"
+    assert sample(after, overdue, api="messages", kind="failover_overdue") == 1  # long past
+    assert sample(after, overdue, api="dispatch", kind="outcome_overdue") == 0  # present, as 0
