@@ -24,7 +24,11 @@ worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # longer than this is restarted.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "25"))
 graceful_timeout = 20
-keepalive = 5
+# Longer than the Heroku router's 90 s idle timeout, as Heroku's own Python
+# template sets it: a connection the router still thinks open must not be
+# closed under it (the next request on it would fail). An idle connection
+# costs a greenlet, not a worker.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "100"))
 
 # The pool is opened in each worker after the fork, never in the master.
 preload_app = False

@@ -117,3 +117,11 @@ def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_
         finally:
             if web.poll() is None:
                 web.kill()
+
+
+def test_idle_connections_outlive_the_routers_90_second_timeout() -> None:
+    """Heroku's router keeps idle connections 90 s; gunicorn must not close them first."""
+    from app import gunicorn_conf
+
+    assert gunicorn_conf.keepalive > 90
+    assert gunicorn_conf.timeout < 30  # and a stuck request still ends before the router's 30 s
