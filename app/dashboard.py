@@ -6,13 +6,14 @@ import hmac
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app import backlog, readmodel, workflows
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.queries import sql
-from app.times import iso
+from app.times import display, iso
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -35,10 +36,40 @@ def require_password() -> Response | None:
         raise ApiError(404, "The dashboard is off: set DASHBOARD_PASSWORD to enable it.")
     given = request.authorization.password if request.authorization else None
     if given is None or not hmac.compare_digest(given.encode(), password.encode()):
-        return Response(
-            "Password required.", 401, {"WWW-Authenticate": 'Basic realm="dispatch-ledger"'}
+        page = render_template(
+            "error.html",
+            code=401,
+            title="Password required",
+            message="The dashboard asks for DASHBOARD_PASSWORD (any user name).",
+            back=False,
         )
+        return Response(page, 401, {"WWW-Authenticate": 'Basic realm="dispatch-ledger"'})
     return None
+
+
+@bp.errorhandler(ApiError)
+def error_page(error: ApiError) -> tuple[str, int]:
+    """The dashboard's errors are pages for people, with a way back (the API's stay JSON)."""
+    code = error.code or 500
+    titles = {400: "That cannot be shown", 404: "Not found"}
+    page = render_template(
+        "error.html",
+        code=code,
+        title=titles.get(code, "Something went wrong"),
+        message=error.description,
+        back=code != 404 or get_settings().dashboard_password is not None,
+    )
+    return page, code
+
+
+@bp.app_template_filter("when")
+def when(value: datetime | str | None) -> str:
+    """Every time on the dashboard in one format (app.times.display)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return display(value)
 
 
 def _days() -> int:
@@ -111,6 +142,23 @@ def _bars(rows: list[Any], series: tuple[str, ...]) -> dict[str, Any]:
     return {"groups": groups, "series": series, "top": top}
 
 
+@bp.get("/find")
+def find() -> WerkzeugResponse:
+    """A workflow by its id (dispatch_uuid or workflow_id), or by one of its messages' ids."""
+    wanted = (request.args.get("id") or "").strip()
+    if not wanted:
+        raise ApiError(400, "Give a workflow's or a message's id.")
+    db = get_db()
+    if readmodel.workflow(db, wanted) is not None:
+        return redirect(url_for("dashboard.timeline", dispatch_uuid=wanted))
+    message = db.run(lambda conn: readmodel.read_message(conn, wanted))
+    if message is not None and message["dispatch_uuid"]:
+        return redirect(url_for("dashboard.timeline", dispatch_uuid=message["dispatch_uuid"]))
+    if message is not None:
+        raise ApiError(404, f"Message {wanted!r} is known, but belongs to no workflow.")
+    raise ApiError(404, f"No workflow or message has the id {wanted!r}.")
+
+
 @bp.get("/workflows/<id:dispatch_uuid>")
 def timeline(dispatch_uuid: str) -> str:
     """One workflow's timeline: each step, its statuses over time, its deadline, the outcome."""
@@ -123,12 +171,19 @@ def timeline(dispatch_uuid: str) -> str:
     )
 
 
+# The timeline's drawing area, in px: where the axis starts and how wide it is.
+AXIS_LEFT, AXIS_WIDTH = 40, 760
+# Dots closer than this (px) on one row go on a lane below, so none hides another.
+DOT_SPACING = 15
+TICKS = 5
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
 def _timeline_rows(document: dict[str, Any]) -> dict[str, Any]:
-    """Place every status and deadline on one time axis, 800 px wide."""
-
-    def parse(value: str | None) -> datetime | None:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
+    """Place every status, waiting window and deadline on one time axis, with its ticks."""
     by_uuid = {m["message_uuid"]: m for m in document["messages"]}
     steps = document["steps"] or [
         {
@@ -136,13 +191,14 @@ def _timeline_rows(document: dict[str, Any]) -> dict[str, Any]:
             "channel": m["channel"],
             "message_uuid": m["message_uuid"],
             "deadline": None,
+            "settled_at": None,
             "outcome": m["status"],
             "condition_status": None,
         }
         for n, m in enumerate(document["messages"])
     ]
-    times = [parse(t) for m in document["messages"] for t in m["statuses"].values()]
-    times += [parse(s["deadline"]) for s in steps]
+    times = [_parse(t) for m in document["messages"] for t in m["statuses"].values()]
+    times += [_parse(s["deadline"]) for s in steps]
     known = [t for t in times if t is not None]
     if not known:
         return {"rows": [], "axis": None}
@@ -150,25 +206,48 @@ def _timeline_rows(document: dict[str, Any]) -> dict[str, Any]:
     span = max((end - start).total_seconds(), 1.0)
 
     def x(moment: datetime) -> float:
-        return 40 + 760 * (moment - start).total_seconds() / span
+        return AXIS_LEFT + AXIS_WIDTH * (moment - start).total_seconds() / span
 
     rows = []
     for step in steps:
         message = by_uuid.get(step["message_uuid"] or "")
-        events = []
+        events: list[dict[str, Any]] = []
         if message:
-            for status, at in message["statuses"].items():
-                moment = parse(at)
+            ordered = sorted(message["statuses"].items(), key=lambda kv: (kv[1], kv[0]))
+            for status, at in ordered:
+                moment = _parse(at)
                 assert moment is not None
-                events.append({"status": status, "x": x(moment), "at": at})
-        deadline = parse(step["deadline"])
+                events.append({"status": status, "x": x(moment), "at": at, "lane": 0})
+        # Each dot too close to one already on a lane moves to the next lane.
+        lanes: list[float] = []
+        for event in events:
+            lane = next(
+                (i for i, last in enumerate(lanes) if event["x"] - last >= DOT_SPACING), len(lanes)
+            )
+            if lane == len(lanes):
+                lanes.append(event["x"])
+            lanes[lane] = event["x"]
+            event["lane"] = lane
+        deadline = _parse(step["deadline"])
+        settled = _parse(step.get("settled_at"))
         submitted = events[0]["x"] if events else None
+        # The step waited from its submission until its outcome, or its deadline if none yet.
+        window_end = min(settled, deadline) if settled and deadline else deadline
         rows.append(
             {
                 "step": step,
                 "events": events,
+                "lanes": max(len(lanes), 1),
                 "deadline_x": x(deadline) if deadline else None,
                 "start_x": submitted,
+                "window_end_x": x(window_end) if window_end else None,
             }
         )
-    return {"rows": rows, "axis": {"start": iso(start), "end": iso(end)}}
+    ticks = [
+        {
+            "x": AXIS_LEFT + AXIS_WIDTH * i / (TICKS - 1),
+            "at": start + (end - start) * i / (TICKS - 1),
+        }
+        for i in range(TICKS)
+    ]
+    return {"rows": rows, "axis": {"start": start, "end": end, "ticks": ticks}}

@@ -132,6 +132,8 @@ def _step_document(result: StepResult) -> dict[str, Any]:
         "message_uuid": result.message_uuid,
         "submitted_at": iso(result.submitted_at) if result.submitted_at else None,
         "deadline": iso(result.deadline) if result.deadline else None,
+        # When its outcome became known (an event time), once it has one.
+        "settled_at": iso(result.settled_at) if result.settled_at else None,
         # Which of the API's rules (app/failover.py) gave the outcome.
         "why": result.why,
     }

@@ -54,6 +54,21 @@ def iso(value: datetime) -> str:
     return canonical(value).isoformat().replace("+00:00", "Z")
 
 
+def display(value: datetime) -> str:
+    """A time as people read it here (the dashboard, reasons in words): UTC, to the millisecond
+    when it has one, e.g. 2026-03-01T09:00:02Z or 2026-03-01T09:00:02.250Z."""
+    m = canonical(value)
+    text = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+    if m.microsecond:
+        text += f".{m.microsecond // 1000:03d}"
+    offset = m.utcoffset() or timedelta(0)
+    if not offset:
+        return text + "Z"
+    sign, minutes = ("-", -offset) if offset < timedelta(0) else ("+", offset)
+    hours, rest = divmod(int(minutes.total_seconds()) // 60, 60)
+    return f"{text}{sign}{hours:02d}:{rest:02d}"
+
+
 # PostgreSQL's text form of a timestamptz in a session whose TimeZone is UTC.
 _PG_UTC = re.compile(
     r"(?P<year>\d{4,5})-(?P<month>\d\d)-(?P<day>\d\d) (?P<hour>\d\d):(?P<minute>\d\d):"

@@ -83,7 +83,7 @@ def post_workflow() -> tuple[Response, int]:
 
 @bp.get("/workflows")
 def list_workflows() -> Response:
-    """Workflows that are overdue (?overdue=true), or the latest to change."""
+    """Workflows that are overdue (?overdue=true), or those whose latest event is the latest."""
     require_read_access()
     args = request.args
     limit = _int_arg("limit", 100, 1, 1000)
@@ -114,6 +114,7 @@ def list_workflows() -> Response:
                 "reported_status": r["reported_status"],
                 "current_step": r["current_step"],
                 "updated_at": iso(r["updated_at"]),
+                "last_event_at": iso(r["last_event_at"]) if r["last_event_at"] else None,
             }
             for r in rows
         ]

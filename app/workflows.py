@@ -17,7 +17,7 @@ from app.intake import schema_rejection
 from app.messages_request import is_messages_request, load_failover_request
 from app.queries import sql
 from app.state import Api
-from app.times import iso
+from app.times import display, iso
 
 
 def validate(body: Any) -> Definition:
@@ -108,11 +108,11 @@ def _reason(kind: str, api: str | None, step: int | None, since: datetime) -> st
     what = f"{'item' if api == Api.MESSAGES else 'step'} {step}"
     if kind == "failover_overdue":
         if api == Api.MESSAGES:
-            return f"{what} was due when the item before it failed, at {iso(since)}"
-        return f"{what}: its failover was due at {iso(since)}"
+            return f"{what} was due when the item before it failed, at {display(since)}"
+        return f"{what}: its failover was due at {display(since)}"
     if kind == "outcome_overdue":
-        return f"{what} was submitted at {iso(since)} and has neither succeeded nor failed"
-    return f"decided by its definition at {iso(since)}, and no final report has come"
+        return f"{what} was submitted at {display(since)} and has neither succeeded nor failed"
+    return f"decided by its definition at {display(since)}, and no final report has come"
 
 
 def overdue(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -25,6 +26,7 @@ from tests import payloads
 from tests.conftest import post
 
 PASSWORD = "dashboard-password"
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"ops:{PASSWORD}".encode()).decode()}
 TOKEN = "dashboard-token"
 
@@ -48,15 +50,65 @@ def dash(clean_db: str) -> Iterator[FlaskClient]:
 
 def test_the_dashboard_is_off_without_a_password(client: FlaskClient) -> None:
     response = client.get("/dashboard", headers=AUTH)
-    assert response.status_code == 404
-    assert "DASHBOARD_PASSWORD" in response.json["message"]  # type: ignore[index]
+    assert (response.status_code, response.mimetype) == (404, "text/html")
+    page = response.get_data(as_text=True)
+    assert "DASHBOARD_PASSWORD" in page and 'id="home"' not in page  # nowhere to go back to
 
 
 def test_the_dashboard_needs_the_password(dash: FlaskClient) -> None:
-    assert dash.get("/dashboard").status_code == 401
+    refused = dash.get("/dashboard")
+    assert (refused.status_code, refused.mimetype) == (401, "text/html")
+    assert refused.headers["WWW-Authenticate"] == 'Basic realm="dispatch-ledger"'
+    assert "Password required" in refused.get_data(as_text=True)
     wrong = {"Authorization": "Basic " + base64.b64encode(b"ops:guess").decode()}
     assert dash.get("/dashboard", headers=wrong).status_code == 401
     assert dash.get("/dashboard", headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize("days", ["0", "367", "week", "-1"])
+def test_a_bad_period_is_an_html_page_with_a_way_back(dash: FlaskClient, days: str) -> None:
+    response = dash.get(f"/dashboard?days={days}", headers=AUTH)
+    assert (response.status_code, response.mimetype) == (400, "text/html")
+    page = response.get_data(as_text=True)
+    assert "days must be a whole number from 1 to 366" in page
+    assert 'href="/dashboard"' in page
+
+
+def test_a_workflow_is_found_by_its_id_or_a_message_id(dash: FlaskClient) -> None:
+    by_workflow = dash.get("/dashboard/find?id=d-1", headers=AUTH)
+    assert (by_workflow.status_code, by_workflow.location) == (302, "/dashboard/workflows/d-1")
+    by_message = dash.get("/dashboard/find?id=m-3-sms", headers=AUTH)
+    assert (by_message.status_code, by_message.location) == (302, "/dashboard/workflows/d-1")
+    missing = dash.get("/dashboard/find?id=nothing-here", headers=AUTH)
+    assert (missing.status_code, missing.mimetype) == (404, "text/html")
+    assert "No workflow or message has the id" in missing.get_data(as_text=True)
+    # Every page has the way back and the search box.
+    page = dash.get("/dashboard/workflows/d-1", headers=AUTH).get_data(as_text=True)
+    assert 'id="home"' in page and 'action="/dashboard/find"' in page
+
+
+def test_the_timeline_has_an_axis_exact_times_and_one_time_format(dash: FlaskClient) -> None:
+    page = dash.get("/dashboard/workflows/d-1", headers=AUTH).get_data(as_text=True)
+    ticks = re.findall(r'class="tick">([^<]+)<', page)
+    assert len(ticks) == 5 and all(re.fullmatch(TIME, t) for t in ticks), ticks
+    table = page.split('id="events"')[1].split("</table>")[0]
+    # Every status of every message, with its exact time.
+    times = re.findall(r"<td>(\d{4}-[^<]+)</td>", table)
+    assert len(times) >= 6 and all(re.fullmatch(TIME, t) for t in times), times
+    assert "2020-01-01T14:00:00Z" in times
+    # No other time format anywhere on the page (no microseconds, no +00:00).
+    assert not re.search(r"\d\d:\d\d:\d\d\.\d{6}|\+00:00", page)
+
+
+def test_recent_workflows_are_ordered_by_their_latest_event(dash: FlaskClient) -> None:
+    later = payloads.status("late-1", "delivered", "2021-06-01T00:00:00Z", dispatch_uuid="d-later")
+    assert post(dash, "status", later).status_code == 200
+    earlier = payloads.status("early-1", "delivered", "2019-01-01T00:00:00Z", dispatch_uuid="d-old")
+    assert post(dash, "status", earlier).status_code == 200  # received last, happened first
+    page = dash.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    recent = page.split("Recent workflows")[1]
+    order = re.findall(r">(d-[a-z0-9-]+)</a>", recent)
+    assert order == ["d-later", "d-1", "d-old"]
 
 
 def test_the_overview_shows_the_funnel_failover_and_workflows(dash: FlaskClient) -> None:

@@ -103,7 +103,8 @@ UPDATE dispatch d
        message_channels = r.message_channels,
        computed_cost = r.computed_cost,
        cost_currency = r.cost_currency,
-       first_event_at = r.first_event_at
+       first_event_at = r.first_event_at,
+       last_event_at = r.last_event_at
   FROM unnest(%(ids)s::text[]) AS t(dispatch_uuid)
        CROSS JOIN LATERAL (
         SELECT count(*)::integer AS steps_tried,
@@ -112,13 +113,17 @@ UPDATE dispatch d
                sum(m.price) AS computed_cost,
                CASE WHEN min(m.currency) <> max(m.currency) THEN 'MIXED' ELSE min(m.currency) END
                    AS cost_currency,
-               min(m.first_event_at) AS first_event_at
+               min(m.first_event_at) AS first_event_at,
+               max(greatest(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at,
+                            m.undeliverable_at)) AS last_event_at
           FROM message m
          WHERE m.dispatch_uuid = t.dispatch_uuid) r
  WHERE d.dispatch_uuid = t.dispatch_uuid
-   AND (d.steps_tried, d.message_channels, d.computed_cost, d.cost_currency, d.first_event_at)
+   AND (d.steps_tried, d.message_channels, d.computed_cost, d.cost_currency, d.first_event_at,
+        d.last_event_at)
        IS DISTINCT FROM
-       (r.steps_tried, r.message_channels, r.computed_cost, r.cost_currency, r.first_event_at);
+       (r.steps_tried, r.message_channels, r.computed_cost, r.cost_currency, r.first_event_at,
+        r.last_event_at);
 
 -- name: workflows_messages
 -- The messages of locked workflows, each workflow's in the order they were sent.

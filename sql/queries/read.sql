@@ -75,10 +75,10 @@ SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
  LIMIT %(limit)s;
 
 -- name: list_recent
--- The workflows that changed last (of one API, or both).
+-- The workflows whose latest event is the latest (of one API, or both); those with none yet last.
 SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at, reported_status,
-       updated_at
+       updated_at, last_event_at
   FROM dispatch
  WHERE %(api)s::text IS NULL OR api = %(api)s::text
- ORDER BY updated_at DESC, dispatch_uuid
+ ORDER BY last_event_at DESC NULLS LAST, dispatch_uuid
  LIMIT %(limit)s;
