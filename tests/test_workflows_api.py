@@ -348,16 +348,22 @@ def test_listing_arguments_are_checked(api: FlaskClient, query_string: dict[str,
     assert response.json["code"] == 400  # type: ignore[index]
 
 
-def test_recent_workflows_are_listed_latest_first(api: FlaskClient) -> None:
-    for n, uuid in enumerate(["d-a", "d-b"]):
+def test_recent_workflows_are_listed_by_their_latest_event(api: FlaskClient) -> None:
+    # d-b's event is the later one, though its callback is received first.
+    for n, (uuid, happened) in enumerate(
+        [("d-b", "2026-03-01T08:30:00Z"), ("d-a", "2026-03-01T08:00:00Z")]
+    ):
         with freeze_time(f"2026-03-01T09:0{n}:00Z"):
             post(
                 api,
                 "message-status",
-                payloads.status(f"m-{uuid}", "submitted", T, dispatch_uuid=uuid),
+                payloads.status(f"m-{uuid}", "submitted", happened, dispatch_uuid=uuid),
             )
     listed = api.get("/workflows").json["workflows"]  # type: ignore[index]
-    assert [w["dispatch_uuid"] for w in listed] == ["d-b", "d-a"]
+    assert [(w["dispatch_uuid"], w["last_event_at"]) for w in listed] == [
+        ("d-b", "2026-03-01T08:30:00Z"),
+        ("d-a", "2026-03-01T08:00:00Z"),
+    ]
 
 
 def test_the_overdue_command_lists_and_can_fail(api: FlaskClient, clean_db: str) -> None:
