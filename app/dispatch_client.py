@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -56,25 +57,35 @@ def authorization(settings: Settings, now: float) -> str:
     )
 
 
-def submit(request_body: Any, settings: Settings) -> str:
+def submit(request_body: Any, settings: Settings, extra: dict[str, str] | None = None) -> str:
     """Send a validated Dispatch request; returns Dispatch's dispatch_uuid."""
-    status, answer = _post("/v0.1/dispatch", request_body, settings, "Dispatch")
+    status, answer = _post("/v0.1/dispatch", request_body, settings, "Dispatch", extra)
     dispatch_uuid = answer.get("dispatch_uuid")
     if status != 202 or not isinstance(dispatch_uuid, str) or not 1 <= len(dispatch_uuid) <= 50:
         raise DispatchRefused(status, f"Dispatch answered {status} without a dispatch_uuid")
     return dispatch_uuid
 
 
-def submit_messages(request_body: Any, settings: Settings) -> str:
+def submit_messages(
+    request_body: Any, settings: Settings, extra: dict[str, str] | None = None
+) -> str:
     """Send a validated Messages API failover request; returns its workflow_id."""
-    status, answer = _post("/v1/messages", request_body, settings, "The Messages API")
+    status, answer = _post("/v1/messages", request_body, settings, "The Messages API", extra)
     workflow_id = answer.get("workflow_id")
     if status != 202 or not isinstance(workflow_id, str) or not 1 <= len(workflow_id) <= 200:
         raise DispatchRefused(status, f"The Messages API answered {status} without a workflow_id")
     return workflow_id
 
 
-def _post(path: str, body: Any, settings: Settings, who: str) -> tuple[int, dict[str, Any]]:
+def is_vonage(settings: Settings) -> bool:
+    """Whether DISPATCH_API_URL is Vonage's own API (not a stand-in)."""
+    host = urllib.parse.urlsplit(settings.dispatch_api_url).hostname or ""
+    return host.endswith((".nexmo.com", ".vonage.com")) or host in ("nexmo.com", "vonage.com")
+
+
+def _post(
+    path: str, body: Any, settings: Settings, who: str, extra: dict[str, str] | None
+) -> tuple[int, dict[str, Any]]:
     url = settings.dispatch_api_url.rstrip("/") + path
     request = urllib.request.Request(
         url,
@@ -84,6 +95,7 @@ def _post(path: str, body: Any, settings: Settings, who: str) -> tuple[int, dict
             "Content-Type": "application/json",
             "Accept": "application/json",
             "Authorization": authorization(settings, time.time()),
+            **(extra or {}),
         },
     )
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app import intake, workflows
+from app import dispatch_client, intake, workflows
 from app.access import require_api_token, require_read_access
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused
 from app.errors import ApiError
@@ -17,6 +17,8 @@ from app.queries import sql
 from app.times import iso
 
 bp = Blueprint("workflow_api", __name__)
+# The stand-in's per-workflow scenario, passed on by POST /workflows.
+SCENARIO_HEADER = "X-Emulator-Scenario"
 
 
 def _json_body() -> Any:
@@ -67,9 +69,22 @@ def post_workflow() -> tuple[Response, int]:
     require_api_token()
     body = _json_body()
     settings = get_settings()
+    extra = {}
+    scenario = request.headers.get(SCENARIO_HEADER)
+    if scenario is not None:
+        # For the stand-in only: Vonage would ignore it, and the sender would
+        # believe a scenario was played.
+        if dispatch_client.is_vonage(settings):
+            raise ApiError(
+                400,
+                f"{SCENARIO_HEADER} is for the stand-in (dispatch-ledger emulate), but"
+                " DISPATCH_API_URL is Vonage's own API: nothing was sent.",
+                {SCENARIO_HEADER: ["Only with DISPATCH_API_URL pointing at a stand-in."]},
+            )
+        extra[SCENARIO_HEADER] = scenario
     try:
         dispatch_uuid = _validated(
-            lambda: workflows.send(get_db(), body, settings, datetime.now(UTC))
+            lambda: workflows.send(get_db(), body, settings, datetime.now(UTC), extra)
         )
     except DispatchNotConfigured as exc:
         raise ApiError(503, str(exc)) from None

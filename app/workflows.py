@@ -51,13 +51,19 @@ def record(db: Database, dispatch_uuid: str, body: Any, now: datetime) -> bool:
     )
 
 
-def send(db: Database, body: Any, settings: Settings, now: datetime) -> str:
+def send(
+    db: Database,
+    body: Any,
+    settings: Settings,
+    now: datetime,
+    extra: dict[str, str] | None = None,
+) -> str:
     """Validate, send to Vonage, and record under the id it returns (dispatch_uuid, workflow_id)."""
     definition = validate(body)
     if definition.api is Api.MESSAGES:
-        dispatch_uuid = dispatch_client.submit_messages(body, settings)
+        dispatch_uuid = dispatch_client.submit_messages(body, settings, extra)
     else:
-        dispatch_uuid = dispatch_client.submit(body, settings)
+        dispatch_uuid = dispatch_client.submit(body, settings, extra)
     db.run(
         lambda conn: decide.record_definition(conn, dispatch_uuid, body, definition, "sent", now)
     )

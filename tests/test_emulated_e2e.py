@@ -306,3 +306,27 @@ def test_every_messages_failover_scenario_end_to_end(pair: tuple[Server, Server]
             # Item 2 was submitted and never heard of again: awaited, with no deadline.
             assert workflow["current_step"]["step"] == 2, name
             assert workflow["awaiting_since"] is not None, name
+
+
+def test_a_scenario_header_on_the_ledgers_send_reaches_the_stand_in(
+    pair: tuple[Server, Server],
+) -> None:
+    ledger, emulator = pair
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {TOKEN}",
+        "X-Emulator-Scenario": json.dumps(
+            {"channels": {"messenger": "fails", "viber_service_msg": "fails"}}
+        ),
+    }
+    code, _, answer = ledger.request("POST", "/workflows", json.dumps(REQUEST).encode(), headers)
+    assert code == 202, answer
+    idle(emulator)
+    _, _, played = emulator.request("GET", f"/_emulator/dispatches/{answer['dispatch_uuid']}")
+    _, _, workflow = ledger.request("GET", f"/workflows/{answer['dispatch_uuid']}?wait=10")
+    assert played["winning_step"] == workflow["winning_step"] == 3  # the scenario was played
+    # A scenario the stand-in cannot read is refused, with its reason.
+    headers["X-Emulator-Scenario"] = '{"channels": {"sms": "explodes"}}'
+    code, _, refused = ledger.request("POST", "/workflows", json.dumps(REQUEST).encode(), headers)
+    assert code == 502
+    assert "Invalid scenario" in refused["message"]

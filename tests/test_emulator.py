@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +362,31 @@ def test_the_messages_api_answers_202_with_a_workflow_id_or_names_every_problem(
     assert refused.status_code == 422
     assert {p["name"] for p in refused.json["invalid_parameters"]} == {"channel", "failover"}
     assert emulator.post("/v1/messages", json=MESSAGES_REQUEST).status_code == 401
+
+
+def test_sms_is_never_read_only_delivered() -> None:
+    played = play({"messenger": B.FAILS, "viber_service_msg": B.FAILS, "sms": B.READ})
+    sms = [d.payload["status"] for d in played.deliveries if d.kind == "message-status"][-2:]
+    assert sms == ["submitted", "delivered"]
+    late = play({"messenger": B.FAILS, "viber_service_msg": B.FAILS, "sms": B.READ_LATE})
+    assert "read" not in {d.payload.get("status") for d in late.deliveries}
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 600.0])
+@pytest.mark.parametrize("faults", [NO_FAULTS, Faults(reorder=40, report_first=True)])
+def test_no_event_is_sent_before_it_happened(time_scale: float, faults: Faults) -> None:
+    from app.emulator.plan import started_for
+
+    channels = {"messenger": B.READ_LATE, "viber_service_msg": B.DELIVERED_LATE}
+    now = START
+    first = play(channels, faults)
+    played = plan(
+        REQUEST, Scenario(channels=channels, faults=faults), 1, started_for(first, now, time_scale)
+    )
+    assert [d.deliver_at for d in played.deliveries] == [d.deliver_at for d in first.deliveries]
+    for d in played.deliveries:
+        sent = now + timedelta(seconds=d.deliver_at / time_scale)
+        happened = datetime.fromisoformat(d.payload["timestamp"].replace("Z", "+00:00"))
+        assert happened <= sent, (d.kind, happened, sent)
+    if time_scale > 1:  # and not further back than it must
+        assert started_for(first, now, time_scale) < now

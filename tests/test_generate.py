@@ -28,6 +28,14 @@ def test_generated_workflows_are_stored_and_decided(db: Database, clean_db: str)
     statuses = {s for (s,) in query(clean_db, "SELECT DISTINCT status FROM dispatch")}
     assert "completed" in statuses and len(statuses) >= 2
     assert query(clean_db, "SELECT count(*) FROM analytics.dispatch_summary") == [(40,)]
+    # Believable: SMS has delivery receipts, never read receipts.
+    assert query(
+        clean_db,
+        "SELECT count(*) FROM message WHERE channel IN ('sms', 'mms') AND read_at IS NOT NULL",
+    ) == [(0,)]
+    assert query(clean_db, "SELECT count(*) > 0 FROM message WHERE read_at IS NOT NULL") == [
+        (True,)
+    ]
 
 
 def test_the_same_seed_makes_the_same_workflows() -> None:

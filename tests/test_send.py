@@ -38,6 +38,7 @@ class StandIn:
 
     def __init__(self) -> None:
         self.received: list[tuple[str, Any]] = []
+        self.scenarios: list[str | None] = []
         self.refuse_with: int | None = None
         stand_in = self
 
@@ -45,6 +46,7 @@ class StandIn:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stand_in.received.append((self.headers.get("Authorization", ""), body))
+                stand_in.scenarios.append(self.headers.get("X-Emulator-Scenario"))
                 if self.path not in ("/v0.1/dispatch", "/v1/messages"):
                     return self._answer(404, {"title": "Not found"})
                 if stand_in.refuse_with or not stand_in.authorized(self.headers):
@@ -241,3 +243,27 @@ def test_the_send_command_sends_a_messages_failover_to_v1_messages(
     assert "does not follow the Messages API reference" in refused.output
     assert '"ttl"' in refused.output
     assert len(dispatch_api.received) == 1  # an invalid request is never sent
+
+
+def test_a_scenario_header_reaches_the_stand_in_and_never_vonage(
+    clean_db: str, dispatch_api: StandIn
+) -> None:
+    scenario = '{"channels": {"messenger": "fails"}}'
+    headers = {**AUTH, "X-Emulator-Scenario": scenario}
+    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
+    try:
+        sent = app.test_client().post("/workflows", json=REQUEST, headers=headers)
+        assert sent.status_code == 202, sent.json
+        assert dispatch_api.scenarios == [scenario]
+    finally:
+        get_db(app).close()
+    real = sender(
+        clean_db, "https://api.nexmo.com", dispatch_api_key="key", dispatch_api_secret="secret"
+    )
+    try:
+        refused = real.test_client().post("/workflows", json=REQUEST, headers=headers)
+        assert refused.status_code == 400
+        assert "nothing was sent" in refused.json["message"]  # type: ignore[index]
+        assert "X-Emulator-Scenario" in refused.json["errors"]  # type: ignore[index]
+    finally:
+        get_db(real).close()

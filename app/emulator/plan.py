@@ -32,6 +32,11 @@ class Behavior(StrEnum):
     DELIVERED_LATE = "delivered_late"  # delivered only after the expiry time
 
 
+NO_READ_RECEIPTS = frozenset({"sms", "mms"})
+READ_AS_DELIVERED = {
+    Behavior.READ: Behavior.DELIVERED,
+    Behavior.READ_LATE: Behavior.DELIVERED_LATE,
+}
 PRICES = {
     "sms": Decimal("0.0333"),
     "messenger": Decimal("0.0100"),
@@ -57,7 +62,11 @@ class Scenario:
     faults: Faults = Faults()
 
     def behavior(self, channel: str) -> Behavior:
-        return self.channels.get(channel, self.default)
+        behavior = self.channels.get(channel, self.default)
+        if channel in NO_READ_RECEIPTS:
+            # SMS and MMS have delivery receipts, never read receipts.
+            return READ_AS_DELIVERED.get(behavior, behavior)
+        return behavior
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> Scenario:
@@ -379,3 +388,16 @@ def _messages_status(
         price = MESSAGES_PRICES[message.channel]
         payload["usage"] = {"currency": "EUR", "price": format(price, "f")}
     return payload
+
+
+def started_for(played: Plan, now: datetime, time_scale: float) -> datetime:
+    """When to say a workflow started, so that no event's time is after the moment it is sent.
+
+    Events keep their emulated spacing (deadlines depend on it) but are sent
+    `time_scale` times faster, and faults send some earlier than they
+    happened: a workflow that started `now` would report events from the
+    future. Starting it as far back as the furthest such event puts every
+    event at or before its sending.
+    """
+    ahead = max((d.event_at - d.deliver_at / time_scale for d in played.deliveries), default=0.0)
+    return now - timedelta(seconds=max(ahead, 0.0))

@@ -26,7 +26,7 @@ from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 
 from app.definitions import load_definition
-from app.emulator.plan import Delivery, Plan, Scenario, plan, plan_messages
+from app.emulator.plan import Delivery, Plan, Scenario, plan, plan_messages, started_for
 from app.messages_request import load_failover_request
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,11 @@ def create_emulator(config: EmulatorConfig) -> Flask:
         scenario = _scenario()
         if isinstance(scenario, Response):
             return scenario
-        the_plan = plan(body, scenario, seeds.getrandbits(64), datetime.now(UTC))
+        seed, now = seeds.getrandbits(64), datetime.now(UTC)
+        # Planned twice: once to know how long it runs, then from the start
+        # that keeps every event's time before its sending.
+        the_plan = plan(body, scenario, seed, now)
+        the_plan = plan(body, scenario, seed, started_for(the_plan, now, config.time_scale))
         plans[the_plan.dispatch_uuid] = the_plan
         deliverer.schedule(the_plan)
         return jsonify(dispatch_uuid=the_plan.dispatch_uuid), 202
@@ -248,9 +252,11 @@ def create_emulator(config: EmulatorConfig) -> Flask:
         scenario = _scenario()
         if isinstance(scenario, Response):
             return scenario
-        the_plan = plan_messages(
-            body, scenario, seeds.getrandbits(64), datetime.now(UTC), config.workflow_spelling
-        )
+        seed, now = seeds.getrandbits(64), datetime.now(UTC)
+        spelling = config.workflow_spelling
+        the_plan = plan_messages(body, scenario, seed, now, spelling)
+        started = started_for(the_plan, now, config.time_scale)
+        the_plan = plan_messages(body, scenario, seed, started, spelling)
         plans[the_plan.dispatch_uuid] = the_plan
         deliverer.schedule(the_plan)
         first = the_plan.deliveries[0].payload["message_uuid"] if the_plan.deliveries else None
