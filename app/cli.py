@@ -116,7 +116,12 @@ def migrate() -> None:
 @click.option("--port", type=int, help="Port to listen on (default: $PORT or 8000).")
 @click.option("--workers", type=int, help="Worker processes (default: $WEB_CONCURRENCY or 2).")
 def serve(port: int | None, workers: int | None) -> None:
-    """Apply migrations and serve with gunicorn (embedded PostgreSQL if DATABASE_URL is unset)."""
+    """Apply migrations and serve with gunicorn (embedded PostgreSQL if DATABASE_URL is unset).
+
+    Reads every setting (README: Configuration); PORT, HOST, WEB_CONCURRENCY
+    and the GUNICORN_* ones here, DATABASE_URL or DATA_DIR for the database.
+    Ctrl-C (or SIGTERM) stops it, and the embedded PostgreSQL with it.
+    """
     settings = Settings.from_env()
     url = _database_url(settings)
     migrations.migrate(url)
@@ -254,7 +259,12 @@ def emulate(
     workflow_spelling: str,
 ) -> None:
     """Run a local stand-in of Dispatch and the Messages API's failover that plays workflows
-    out and calls back."""
+    out and calls back.
+
+    Reads EMULATOR_API_KEY and EMULATOR_API_SECRET (Basic credentials it takes),
+    EMULATOR_PUBLIC_KEY (to check bearer JWTs), VONAGE_SIGNATURE_SECRET (to sign
+    callbacks), PORT and HOST.
+    """
     from werkzeug.serving import run_simple
 
     from app.emulator.plan import Scenario
@@ -330,7 +340,10 @@ def analyst_role(name: str, password_env: str | None) -> None:
     help="Delete raw callbacks received more than this many days ago.",
 )
 def prune_raw(older_than_days: int) -> None:
-    """Delete old raw callbacks; the current state is kept."""
+    """Delete old raw callbacks; the current state is kept.
+
+    After it, `rebuild` refuses (it would lose what they said). Reads DATABASE_URL.
+    """
     deleted = operations.prune_raw(
         _migrated_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
     )
@@ -350,7 +363,10 @@ def prune_raw(older_than_days: int) -> None:
     help="Also delete rejects never recovered (their only copy): after a flood of junk.",
 )
 def prune_rejects(older_than_days: int, unresolved: bool) -> None:
-    """Delete old kept rejects: recovered ones, or also unrecovered ones when asked."""
+    """Delete old kept rejects: recovered ones, or also unrecovered ones when asked.
+
+    Reads DATABASE_URL.
+    """
     deleted = operations.prune_rejects(
         _migrated_url(Settings.from_env()),
         timedelta(days=older_than_days),
@@ -431,8 +447,9 @@ def generate(dispatches: int, seed: int | None, days: int, mix: str, messages_sh
 def rebuild(skip_invalid: bool) -> None:
     """Recompute every workflow, message and decision from the raw log and the definitions.
 
-    One transaction: readers see the old state until it commits, and callbacks
-    that arrive meanwhile wait for it (or get 503 and are retried by Vonage).
+    One transaction: readers see the old state until it commits; callbacks
+    that arrive meanwhile are captured and answered, and applied after it.
+    Reads DATABASE_URL, MAX_JSON_DEPTH.
     """
     from app.rebuild import RebuildRefused
     from app.rebuild import rebuild as run
@@ -526,7 +543,7 @@ def apply_command(once: bool, retry_failed: bool, poll: float) -> None:
 def status(limit: int) -> None:
     """Say how far the applier is: callbacks waiting, failed (listed, with errors), the oldest.
 
-    Exits with status 1 while callbacks that failed to apply remain.
+    Exits with status 1 while callbacks that failed to apply remain. Reads DATABASE_URL.
     """
     settings = Settings.from_env()
     with _database(settings) as db:
@@ -547,7 +564,9 @@ def status(limit: int) -> None:
 def reprocess_rejects_command() -> None:
     """Run kept rejects through today's checks (secrets too); recovered ones are applied.
 
-    Exits with status 1 while any kept reject remains unrecovered.
+    Exits with status 1 while any kept reject remains unrecovered. Reads
+    VONAGE_SIGNATURE_SECRET (and _PREVIOUS), WEBHOOK_BASIC_USER/PASSWORD,
+    MAX_JSON_DEPTH, DATABASE_URL.
     """
     settings = Settings.from_env()
     credentials = Credentials.from_settings(settings)

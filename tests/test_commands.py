@@ -124,3 +124,27 @@ def test_generate_says_which_database_it_writes_fake_workflows_into(clean_db: st
     done = run("generate", "--dispatches", "2", "--seed", "1", env={"DATABASE_URL": clean_db})
     assert done.returncode == 0, done.stderr
     assert "writing 2 fake workflows into DATABASE_URL" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "settings"),
+    [
+        ("serve", ["PORT", "WEB_CONCURRENCY", "DATABASE_URL", "DATA_DIR"]),
+        ("migrate", ["DATABASE_URL", "DATA_DIR"]),
+        ("apply", ["APPLY_IN_WEB", "APPLY_BATCH_SIZE", "DATABASE_URL"]),
+        ("status", ["DATABASE_URL"]),
+        ("send", ["DISPATCH_API_URL", "DISPATCH_API_KEY", "DISPATCH_APPLICATION_ID"]),
+        ("overdue", ["OVERDUE_GRACE_SECONDS", "LAST_STEP_TIMEOUT_SECONDS"]),
+        ("reprocess-rejects", ["VONAGE_SIGNATURE_SECRET", "DATABASE_URL"]),
+        ("rebuild", ["DATABASE_URL"]),
+        ("prune-raw", ["DATABASE_URL"]),
+        ("prune-rejects", ["DATABASE_URL"]),
+        ("generate", ["DATABASE_URL", "DATA_DIR"]),
+        ("analyst-role", ["DATABASE_URL", "CREATEROLE"]),
+        ("emulate", ["EMULATOR_API_KEY", "VONAGE_SIGNATURE_SECRET", "PORT"]),
+    ],
+)
+def test_each_commands_help_names_the_settings_it_reads(command: str, settings: list[str]) -> None:
+    helped = " ".join(run(command, "--help").stdout.split())  # lines joined
+    for name in settings:
+        assert name in helped, (command, name)
