@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app import backlog, readmodel, workflows
@@ -48,18 +49,23 @@ def require_password() -> Response | None:
 
 
 @bp.errorhandler(ApiError)
-def error_page(error: ApiError) -> tuple[str, int]:
+def error_page(error: HTTPException) -> Response:
     """The dashboard's errors are pages for people, with a way back (the API's stay JSON)."""
     code = error.code or 500
-    titles = {400: "That cannot be shown", 404: "Not found"}
+    titles = {400: "That cannot be shown", 404: "Not found", 405: "Not allowed here"}
+    message = error.description if code < 500 else "The server failed to show this page."
     page = render_template(
         "error.html",
         code=code,
         title=titles.get(code, "Something went wrong"),
-        message=error.description,
-        back=code != 404 or get_settings().dashboard_password is not None,
+        message=message,
+        back=get_settings().dashboard_password is not None,
     )
-    return page, code
+    response = Response(page, code, mimetype="text/html")
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 @bp.app_template_filter("when")

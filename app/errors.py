@@ -1,10 +1,11 @@
-"""One JSON error envelope, {code, status, message, errors}, for every error response."""
+"""One JSON error envelope, {code, status, message, errors}, for every API error response
+(the dashboard, read by people, answers its errors with pages: app.dashboard.error_page)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app.db import DatabaseUnavailable
@@ -57,6 +58,11 @@ def handle_http_exception(error: HTTPException) -> Response:
         message = "The server failed to handle the request."
     else:
         message = error.description or ""
+    if request.path == "/dashboard" or request.path.startswith("/dashboard/"):
+        # People read the dashboard: its errors are pages (routing's 404s too).
+        from app.dashboard import error_page
+
+        return error_page(error)
     response = envelope(code, message, getattr(error, "errors", None))
     # Keep headers such as Allow (405) that Werkzeug's exception carries.
     for name, value in error.get_headers():
