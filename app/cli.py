@@ -167,7 +167,10 @@ def send(request_file: Any) -> None:
     DISPATCH_TIMEOUT_SECONDS; DATABASE_URL.
     """
     settings = Settings.from_env()
-    body = json.loads(request_file.read())
+    try:
+        body = json.loads(request_file.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{request_file.name} is not JSON: {exc}") from None
     try:
         with _database(settings) as db:
             dispatch_uuid = workflows.send(db, body, settings, datetime.now(UTC))

@@ -148,3 +148,11 @@ def test_each_commands_help_names_the_settings_it_reads(command: str, settings: 
     helped = " ".join(run(command, "--help").stdout.split())  # lines joined
     for name in settings:
         assert name in helped, (command, name)
+
+
+def test_send_with_a_file_that_is_not_json_says_so(tmp_path: Path) -> None:
+    broken = tmp_path / "request.json"
+    broken.write_text("{not json")
+    done = run("send", str(broken), env={"DATABASE_URL": "postgresql://unused@127.0.0.1:9/x"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "request.json is not JSON" in done.stderr

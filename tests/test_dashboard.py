@@ -266,3 +266,54 @@ def test_chromium_draws_a_messages_api_workflow(dash: FlaskClient, tmp_path: Pat
     dots = colours(screenshot(page, tmp_path, "messages-timeline"))
     for status in ("submitted", "delivered", "rejected"):
         assert dots[rgb(COLOURS[status])] > 60, status
+
+
+def test_dots_a_second_apart_are_drawn_on_lanes_not_on_each_other() -> None:
+    from app.dashboard import DOT_SPACING, _timeline_rows
+
+    statuses = {
+        "submitted": "2026-03-01T09:00:00Z",
+        "delivered": "2026-03-01T09:00:01Z",
+        "read": "2026-03-01T09:00:02Z",
+    }
+    document = {
+        "steps": None,
+        "messages": [
+            {"message_uuid": "m", "channel": "sms", "status": "read", "statuses": statuses},
+            {
+                "message_uuid": "n",
+                "channel": "sms",
+                "status": "delivered",
+                "statuses": {"submitted": "2026-03-01T10:00:00Z"},
+            },
+        ],
+    }
+    row = _timeline_rows(document)["rows"][0]
+    dots = [(e["x"], e["lane"]) for e in row["events"]]
+    assert [lane for _, lane in dots] == [0, 1, 2] and row["lanes"] == 3
+    for i, (x, lane) in enumerate(dots):
+        for other_x, other_lane in dots[i + 1 :]:
+            assert lane != other_lane or abs(x - other_x) >= DOT_SPACING
+
+
+def test_an_outcome_overdue_workflow_is_on_the_dashboard_with_its_reason(dash: FlaskClient) -> None:
+    body = payloads.status("lone-1", "submitted", "2020-01-01T00:00:00Z", dispatch_uuid="d-lone")
+    assert post(dash, "status", body).status_code == 200
+    assert (
+        dash.put(
+            "/workflows/d-lone/definition",
+            json={
+                **payloads.fixture("dispatch_request_failover.json"),
+                "workflow": payloads.fixture("dispatch_request_failover.json")["workflow"][-1:],
+            },
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ).status_code
+        == 201
+    )
+    page = dash.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    overdue = page.split("<h2>Overdue</h2>")[1].split("</table>")[0]
+    assert "d-lone" in overdue and "outcome_overdue" in overdue
+    assert (
+        "step 1 was submitted at 2020-01-01T00:00:00Z and has neither succeeded nor failed"
+        in overdue
+    )
