@@ -102,7 +102,8 @@ def _post(
         with urllib.request.urlopen(request, timeout=settings.dispatch_timeout_seconds) as answer:
             status, raw = answer.status, answer.read(65536)
     except urllib.error.HTTPError as error:
-        text = error.read(2048).decode("utf-8", "replace")
+        with error:  # it holds the connection open until closed
+            text = error.read(2048).decode("utf-8", "replace")
         raise DispatchRefused(error.code, f"{who} answered {error.code}: {text}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         reason = getattr(error, "reason", error)

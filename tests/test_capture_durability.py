@@ -116,8 +116,9 @@ class Senders:
                 conn.request("POST", "/webhooks/status", body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
-            except OSError:
-                # The server died under the request: not acknowledged.
+            except (OSError, http.client.HTTPException):
+                # The server died under the request (perhaps mid-answer): not
+                # acknowledged, as Vonage would not count it either.
                 if conn is not None:
                     conn.close()
                 conn = None

@@ -117,6 +117,7 @@ class Deliverer:
                 code = answer.status
         except urllib.error.HTTPError as error:
             code = error.code
+            error.close()  # it holds the connection open until closed
         except (urllib.error.URLError, OSError):
             code = 0
         record = {
