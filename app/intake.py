@@ -171,11 +171,9 @@ def kind_of(payload: Any, hint: CallbackKind) -> CallbackKind:
             {"_schema": ["Both message_uuid and dispatch_uuid with template at the top."]},
         )
     if status:
-        return (
-            CallbackKind.MESSAGES_STATUS
-            if _messages_api_shape(payload)
-            else (CallbackKind.MESSAGE_STATUS)
-        )
+        if _messages_api_shape(payload):
+            return CallbackKind.MESSAGES_STATUS
+        return CallbackKind.MESSAGE_STATUS
     if report:
         return CallbackKind.FINAL_REPORT
     return hint

@@ -41,6 +41,8 @@ TTL_RANGES = {
     "whatsapp": (60, 2_592_000),
     "messenger": (60, 2_592_000),
 }
+# Message types whose content is a file Vonage fetches.
+MEDIA = frozenset({"image", "audio", "video", "file", "vcard"})
 MAX_ITEMS = 10  # the first message and up to 9 to fail over to
 CLIENT_REF_LENGTH = 100
 WEBHOOK_VERSIONS = ["v0.1", "v1"]
@@ -86,6 +88,8 @@ class MessageSchema(_Base):
             problems["message_type"] = [f"{channel} takes {', '.join(sorted(allowed))}."]
         elif data.get(kind) is None:
             problems[kind] = [f"Required for message_type {kind}."]
+        elif kind in MEDIA and not str(data[kind].get("url") or "").strip():
+            problems[kind] = [f"A {kind} needs its url."]
         text = data.get("text")
         if kind == "text" and isinstance(text, str) and len(text) > TEXT_LIMITS[channel]:
             problems["text"] = [f"{channel} text is limited to {TEXT_LIMITS[channel]} characters."]

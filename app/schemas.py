@@ -460,13 +460,13 @@ class MessagesStatusSchema(_Base):
             status=data["status"],
             occurred_at=data["timestamp"],
             dispatch_uuid=workflow.get("workflow_id"),
-            # Without a workflow, a position means nothing.
             channel=channel,
             to=to,
             from_=from_,
             error=data["error"],
             usage=data["usage"],
             api=Api.MESSAGES,
+            # Without a workflow, a position means nothing.
             item_number=workflow.get("item_number") if workflow.get("workflow_id") else None,
             items_total=workflow.get("items_total") if workflow.get("workflow_id") else None,
             client_ref=data["client_ref"],

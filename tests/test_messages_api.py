@@ -342,6 +342,7 @@ def test_a_recorded_messages_definition_names_each_items_channel(api: FlaskClien
         ({"client_ref": "x" * 101}, "client_ref"),
         ({"failover": []}, "failover"),
         ({"webhook_version": "v2"}, "webhook_version"),
+        ({"message_type": "image", "image": {"caption": "no url"}}, "image"),
     ],
 )
 def test_a_bad_messages_request_is_refused_field_by_field(
