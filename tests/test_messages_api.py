@@ -435,3 +435,15 @@ def test_the_analysts_comparison_of_the_two_apis(client: FlaskClient, clean_db: 
         ("dispatch", "pending", 1, "0.05"),  # no definition, no final report: undecided
         ("messages", "completed", 1, "0.02"),
     ]
+
+
+def test_a_messages_workflows_last_item_is_left_out_of_the_failover_rate(
+    client: FlaskClient, clean_db: str
+) -> None:
+    send_all(client, RCS_REJECTED_SMS_DELIVERED)
+    assert query(
+        clean_db,
+        "SELECT api, step, channel, messages, failed_over FROM analytics.failover_rate"
+        " ORDER BY step",
+    ) == [("messages", 1, "rcs", 1, 1)]  # item 2 of 2 (sms) cannot fail over
+    assert query(clean_db, "SELECT items_total FROM dispatch") == [(2,)]

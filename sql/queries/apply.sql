@@ -104,7 +104,8 @@ UPDATE dispatch d
        computed_cost = r.computed_cost,
        cost_currency = r.cost_currency,
        first_event_at = r.first_event_at,
-       last_event_at = r.last_event_at
+       last_event_at = r.last_event_at,
+       items_total = r.items_total
   FROM unnest(%(ids)s::text[]) AS t(dispatch_uuid)
        CROSS JOIN LATERAL (
         SELECT count(*)::integer AS steps_tried,
@@ -115,15 +116,16 @@ UPDATE dispatch d
                    AS cost_currency,
                min(m.first_event_at) AS first_event_at,
                max(greatest(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at,
-                            m.undeliverable_at)) AS last_event_at
+                            m.undeliverable_at)) AS last_event_at,
+               max(m.items_total) AS items_total
           FROM message m
          WHERE m.dispatch_uuid = t.dispatch_uuid) r
  WHERE d.dispatch_uuid = t.dispatch_uuid
    AND (d.steps_tried, d.message_channels, d.computed_cost, d.cost_currency, d.first_event_at,
-        d.last_event_at)
+        d.last_event_at, d.items_total)
        IS DISTINCT FROM
        (r.steps_tried, r.message_channels, r.computed_cost, r.cost_currency, r.first_event_at,
-        r.last_event_at);
+        r.last_event_at, r.items_total);
 
 -- name: workflows_messages
 -- The messages of locked workflows, each workflow's in the order they were sent.

@@ -13,12 +13,12 @@ SELECT d.api,
   FROM dispatch d
   LEFT JOIN workflow_definition w USING (dispatch_uuid)
  CROSS JOIN LATERAL unnest(d.message_channels) WITH ORDINALITY AS s (channel, step)
- -- A workflow's last step (by its definition) cannot fail over: left out, so
- -- that it does not show as a 0% failover rate.
- WHERE w.steps IS NULL OR s.step < jsonb_array_length(w.steps)
+ -- A workflow's last step (by its definition, or a Messages API workflow's
+ -- items) cannot fail over: left out, so that it does not show as a 0% rate.
+ WHERE s.step < coalesce(jsonb_array_length(w.steps), d.items_total, s.step + 1)
  GROUP BY d.api, s.step, 3;
 
-COMMENT ON VIEW analytics.failover_rate IS 'Per step (1-based, by order of appearance in the workflow) and channel: how many messages were followed by a next step. Messages at their workflow''s last step by its definition are left out: they cannot fail over.';
+COMMENT ON VIEW analytics.failover_rate IS 'Per step (1-based, by order of appearance in the workflow) and channel: how many messages were followed by a next step. Messages at their workflow''s last step (by its definition, or a Messages API workflow''s items) are left out: they cannot fail over.';
 COMMENT ON COLUMN analytics.failover_rate.api IS 'The API that ran the workflows: dispatch or messages.';
 COMMENT ON COLUMN analytics.failover_rate.step IS 'Position of the message in its workflow (1 = first sent).';
 COMMENT ON COLUMN analytics.failover_rate.channel IS 'Channel of the message at that step.';
