@@ -239,6 +239,18 @@ class Rule:
 # SUCCEEDED completes it; FAILED or EXPIRED on the last step ends it in error;
 # elsewhere they hand over to the next step (at `settled`); PENDING waits.
 # A step with no message is MISSING when a later step has one, else awaited.
+# The rules both APIs share.
+DELIVERED = Rule(
+    "delivered (read implies delivered)",
+    lambda s: s.delivered,
+    Outcome.SUCCEEDED,
+    lambda s: s.reached,
+)
+ENDED_IN_FAILURE = Rule(
+    "rejected or undeliverable", lambda s: s.failed, Outcome.FAILED, lambda s: s.failure
+)
+AWAITED = Rule("otherwise it waits for an outcome, with no deadline", _always, Outcome.PENDING)
+
 DISPATCH_STEP = (
     Rule(
         "reached its condition_status by the deadline",
@@ -261,23 +273,8 @@ DISPATCH_STEP = (
     Rule("a later step was sent", lambda s: s.later_sent, Outcome.EXPIRED, lambda s: s.deadline),
     Rule("otherwise it waits until its deadline", _always, Outcome.PENDING),
 )
-DISPATCH_LAST_STEP = (
-    Rule(
-        "delivered (read implies delivered)",
-        lambda s: s.delivered,
-        Outcome.SUCCEEDED,
-        lambda s: s.reached,
-    ),
-    Rule("rejected or undeliverable", lambda s: s.failed, Outcome.FAILED, lambda s: s.failure),
-    Rule("otherwise it waits for delivery, with no deadline", _always, Outcome.PENDING),
-)
 MESSAGES_ITEM = (
-    Rule(
-        "delivered (read implies delivered)",
-        lambda s: s.delivered,
-        Outcome.SUCCEEDED,
-        lambda s: s.reached,
-    ),
+    DELIVERED,
     Rule(
         "rejected (or undeliverable): the next item goes out",
         lambda s: s.failed,
@@ -285,24 +282,16 @@ MESSAGES_ITEM = (
         lambda s: s.failure,
     ),
     Rule("a later item was sent", lambda s: s.later_sent, Outcome.EXPIRED),
-    Rule("otherwise it waits for an outcome, with no deadline", _always, Outcome.PENDING),
+    AWAITED,
 )
-MESSAGES_LAST_ITEM = (
-    Rule(
-        "delivered (read implies delivered)",
-        lambda s: s.delivered,
-        Outcome.SUCCEEDED,
-        lambda s: s.reached,
-    ),
-    Rule("rejected or undeliverable", lambda s: s.failed, Outcome.FAILED, lambda s: s.failure),
-    Rule("otherwise it waits for an outcome, with no deadline", _always, Outcome.PENDING),
-)
+# Either API's last step only has to be delivered.
+LAST_STEP = (DELIVERED, ENDED_IN_FAILURE, AWAITED)
 RULES: dict[tuple[Api, bool], tuple[Rule, ...]] = {
     # (api, last step?) -> rules
     (Api.DISPATCH, False): DISPATCH_STEP,
-    (Api.DISPATCH, True): DISPATCH_LAST_STEP,
+    (Api.DISPATCH, True): LAST_STEP,
     (Api.MESSAGES, False): MESSAGES_ITEM,
-    (Api.MESSAGES, True): MESSAGES_LAST_ITEM,
+    (Api.MESSAGES, True): LAST_STEP,
 }
 
 

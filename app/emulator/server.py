@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +31,8 @@ from app.emulator.plan import Delivery, Plan, Scenario, plan, plan_messages, sta
 from app.messages_request import load_failover_request
 
 log = logging.getLogger(__name__)
+# Either API's planner: (request, scenario, seed, started) -> the callbacks to send.
+Planner = Callable[[dict[str, Any], Scenario, int, datetime], Plan]
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # real seconds between attempts
 
 
@@ -207,13 +210,16 @@ def create_emulator(config: EmulatorConfig) -> Flask:
             return bool(claims.get("application_id"))
         return False
 
-    @app.post("/v0.1/dispatch")
-    def dispatch() -> Response | tuple[Response, int]:
+    def _play(validate: Callable[[Any], Any], planner: Planner) -> Plan | Response:
+        """What a send does for either API: credentials, validation, scenario, plan, deliveries.
+
+        Returns the plan being played, or the problem to answer instead.
+        """
         if not authorized():
             return _problem(401, "Invalid credentials supplied", "Basic or bearer JWT is required.")
         body = request.get_json(silent=True)
         try:
-            load_definition(body)
+            validate(body)
         except ValidationError as exc:
             return _problem(
                 422,
@@ -221,47 +227,38 @@ def create_emulator(config: EmulatorConfig) -> Flask:
                 "The value of one or more parameters is invalid.",
                 invalid_parameters=_flatten(exc.messages),
             )
-        assert isinstance(body, dict)  # load_definition refuses anything else
+        assert isinstance(body, dict)  # both validators refuse anything else
         scenario = _scenario()
         if isinstance(scenario, Response):
             return scenario
         seed, now = seeds.getrandbits(64), datetime.now(UTC)
         # Planned twice: once to know how long it runs, then from the start
         # that keeps every event's time before its sending.
-        the_plan = plan(body, scenario, seed, now)
-        the_plan = plan(body, scenario, seed, started_for(the_plan, now, config.time_scale))
+        the_plan = planner(body, scenario, seed, now)
+        the_plan = planner(body, scenario, seed, started_for(the_plan, now, config.time_scale))
         plans[the_plan.dispatch_uuid] = the_plan
         deliverer.schedule(the_plan)
-        return jsonify(dispatch_uuid=the_plan.dispatch_uuid), 202
+        return the_plan
+
+    @app.post("/v0.1/dispatch")
+    def dispatch() -> Response | tuple[Response, int]:
+        played = _play(load_definition, plan)
+        if isinstance(played, Response):
+            return played
+        return jsonify(dispatch_uuid=played.dispatch_uuid), 202
 
     @app.post("/v1/messages")
     def messages() -> Response | tuple[Response, int]:
         """The Messages API's send, with `failover`: one workflow of items."""
-        if not authorized():
-            return _problem(401, "Invalid credentials supplied", "Basic or bearer JWT is required.")
-        body = request.get_json(silent=True)
-        try:
-            load_failover_request(body)
-        except ValidationError as exc:
-            return _problem(
-                422,
-                "Invalid params",
-                "The value of one or more parameters is invalid.",
-                invalid_parameters=_flatten(exc.messages),
-            )
-        assert isinstance(body, dict)  # load_failover_request refuses anything else
-        scenario = _scenario()
-        if isinstance(scenario, Response):
-            return scenario
-        seed, now = seeds.getrandbits(64), datetime.now(UTC)
-        spelling = config.workflow_spelling
-        the_plan = plan_messages(body, scenario, seed, now, spelling)
-        started = started_for(the_plan, now, config.time_scale)
-        the_plan = plan_messages(body, scenario, seed, started, spelling)
-        plans[the_plan.dispatch_uuid] = the_plan
-        deliverer.schedule(the_plan)
-        first = the_plan.deliveries[0].payload["message_uuid"] if the_plan.deliveries else None
-        return jsonify(message_uuid=first, workflow_id=the_plan.dispatch_uuid), 202
+
+        def planner(body: dict[str, Any], scenario: Scenario, seed: int, at: datetime) -> Plan:
+            return plan_messages(body, scenario, seed, at, config.workflow_spelling)
+
+        played = _play(load_failover_request, planner)
+        if isinstance(played, Response):
+            return played
+        first = played.deliveries[0].payload["message_uuid"] if played.deliveries else None
+        return jsonify(message_uuid=first, workflow_id=played.dispatch_uuid), 202
 
     def _scenario() -> Scenario | Response:
         override = request.headers.get("X-Emulator-Scenario")
