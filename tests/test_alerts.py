@@ -15,30 +15,22 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "alerts.yml"
 
 
-def promtool() -> str:
+def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     found = shutil.which("promtool")
     assert found, "promtool is needed: apt-get install prometheus"
-    return found
+    return subprocess.run([found, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.promtool
 def test_the_rules_are_valid() -> None:
-    done = subprocess.run(
-        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
-    )
+    done = promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 6 rules found" in done.stdout
 
 
 @pytest.mark.promtool
 def test_the_rules_fire_on_trouble_and_stay_quiet_otherwise() -> None:
-    done = subprocess.run(
-        [promtool(), "test", "rules", "alerts_test.yml"],
-        cwd=ROOT / "tests",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = promtool("test", "rules", "alerts_test.yml", cwd=ROOT / "tests")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -51,13 +43,7 @@ def test_a_rule_that_would_not_fire_fails_its_test(tmp_path: Path) -> None:
     assert broken != RULES.read_text()
     (tmp_path / "deploy" / "alerts.yml").write_text(broken)
     shutil.copy(ROOT / "tests" / "alerts_test.yml", tmp_path / "tests")
-    done = subprocess.run(
-        [promtool(), "test", "rules", "alerts_test.yml"],
-        cwd=tmp_path / "tests",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path / "tests")
     assert done.returncode != 0
     assert "DispatchLedgerDeliveryRateLow" in done.stdout + done.stderr
 

@@ -111,6 +111,22 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
         process.wait(30)
 
 
+def played_by(emulator: Server, path: str, request: Any, scenario: Any) -> Any:
+    """Send a workflow straight to the stand-in, played by `scenario`; its 202 answer."""
+    code, _, answer = emulator.request(
+        "POST",
+        path,
+        json.dumps(request).encode(),
+        {
+            "Content-Type": "application/json",
+            "Authorization": BASIC,
+            "X-Emulator-Scenario": json.dumps(scenario),
+        },
+    )
+    assert code == 202, (scenario, answer)
+    return answer
+
+
 def idle(emulator: Server) -> None:
     deadline = time.monotonic() + 60
     while emulator.request("GET", "/_emulator/status")[2]["pending"]:
@@ -179,18 +195,7 @@ def test_every_failover_scenario_end_to_end(pair: tuple[Server, Server]) -> None
     ledger, emulator = pair
     started = {}
     for name, (scenario, _) in SCENARIOS.items():
-        code, _, answer = emulator.request(
-            "POST",
-            "/v0.1/dispatch",
-            json.dumps(REQUEST).encode(),
-            {
-                "Content-Type": "application/json",
-                "Authorization": BASIC,
-                "X-Emulator-Scenario": json.dumps(scenario),
-            },
-        )
-        assert code == 202, (name, answer)
-        dispatch_uuid = answer["dispatch_uuid"]
+        dispatch_uuid = played_by(emulator, "/v0.1/dispatch", REQUEST, scenario)["dispatch_uuid"]
         # Recorded rather than sent: the path for workflows another system sends.
         code, _, _ = ledger.request(
             "PUT",
@@ -278,17 +283,7 @@ def test_every_messages_failover_scenario_end_to_end(pair: tuple[Server, Server]
     ledger, emulator = pair
     started = {}
     for name, scenario in MESSAGES_SCENARIOS.items():
-        code, _, answer = emulator.request(
-            "POST",
-            "/v1/messages",
-            json.dumps(MESSAGES_REQUEST).encode(),
-            {
-                "Content-Type": "application/json",
-                "Authorization": BASIC,
-                "X-Emulator-Scenario": json.dumps(scenario),
-            },
-        )
-        assert code == 202, (name, answer)
+        answer = played_by(emulator, "/v1/messages", MESSAGES_REQUEST, scenario)
         started[name] = answer["workflow_id"]
     idle(emulator)
     for name, workflow_id in started.items():
