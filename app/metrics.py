@@ -163,8 +163,6 @@ def metrics_view() -> Response:
 
 
 OVERDUE_KINDS = ("failover_overdue", "outcome_overdue", "final_report_overdue")
-# Enough to count any overdue backlog a person could still act on.
-OVERDUE_COUNTED = 100_000
 
 
 def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
@@ -173,11 +171,10 @@ def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
     from app.extensions import get_settings
 
     settings = get_settings()
-    found = workflows.overdue(
+    counts = workflows.overdue_counts(
         db,
         datetime.now(UTC),
         settings.overdue_grace_seconds,
-        OVERDUE_COUNTED,
         settings.last_step_timeout_seconds,
     )
     gauge = Gauge(
@@ -190,8 +187,8 @@ def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
     for api in ("dispatch", "messages"):
         for kind in OVERDUE_KINDS:
             gauge.labels(api, kind).set(0)
-    for item in found:
-        gauge.labels(item.api or "dispatch", item.kind).inc()
+    for (workflow_api, kind), count in counts.items():
+        gauge.labels(workflow_api or "dispatch", kind).inc(count)
 
 
 def init_app(app: Flask) -> None:

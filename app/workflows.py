@@ -133,11 +133,7 @@ def overdue(
     A failover or a final report `grace_seconds` after it was due; the outcome
     of a step with no deadline `last_step_timeout_seconds` after it was submitted.
     """
-    params = {
-        "cutoff": now - timedelta(seconds=grace_seconds),
-        "awaiting_cutoff": now - timedelta(seconds=last_step_timeout_seconds),
-        "limit": limit,
-    }
+    params = {**_cutoffs(now, grace_seconds, last_step_timeout_seconds), "limit": limit}
     rows = db.run(lambda conn: conn.execute(sql("list_overdue"), params).fetchall())
     return [
         Overdue(
@@ -151,3 +147,19 @@ def overdue(
         )
         for r in rows
     ]
+
+
+def overdue_counts(
+    db: Database, now: datetime, grace_seconds: int, last_step_timeout_seconds: int
+) -> dict[tuple[str | None, str], int]:
+    """How many workflows `overdue` would list, by (api, kind): counted in the database."""
+    params = _cutoffs(now, grace_seconds, last_step_timeout_seconds)
+    rows = db.run(lambda conn: conn.execute(sql("count_overdue"), params).fetchall())
+    return {(r["api"], r["kind"]): r["workflows"] for r in rows}
+
+
+def _cutoffs(now: datetime, grace_seconds: int, last_step_timeout_seconds: int) -> dict[str, Any]:
+    return {
+        "cutoff": now - timedelta(seconds=grace_seconds),
+        "awaiting_cutoff": now - timedelta(seconds=last_step_timeout_seconds),
+    }

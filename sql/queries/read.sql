@@ -50,29 +50,17 @@ SELECT api, source, request, steps, recorded_at FROM workflow_definition
  WHERE dispatch_uuid = %(dispatch_uuid)s;
 
 -- name: list_overdue
--- Workflows where a failover, a step's outcome or the final report is later than allowed, with why.
-SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at, kind, since
-  FROM (
-        SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
-               'failover_overdue' AS kind, due_at AS since
-          FROM dispatch
-         WHERE status = 'pending' AND due_at IS NOT NULL AND due_at < %(cutoff)s
-        UNION ALL
-        SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
-               'outcome_overdue' AS kind, awaiting_since AS since
-          FROM dispatch
-         WHERE status = 'pending' AND awaiting_since IS NOT NULL
-           AND awaiting_since < %(awaiting_cutoff)s
-        UNION ALL
-        -- The Messages API sends no final report: none is ever overdue.
-        SELECT dispatch_uuid, api, status, decided_by, current_step, due_at, decided_at,
-               'final_report_overdue' AS kind, decided_at AS since
-          FROM dispatch
-         WHERE decided_by = 'definition' AND status <> 'pending' AND reported_status IS NULL
-           AND decided_at < %(cutoff)s AND api IS DISTINCT FROM 'messages'
-       ) AS overdue
+-- Workflows where a failover, a step's outcome or the final report is later than allowed (migration 0012 says when).
+SELECT dispatch_uuid, api, status, current_step, kind, since
+  FROM overdue_workflows(%(cutoff)s, %(awaiting_cutoff)s)
  ORDER BY since, dispatch_uuid
  LIMIT %(limit)s;
+
+-- name: count_overdue
+-- How many workflows are overdue, by API and kind.
+SELECT api, kind, count(*) AS workflows
+  FROM overdue_workflows(%(cutoff)s, %(awaiting_cutoff)s)
+ GROUP BY api, kind;
 
 -- name: list_recent
 -- The workflows whose latest event is the latest (of one API, or both); those with none yet last.
