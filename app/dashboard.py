@@ -154,10 +154,15 @@ def find() -> WerkzeugResponse:
     wanted = (request.args.get("id") or "").strip()
     if not wanted:
         raise ApiError(400, "Give a workflow's or a message's id.")
-    db = get_db()
-    if readmodel.workflow(db, wanted) is not None:
+    # The rows only: which page to show, not the documents themselves.
+    workflow, message = get_db().run(
+        lambda conn: (
+            conn.execute(sql("get_dispatch"), {"dispatch_uuid": wanted}).fetchone(),
+            conn.execute(sql("get_message"), {"message_uuid": wanted}).fetchone(),
+        )
+    )
+    if workflow is not None:
         return redirect(url_for("dashboard.timeline", dispatch_uuid=wanted))
-    message = db.run(lambda conn: readmodel.read_message(conn, wanted))
     if message is not None and message["dispatch_uuid"]:
         return redirect(url_for("dashboard.timeline", dispatch_uuid=message["dispatch_uuid"]))
     if message is not None:

@@ -16,7 +16,7 @@ from app import storage
 from app.db import Connection
 from app.failover import Decision, Definition, evaluate
 from app.intake import Reason, Rejection
-from app.state import Api, DispatchState
+from app.state import Api, DispatchState, apply_link
 from app.tally import Tally
 
 
@@ -108,7 +108,8 @@ def record_definition(
 ) -> bool:
     """Store a workflow's definition and decide the workflow by it; True if it is new."""
     locked = storage.lock_dispatch(conn, dispatch_uuid, now)
-    if locked.state.api not in (None, definition.api):
+    link = apply_link(locked.state, dispatch_uuid, definition.api)
+    if link.discrepancies:  # a definition is refused rather than recorded as a conflict
         raise Rejection(
             409,
             Reason.SCHEMA_VIOLATION,
@@ -116,7 +117,7 @@ def record_definition(
             f"is for the {definition.api} API.",
         )
     created = locked.definition is None
-    state = replace(locked.state, api=definition.api)
+    state = link.state
     if state != locked.state:
         storage.save_dispatches(conn, [storage.SavedDispatch(state, now, None)])
     storage.store_definition(conn, dispatch_uuid, request, definition, source, now)
