@@ -16,7 +16,9 @@ from app.state import MessageState, MessageStatus
 
 # One set of channel names across the APIs, as the analytics views show them
 # (sql/views/00_channel_name.sql).
-CHANNEL_NAMES = {"viber_service": "viber_service_msg"}
+CHANNEL_NAMES = {
+    "viber_service": "viber_service_msg"
+}  # as analytics.channel_name (a test holds them alike)
 FAILED_OVER = frozenset({Outcome.FAILED, Outcome.EXPIRED})
 
 

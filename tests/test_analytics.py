@@ -473,3 +473,14 @@ def test_the_views_and_the_read_api_give_each_message_the_same_answer(
         assert sum(c["read"] for c in expected.values()) > 0
     finally:
         get_db(app).close()
+
+
+def test_metrics_and_views_name_channels_alike(clean_db: str) -> None:
+    """The one-name mapping stands in SQL (the views) and in app/tally.py (the metrics)."""
+    from app.state import Channel
+    from app.tally import channel_name
+
+    for channel in Channel:
+        assert query(clean_db, "SELECT analytics.channel_name(%s)", channel.value) == [
+            (channel_name(channel),)
+        ], channel
