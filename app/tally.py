@@ -15,10 +15,8 @@ from app.failover import Decision, Outcome
 from app.state import MessageState, MessageStatus
 
 # One set of channel names across the APIs, as the analytics views show them
-# (sql/views/00_channel_name.sql).
-CHANNEL_NAMES = {
-    "viber_service": "viber_service_msg"
-}  # as analytics.channel_name (a test holds them alike)
+# (sql/views/00_channel_name.sql; tests/test_analytics.py holds the two alike).
+CHANNEL_NAMES = {"viber_service": "viber_service_msg"}
 FAILED_OVER = frozenset({Outcome.FAILED, Outcome.EXPIRED})
 
 
