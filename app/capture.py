@@ -3,11 +3,13 @@
 This is all the request path does after its checks; applying it to the state
 is the applier's work (`app.apply`). Nothing is answered before its commit.
 Concurrent requests of a process share commits (`GroupCommit`): one
-transaction and one round trip store what every waiting request brought.
+statement, committing by itself in one round trip, stores what every waiting
+request brought.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -51,29 +53,40 @@ class Delivery:
 
 
 def capture(db: Database, delivery: Delivery) -> Receipt:
-    """Store one delivery in its own transaction."""
-    return db.run(lambda conn: capture_in(conn, [delivery]))[0]
+    """Store one delivery (committed when this returns)."""
+    return db.run_autocommit(lambda conn: capture_in(conn, [delivery]))[0]
 
 
 def capture_in(conn: Connection, deliveries: Sequence[Delivery]) -> list[Receipt]:
-    """Store deliveries inside a transaction the caller runs; a duplicate only counts a delivery.
+    """Store deliveries with one statement; a duplicate only counts a delivery.
 
     The first delivery of a callback not stored before is `accepted`; every
-    other (an earlier transaction's, or the same one twice here) is a
+    other (an earlier statement's, or the same one twice here) is a
     `duplicate` and adds one to the stored row's `deliveries`.
+
+    Inside the caller's transaction, or on an autocommit connection
+    (`Database.run_autocommit`), where the insert commits by itself before it
+    answers: then the new callbacks are stored even if counting a duplicate
+    fails after it, and the duplicates' senders get the error (and retry).
     """
     params = [_params(d) for d in deliveries]
     first: dict[tuple[str, bytes], int] = {}
     for i, p in enumerate(params):
         first.setdefault((p["kind"], p["dedup_key"]), i)
-    inserting = sorted(first.values())
+    # Rows in key order: concurrent statements that share callbacks wait for
+    # each other's rows in one order, never in a cycle.
+    inserting = [first[key] for key in sorted(first)]
     stored: dict[int, int] = {}  # index of the delivery -> id of the row it inserted
     with conn.cursor() as cur:
-        # In pipeline mode all the inserts travel in one round trip.
-        cur.executemany(sql("insert_raw_callback"), [params[i] for i in inserting], returning=True)
-        for i, row in zip(inserting, _each_result(cur), strict=True):
-            if row is not None:
-                stored[i] = row["id"]
+        cur.execute(
+            _insert_rows(len(inserting)),
+            [value for i in inserting for value in _row(params[i])],
+        )
+        ids = {(row["kind"], bytes(row["dedup_key"])): row["id"] for row in cur.fetchall()}
+        for i in inserting:
+            key = (params[i]["kind"], params[i]["dedup_key"])
+            if key in ids:
+                stored[i] = ids[key]
         again = [i for i in range(len(params)) if i not in stored]
         if again:
             # The conflicting rows exist: ON CONFLICT waited for their
@@ -89,6 +102,32 @@ def capture_in(conn: Connection, deliveries: Sequence[Delivery]) -> list[Receipt
             assert row is not None
             receipts.append(Receipt("duplicate", row["id"]))
     return receipts
+
+
+# The values of one row of insert_raw_callbacks, in its column order.
+_COLUMNS = (
+    "kind",
+    "dedup_key",
+    "body",
+    "payload",
+    "content_type",
+    "message_uuid",
+    "dispatch_uuid",
+    "event_at",
+    "received_at",
+    "received_at",  # last_received_at: the first delivery is also the last so far
+)
+
+
+def _row(params: dict[str, Any]) -> list[Any]:
+    return [params[column] for column in _COLUMNS]
+
+
+@functools.cache
+def _insert_rows(count: int) -> str:
+    """insert_raw_callbacks with `count` rows (one text per count, so each is prepared once)."""
+    row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    return sql("insert_raw_callbacks").replace("{rows}", ", ".join([row] * count))
 
 
 def _each_result(cur: Cursor[DictRow]) -> list[DictRow | None]:
@@ -196,7 +235,9 @@ class GroupCommit:
 
     def _store(self, batch: list[_Waiting]) -> None:
         try:
-            receipts = self._db.run(lambda conn: capture_in(conn, [w.delivery for w in batch]))
+            receipts = self._db.run_autocommit(
+                lambda conn: capture_in(conn, [w.delivery for w in batch])
+            )
         except DatabaseUnavailable as exc:
             for w in batch:
                 w.error = exc
@@ -204,8 +245,9 @@ class GroupCommit:
             if len(batch) == 1:
                 batch[0].error = exc
             else:
-                # Something in one delivery failed the whole transaction: store
-                # each alone, so that only its own request fails.
+                # Something in one delivery failed the shared statement (which
+                # then stored none of them): store each alone, so that only its
+                # own request fails.
                 log.warning("a shared capture failed; storing its deliveries one by one")
                 for w in batch:
                     self._store([w])

@@ -78,6 +78,6 @@ def test_malformed_query_files_are_refused(text: str) -> None:
 
 def test_every_query_file_loads_and_unknown_names_fail_loudly() -> None:
     assert list(QUERIES_DIR.glob("*.sql"))
-    assert sql("insert_raw_callback").startswith("INSERT INTO raw_callback")
+    assert sql("insert_raw_callbacks").startswith("INSERT INTO raw_callback")
     with pytest.raises(UnknownQuery):
         sql("drop_everything")

@@ -202,16 +202,12 @@ def test_routing_errors_use_the_json_envelope(
         assert "POST" in response.headers["Allow"]
 
 
-def test_a_failure_inside_the_service_writes_nothing_half_way_and_keeps_the_body(
+def test_a_failure_inside_the_service_stores_nothing_and_keeps_the_body(
     client: FlaskClient, clean_db: str, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = capture.capture_in
-
     def broken(conn: Any, deliveries: Any) -> Any:
-        real(conn, deliveries)
         raise RuntimeError("bug in a transition")
 
-    # The raw callback is written before the capture fails: it must roll back.
     monkeypatch.setattr(capture, "capture_in", broken)
     # Answer as in production (tests otherwise let exceptions through).
     client.application.config["PROPAGATE_EXCEPTIONS"] = False
@@ -230,6 +226,28 @@ def test_a_failure_inside_the_service_writes_nothing_half_way_and_keeps_the_body
     summary = rejects.reprocess(db, Credentials(), 32, _now())
     assert (summary.recovered, summary.still_rejected) == (1, 0)
     assert client.get(f"/messages/{UUID}").json["status"] == "delivered"  # type: ignore[index]
+
+
+def test_a_failure_after_the_capture_committed_is_retried_as_a_duplicate(
+    client: FlaskClient, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = capture.capture_in
+
+    def broken(conn: Any, deliveries: Any) -> Any:
+        real(conn, deliveries)  # one statement: committed as it answers
+        raise RuntimeError("bug after storing")
+
+    monkeypatch.setattr(capture, "capture_in", broken)
+    client.application.config["PROPAGATE_EXCEPTIONS"] = False
+    assert post(client, "message-status", SAMPLE_STATUS).status_code == 500
+    monkeypatch.undo()
+    # Vonage retries a 500: the retry finds the stored copy, which is applied once.
+    retried = post(client, "message-status", SAMPLE_STATUS)
+    assert retried.status_code == 200
+    assert retried.json["status"] == "duplicate"  # type: ignore[index]
+    assert query(clean_db, "SELECT count(*), sum(deliveries) FROM raw_callback") == [(1, 2)]
+    found = client.get(f"/messages/{UUID}?wait=5").json
+    assert (found["status"], found["pending_callbacks"]) == ("delivered", 0)  # type: ignore[index]
 
 
 def _now() -> datetime:

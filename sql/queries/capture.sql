@@ -1,11 +1,10 @@
--- name: insert_raw_callback
--- Store an accepted callback; returns nothing when the same callback is already stored.
+-- name: insert_raw_callbacks
+-- Store accepted callbacks, one VALUES row each ({rows}: app.capture repeats the row); returns the rows it inserted, not those already stored.
 INSERT INTO raw_callback (kind, dedup_key, body, payload, content_type, message_uuid,
                           dispatch_uuid, event_at, received_at, last_received_at)
-VALUES (%(kind)s, %(dedup_key)s, %(body)s, %(payload)s, %(content_type)s, %(message_uuid)s,
-        %(dispatch_uuid)s, %(event_at)s, %(received_at)s, %(received_at)s)
+VALUES {rows}
 ON CONFLICT ON CONSTRAINT raw_callback_dedup_key DO NOTHING
-RETURNING id;
+RETURNING id, kind, dedup_key;
 
 -- name: count_redelivery
 -- Count one more delivery of an already stored callback.
