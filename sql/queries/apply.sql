@@ -141,74 +141,105 @@ SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_typ
 -- Forget workflows' disagreements before writing the current ones.
 DELETE FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)s);
 
--- name: save_dispatch
--- Write a workflow's new state after a transition.
-UPDATE dispatch
-   SET template = %(template)s,
-       api = %(api)s,
-       reported_status = %(reported_status)s,
-       reported_at = %(reported_at)s,
-       reported_price = %(reported_price)s,
-       reported_currency = %(reported_currency)s,
-       final_report_received_at = coalesce(final_report_received_at, %(final_report_received_at)s),
-       updated_at = greatest(updated_at, %(received_at)s)
- WHERE dispatch_uuid = %(dispatch_uuid)s;
+-- name: save_dispatches
+-- Write workflows' new states after their transitions (one array per column, an element per workflow).
+UPDATE dispatch d
+   SET template = v.template,
+       api = v.api,
+       reported_status = v.reported_status,
+       reported_at = v.reported_at,
+       reported_price = v.reported_price,
+       reported_currency = v.reported_currency,
+       final_report_received_at = coalesce(d.final_report_received_at, v.final_report_received_at),
+       updated_at = greatest(d.updated_at, v.received_at)
+  FROM unnest(%(dispatch_uuid)b::text[], %(template)b::text[], %(api)b::text[],
+              %(reported_status)b::text[], %(reported_at)b::timestamptz[],
+              %(reported_price)b::numeric[], %(reported_currency)b::text[],
+              %(final_report_received_at)b::timestamptz[], %(received_at)b::timestamptz[])
+       AS v(dispatch_uuid, template, api, reported_status, reported_at, reported_price,
+            reported_currency, final_report_received_at, received_at)
+ WHERE d.dispatch_uuid = v.dispatch_uuid;
 
--- name: save_message
--- Write a message's new state after a transition.
-UPDATE message
-   SET dispatch_uuid = %(dispatch_uuid)s,
-       channel = %(channel)s,
-       to_type = %(to_type)s,
-       to_id = %(to_id)s,
-       to_number = %(to_number)s,
-       from_type = %(from_type)s,
-       from_id = %(from_id)s,
-       from_number = %(from_number)s,
-       status = %(status)s,
-       first_event_at = %(first_event_at)s,
-       delivery_reached_at = %(delivery_reached_at)s,
-       submitted_at = %(submitted_at)s,
-       delivered_at = %(delivered_at)s,
-       read_at = %(read_at)s,
-       rejected_at = %(rejected_at)s,
-       undeliverable_at = %(undeliverable_at)s,
-       reported_status = %(reported_status)s,
-       price = %(price)s,
-       currency = %(currency)s,
-       error_code = %(error_code)s,
-       error_reason = %(error_reason)s,
-       error_at = %(error_at)s,
-       api = %(api)s,
-       item_number = %(item_number)s,
-       items_total = %(items_total)s,
-       client_ref = %(client_ref)s,
-       updated_at = greatest(updated_at, %(received_at)s)
- WHERE message_uuid = %(message_uuid)s;
+-- name: save_messages
+-- Write messages' new states after their transitions (one array per column, an element per message).
+UPDATE message m
+   SET dispatch_uuid = v.dispatch_uuid,
+       channel = v.channel,
+       to_type = v.to_type,
+       to_id = v.to_id,
+       to_number = v.to_number,
+       from_type = v.from_type,
+       from_id = v.from_id,
+       from_number = v.from_number,
+       status = v.status,
+       first_event_at = v.first_event_at,
+       delivery_reached_at = v.delivery_reached_at,
+       submitted_at = v.submitted_at,
+       delivered_at = v.delivered_at,
+       read_at = v.read_at,
+       rejected_at = v.rejected_at,
+       undeliverable_at = v.undeliverable_at,
+       reported_status = v.reported_status,
+       price = v.price,
+       currency = v.currency,
+       error_code = v.error_code,
+       error_reason = v.error_reason,
+       error_at = v.error_at,
+       api = v.api,
+       item_number = v.item_number,
+       items_total = v.items_total,
+       client_ref = v.client_ref,
+       updated_at = greatest(m.updated_at, v.received_at)
+  FROM unnest(%(message_uuid)b::text[], %(dispatch_uuid)b::text[], %(channel)b::text[],
+              %(to_type)b::text[], %(to_id)b::text[], %(to_number)b::text[],
+              %(from_type)b::text[], %(from_id)b::text[], %(from_number)b::text[],
+              %(status)b::text[], %(first_event_at)b::timestamptz[],
+              %(delivery_reached_at)b::timestamptz[], %(submitted_at)b::timestamptz[],
+              %(delivered_at)b::timestamptz[], %(read_at)b::timestamptz[],
+              %(rejected_at)b::timestamptz[], %(undeliverable_at)b::timestamptz[],
+              %(reported_status)b::text[], %(price)b::numeric[], %(currency)b::text[],
+              %(error_code)b::integer[], %(error_reason)b::text[], %(error_at)b::timestamptz[],
+              %(api)b::text[], %(item_number)b::integer[], %(items_total)b::integer[],
+              %(client_ref)b::text[], %(received_at)b::timestamptz[])
+       AS v(message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type,
+            from_id, from_number, status, first_event_at, delivery_reached_at, submitted_at,
+            delivered_at, read_at, rejected_at, undeliverable_at, reported_status, price,
+            currency, error_code, error_reason, error_at, api, item_number, items_total,
+            client_ref, received_at)
+ WHERE m.message_uuid = v.message_uuid;
 
--- name: insert_discrepancy
--- Record a contradiction once; the same one found again changes nothing.
+-- name: insert_discrepancies
+-- Record contradictions once each (one array per column); one found again changes nothing.
 INSERT INTO discrepancy (subject, subject_id, kind, detail, raw_callback_id, recorded_at)
-VALUES (%(subject)s, %(subject_id)s, %(kind)s, %(detail)s, %(raw_callback_id)s, %(recorded_at)s)
+SELECT * FROM unnest(%(subject)b::text[], %(subject_id)b::text[], %(kind)b::text[],
+                     %(detail)b::text[], %(raw_callback_id)b::bigint[],
+                     %(recorded_at)b::timestamptz[])
 ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING;
 
--- name: save_decision
--- Write what was decided for a workflow.
-UPDATE dispatch
-   SET status = %(status)s,
-       decided_by = %(decided_by)s,
-       current_step = %(current_step)s,
-       due_at = %(due_at)s,
-       decided_at = %(decided_at)s,
-       winning_step = %(winning_step)s,
-       winning_channel = %(winning_channel)s,
-       awaiting_since = %(awaiting_since)s
- WHERE dispatch_uuid = %(dispatch_uuid)s;
+-- name: save_decisions
+-- Write what was decided for workflows (one array per column, an element per workflow).
+UPDATE dispatch d
+   SET status = v.status,
+       decided_by = v.decided_by,
+       current_step = v.current_step,
+       due_at = v.due_at,
+       decided_at = v.decided_at,
+       winning_step = v.winning_step,
+       winning_channel = v.winning_channel,
+       awaiting_since = v.awaiting_since
+  FROM unnest(%(dispatch_uuid)b::text[], %(status)b::text[], %(decided_by)b::text[],
+              %(current_step)b::integer[], %(due_at)b::timestamptz[],
+              %(decided_at)b::timestamptz[], %(winning_step)b::integer[],
+              %(winning_channel)b::text[], %(awaiting_since)b::timestamptz[])
+       AS v(dispatch_uuid, status, decided_by, current_step, due_at, decided_at, winning_step,
+            winning_channel, awaiting_since)
+ WHERE d.dispatch_uuid = v.dispatch_uuid;
 
--- name: insert_reconciliation
--- Record one current disagreement between the final report and the callbacks.
+-- name: insert_reconciliations
+-- Record workflows' current disagreements between the final report and the callbacks (one array per column).
 INSERT INTO reconciliation (dispatch_uuid, kind, detail, recorded_at)
-VALUES (%(dispatch_uuid)s, %(kind)s, %(detail)s, %(recorded_at)s);
+SELECT * FROM unnest(%(dispatch_uuid)b::text[], %(kind)b::text[], %(detail)b::text[],
+                     %(recorded_at)b::timestamptz[]);
 
 -- name: upsert_definition
 -- Store (or replace) a workflow's definition.
