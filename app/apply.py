@@ -14,7 +14,6 @@ again later (backoff), so that it never holds up the others.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 from app import decide, storage
 from app.db import Connection, Database, DatabaseUnavailable
 from app.intake import CallbackKind, Rejection, read
+from app.process_thread import ProcessThread
 from app.queries import sql
 from app.state import (
     Discrepancy,
@@ -396,26 +396,22 @@ class BackgroundApplier:
         self._max_delay = max_delay
         self._max_depth = max_depth
         self._poll = poll
-        self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._pid: int | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = ProcessThread("applier", self._run, on_start=self._restarting)
         self._handoff = Handoff()
         # Other processes' captures are left to their own appliers for a second.
         self._claim = Claim(batch, self._handoff, others_after_seconds=1.0)
         self.last_error: str | None = None
 
     def start(self) -> None:
-        """Start this process's applier if it is not running (threads do not survive a fork)."""
-        with self._lock:
-            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-                self._wake = threading.Event()
-                if self._pid != os.getpid():
-                    self._handoff = Handoff()  # a parent's captures are not this process's
-                    self._claim = replace(self._claim, handoff=self._handoff)
-                self._thread = threading.Thread(target=self._run, name="applier", daemon=True)
-                self._thread.start()
-                self._pid = os.getpid()
+        """Start this process's applier if it is not running (run before every request)."""
+        self._thread.ensure()
+
+    def _restarting(self, forked: bool) -> None:
+        self._wake = threading.Event()
+        if forked:
+            self._handoff = Handoff()  # a parent's captures are not this process's
+            self._claim = replace(self._claim, handoff=self._handoff)
 
     def wake(self) -> None:
         """Something was captured: apply it now."""
@@ -429,8 +425,7 @@ class BackgroundApplier:
 
     @property
     def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+        return self._thread.running
 
     def _gather(self) -> None:
         """Woken by a capture: if captures are pouring in, let them gather (up to a batch

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from psycopg.rows import DictRow
 
 from app.db import Connection, Database, DatabaseUnavailable, jsonb
 from app.intake import Callback
+from app.process_thread import ProcessThread
 from app.queries import sql
 from app.state import FinalReport, StatusEvent
 
@@ -180,14 +180,12 @@ class GroupCommit:
         self._db = db
         self._max_batch = max_batch
         self._on_accepted = on_accepted
-        self._lock = threading.Lock()
         self._queue: queue.Queue[_Waiting] = queue.Queue()
-        self._pid: int | None = None
-        self._thread: threading.Thread | None = None
+        self._committer = ProcessThread("group-commit", self._run, on_start=self._fresh_queue)
 
     def capture(self, delivery: Delivery) -> Receipt:
         """Store one delivery, with whatever else is waiting; returns once it is committed."""
-        self._start()
+        self._committer.ensure()
         waiting = _Waiting(delivery)
         self._queue.put(waiting)
         if not waiting.done.wait(WAIT_SECONDS):
@@ -199,16 +197,9 @@ class GroupCommit:
         assert waiting.receipt is not None
         return waiting.receipt
 
-    def _start(self) -> None:
-        # Threads do not survive a fork: each process starts its own.
-        with self._lock:
-            forked = self._pid != os.getpid()
-            if forked or self._thread is None or not self._thread.is_alive():
-                if forked:
-                    self._queue = queue.Queue()
-                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
-                self._pid = os.getpid()
+    def _fresh_queue(self, forked: bool) -> None:
+        if forked:
+            self._queue = queue.Queue()  # a parent's waiting requests are not this process's
 
     def _run(self) -> None:
         own = self._queue

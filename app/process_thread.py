@@ -1,0 +1,52 @@
+"""A background thread per process: started on first use, again after a fork or its death.
+
+Threads do not survive a fork, and gunicorn forks its workers after the
+application may have been built, so the committer and the applier are
+started lazily, by the process that uses them. `ensure` runs on every
+request: the common case (running, same process) takes no lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+
+class ProcessThread:
+    """Runs `target` in one daemon thread (a greenlet under gevent) in whichever process asks."""
+
+    def __init__(
+        self,
+        name: str,
+        target: Callable[[], None],
+        *,
+        on_start: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._name = name
+        self._target = target
+        # Called under the lock before each (re)start, told whether this is a
+        # new process (whose inherited state, such as queues, is not its own).
+        self._on_start = on_start
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+
+    def ensure(self) -> None:
+        """Start the thread in this process unless it runs already."""
+        if self.running:
+            return
+        with self._lock:
+            if self.running:
+                return  # another caller started it meanwhile
+            forked = self._pid != os.getpid()
+            if self._on_start is not None:
+                self._on_start(forked)
+            self._thread = threading.Thread(target=self._target, name=self._name, daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
