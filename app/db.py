@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.adapt import Buffer
-from psycopg.pq import TransactionStatus
+from psycopg.abc import AdaptContext
+from psycopg.adapt import Buffer, Loader
+from psycopg.pq import Format, TransactionStatus
 from psycopg.rows import DictRow, dict_row
-from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -185,12 +185,25 @@ def _autocommit(conn: Connection, work: Callable[[Connection], T]) -> T:
             conn.autocommit = False
 
 
-class _EventTimeLoader(TimestamptzLoader):
+# psycopg's own timestamptz loader: its C implementation where psycopg[binary]
+# is installed, which cannot be subclassed, hence the delegation below.
+_TIMESTAMPTZ = psycopg.adapters.types["timestamptz"].oid
+_PSYCOPG_TIME_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ, Format.TEXT)
+
+
+class _EventTimeLoader(Loader):
     """timestamptz as psycopg loads it, and also the instants just past Python's years."""
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        assert _PSYCOPG_TIME_LOADER is not None
+        # Delegated to, not inherited: the C loader reads a value in 4 us where
+        # the Python one took 6.5 (profiled: the applier reads ~4 per callback).
+        self._psycopg = _PSYCOPG_TIME_LOADER(oid, context)
 
     def load(self, data: Buffer) -> Any:
         try:
-            return super().load(data)
+            return self._psycopg.load(data)
         except psycopg.DataError:
             return times.from_postgres_utc(bytes(data).decode())
 

@@ -18,7 +18,7 @@ SELECT id, kind, body, received_at
 -- Take the waiting, due callbacks among those this process captured; rows another applier holds are skipped.
 SELECT id, kind, received_at
   FROM raw_callback
- WHERE id = ANY(%(ids)s)
+ WHERE id = ANY(%(ids)b)
    AND applied_at IS NULL
    AND (apply_after IS NULL OR apply_after <= %(now)s)
  ORDER BY id
@@ -35,7 +35,7 @@ SELECT id, kind, body, received_at
 -- The claimed callbacks are part of the state now.
 UPDATE raw_callback
    SET applied_at = %(now)s, apply_error = NULL, apply_after = NULL
- WHERE id = ANY(%(ids)s);
+ WHERE id = ANY(%(ids)b);
 
 -- name: mark_failed
 -- A callback failed to apply: keep the error; try again after `first` seconds, doubled each failure up to `last`.
@@ -57,12 +57,12 @@ UPDATE raw_callback
 -- The workflows messages are known to belong to (read without locks, to know which workflows to lock).
 SELECT message_uuid, dispatch_uuid
   FROM message
- WHERE message_uuid = ANY(%(ids)s) AND dispatch_uuid IS NOT NULL;
+ WHERE message_uuid = ANY(%(ids)b) AND dispatch_uuid IS NOT NULL;
 
 -- name: ensure_dispatches
 -- Create the rows of workflows seen for the first time; leave existing ones alone.
 INSERT INTO dispatch (dispatch_uuid, first_received_at, updated_at)
-SELECT id, at, at FROM unnest(%(ids)s::text[], %(at)s::timestamptz[]) AS t(id, at)
+SELECT id, at, at FROM unnest(%(ids)b::text[], %(at)b::timestamptz[]) AS t(id, at)
 ORDER BY id COLLATE "C"
 ON CONFLICT ON CONSTRAINT dispatch_pkey DO NOTHING;
 
@@ -74,14 +74,14 @@ SELECT d.dispatch_uuid, d.template, d.reported_status, d.reported_at, d.reported
        w.api AS definition_api
   FROM dispatch d
   LEFT JOIN workflow_definition w USING (dispatch_uuid)
- WHERE d.dispatch_uuid = ANY(%(ids)s)
+ WHERE d.dispatch_uuid = ANY(%(ids)b)
  ORDER BY d.dispatch_uuid COLLATE "C"
    FOR NO KEY UPDATE OF d;
 
 -- name: ensure_messages
 -- Create the rows of messages seen for the first time; leave existing ones alone.
 INSERT INTO message (message_uuid, first_received_at, updated_at)
-SELECT id, at, at FROM unnest(%(ids)s::text[], %(at)s::timestamptz[]) AS t(id, at)
+SELECT id, at, at FROM unnest(%(ids)b::text[], %(at)b::timestamptz[]) AS t(id, at)
 ORDER BY id COLLATE "C"
 ON CONFLICT ON CONSTRAINT message_pkey DO NOTHING;
 
@@ -92,7 +92,7 @@ SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_typ
        reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
        items_total, client_ref
   FROM message
- WHERE message_uuid = ANY(%(ids)s)
+ WHERE message_uuid = ANY(%(ids)b)
  ORDER BY message_uuid COLLATE "C"
    FOR NO KEY UPDATE;
 
@@ -106,7 +106,7 @@ UPDATE dispatch d
        first_event_at = r.first_event_at,
        last_event_at = r.last_event_at,
        items_total = r.items_total
-  FROM unnest(%(ids)s::text[]) AS t(dispatch_uuid)
+  FROM unnest(%(ids)b::text[]) AS t(dispatch_uuid)
        CROSS JOIN LATERAL (
         SELECT count(*)::integer AS steps_tried,
                coalesce(array_agg(m.channel ORDER BY m.first_event_at NULLS LAST, m.message_uuid)
@@ -134,12 +134,12 @@ SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_typ
        reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
        items_total, client_ref
   FROM message
- WHERE dispatch_uuid = ANY(%(ids)s)
+ WHERE dispatch_uuid = ANY(%(ids)b)
  ORDER BY dispatch_uuid, first_event_at NULLS LAST, message_uuid;
 
 -- name: clear_reconciliation
 -- Forget workflows' disagreements before writing the current ones.
-DELETE FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)s);
+DELETE FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)b);
 
 -- name: save_dispatches
 -- Write workflows' new states after their transitions (one array per column, an element per workflow).
