@@ -21,7 +21,7 @@ from typing import Any, Literal
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
-from app.db import Connection, Database, DatabaseUnavailable, jsonb
+from app.db import Connection, Database, DatabaseUnavailable, jsonb_text
 from app.intake import Callback
 from app.process_thread import ProcessThread
 from app.queries import sql
@@ -145,7 +145,7 @@ def _params(delivery: Delivery) -> dict[str, Any]:
         "kind": callback.kind.value,
         "dedup_key": callback.dedup_key,
         "body": callback.body,
-        "payload": jsonb(callback.payload),
+        "payload": jsonb_text(callback.canonical),
         "content_type": delivery.content_type,
         "message_uuid": event.message_uuid if isinstance(event, StatusEvent) else None,
         "dispatch_uuid": event.dispatch_uuid,

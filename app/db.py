@@ -218,3 +218,12 @@ def adapt_times(conn: psycopg.Connection[Any]) -> None:
 def jsonb(value: Any) -> Jsonb:
     """Wrap a value for a jsonb parameter."""
     return Jsonb(value)
+
+
+def jsonb_text(text: str) -> Jsonb:
+    """A jsonb parameter already written as JSON text: sent as it is, not dumped again."""
+    return Jsonb(text, dumps=_as_written)
+
+
+def _as_written(text: str) -> str:
+    return text

@@ -6,6 +6,7 @@ kept rejects go through exactly the same checks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -63,13 +64,16 @@ class Callback:
     payload: dict[str, Any]
     event: StatusEvent | FinalReport
 
+    @functools.cached_property
+    def canonical(self) -> str:
+        """The payload as canonical JSON (keys sorted, no spaces): hashed for the
+        dedup key, and stored as the jsonb copy (one serialization for both)."""
+        return json.dumps(self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
     @property
     def dedup_key(self) -> bytes:
         """SHA-256 of canonical JSON: a re-serialized redelivery is still a duplicate."""
-        canonical = json.dumps(
-            self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hashlib.sha256(canonical.encode("utf-8")).digest()
+        return hashlib.sha256(self.canonical.encode("utf-8")).digest()
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -99,6 +103,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, as long as it is finite (1e999 is not)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise Rejection(400, Reason.MALFORMED_JSON, "JSON numbers must be finite.")
+    return value
+
+
 def parse_json(body: bytes, max_depth: int) -> Any:
     """Parse a body as strict JSON that PostgreSQL can store as jsonb."""
     try:
@@ -106,16 +118,21 @@ def parse_json(body: bytes, max_depth: int) -> Any:
     except UnicodeDecodeError:
         raise Rejection(400, Reason.MALFORMED_JSON, "The body is not UTF-8 text.") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
         raise Rejection(
             400, Reason.MALFORMED_JSON, f"JSON nested deeper than {max_depth} levels."
         ) from None
     except ValueError as exc:
         raise Rejection(400, Reason.MALFORMED_JSON, f"The body is not valid JSON: {exc}") from None
-    problem = _unstorable(value, max_depth)
-    if problem:
-        raise Rejection(400, Reason.MALFORMED_JSON, problem)
+    # Walking the document costs about as much as parsing it, so only a body
+    # that could hold a problem is walked: NUL and lone surrogates reach a
+    # string only through \u escapes (raw ones fail the decoding or the
+    # parser), and nesting is at most the number of brackets.
+    if "\\u" in text or text.count("{") + text.count("[") > max_depth:
+        problem = _unstorable(value, max_depth)
+        if problem:
+            raise Rejection(400, Reason.MALFORMED_JSON, problem)
     return value
 
 
@@ -139,9 +156,6 @@ def _unstorable(value: Any, max_depth: int) -> str | None:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 return "JSON strings must not contain unpaired surrogate escapes."
-        elif isinstance(item, float) and not math.isfinite(item):
-            # NaN and Infinity literals are refused by the parser; this is 1e999.
-            return "JSON numbers must be finite."
     return None
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from app import intake
 from app.intake import (
     CallbackKind,
     Reason,
@@ -44,6 +48,52 @@ def test_unstorable_json_is_refused_as_malformed(body: bytes, fragment: str) -> 
     assert caught.value.http_status == 400
     assert caught.value.reason is Reason.MALFORMED_JSON
     assert fragment in caught.value.message
+
+
+# Any JSON text, with the strings and numbers that cannot be stored among the rest.
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.sampled_from(["x\x00y", "\ud800", "\udc00z", "\ud83d\ude00"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+def _every_problem(value: object, max_depth: int) -> str | None:
+    """The verdict of walking the whole document, as every body was checked before."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "finite"
+    if isinstance(value, list | dict):
+        for item in value.values() if isinstance(value, dict) else value:
+            if _every_problem(item, max_depth) == "finite":
+                return "finite"
+    return intake._unstorable(value, max_depth)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES, st.integers(min_value=1, max_value=6), st.booleans())
+def test_only_bodies_that_cannot_hold_a_problem_skip_the_walk(
+    value: object, max_depth: int, ascii_only: bool
+) -> None:
+    """The shortcut in parse_json refuses exactly what walking every body refused."""
+    # json.dumps writes infinity as Infinity (refused by name); 1e999 is how it comes.
+    text = json.dumps(value, ensure_ascii=ascii_only, allow_nan=True).replace("Infinity", "1e999")
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # a raw lone surrogate is not UTF-8: refused before any of this
+    meant = json.loads(text)  # what the body says (escaped surrogate pairs join)
+    expected = _every_problem(meant, max_depth)
+    try:
+        assert parse_json(body, max_depth) == meant
+    except Rejection as refused:
+        assert expected is not None, refused.message
+        return
+    assert expected is None
 
 
 def test_json_at_exactly_the_depth_limit_is_accepted() -> None:

@@ -107,6 +107,24 @@ def test_raw_callback_keeps_the_exact_bytes(client: FlaskClient, clean_db: str) 
     assert kind == "message_status"
 
 
+def test_the_jsonb_copy_is_the_document_posted(client: FlaskClient, clean_db: str) -> None:
+    """Stored from the canonical text the dedup key hashes: every value as posted."""
+    document = {
+        "status": "submitted",
+        "message_uuid": "m-\u00e9\u2713",
+        "timestamp": "2020-01-01T14:00:00Z",
+        "zeta": [1, 2.5, -0.0, 1e300, None, True, {"b": 1, "a": '"quoted" \\ \n'}],
+        "alpha": "\ud83d\ude00",
+    }
+    body = json.dumps(document, indent=2).encode()  # keys unsorted, spaced, escaped
+    assert post(client, "message-status", body).status_code == 200
+    [(payload,)] = query(clean_db, "SELECT payload FROM raw_callback")
+    # As jsonb reads the posted text itself (it has no -0, and 1e300 is a whole number).
+    [(posted,)] = query(clean_db, "SELECT %s::jsonb", body.decode())
+    assert payload == posted
+    assert payload["message_uuid"] == "m-\u00e9\u2713" and payload["alpha"] == "\U0001f600"
+
+
 BAD_DELIVERIES = [
     # (kind, body, content type, status, reason)
     ("message-status", b"{not json", "application/json", 400, "malformed_json"),
