@@ -1,6 +1,7 @@
 """Throughput benchmark: the service against a bare ceiling and a hand-written durable receiver.
 
     .venv/bin/python -m tests.benchmark [--seconds 15] [--rounds 3] [--connections 16]
+        [--against COMMIT --no-sustained]
 
 One run, on this machine, with the same gunicorn settings, payload mix and
 load generator (wrk, from Debian's packages) for every server, in
@@ -22,7 +23,9 @@ until every acknowledged callback is applied, and lost callbacks
 must be 0). Then sustained runs at fixed rates (10% and 70% of the
 receiver's, paced through wrk's delay(), the 70% one over four times the
 connections, calibrated to within 3%) sample the same lag: under 1 s.
-Prints Markdown for BENCHMARKS.md. A script, not a test: numbers depend on
+With --against COMMIT the service at that commit (a git worktree) runs in
+every round too, so that a change is measured side by side with what it
+changes. Prints Markdown for BENCHMARKS.md. A script, not a test: numbers depend on
 the machine, so nothing here asserts a speed.
 """
 
@@ -249,8 +252,14 @@ def ensure_wrk() -> str:
 
 
 def gunicorn(
-    module_dir: Path, target: str, env: dict[str, str], port: int, extra: list[str]
+    module_dir: Path,
+    target: str,
+    env: dict[str, str],
+    port: int,
+    extra: list[str],
+    root: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
+    """Start a server from `root`, the checkout whose `app` (and gunicorn settings) it runs."""
     command = [
         sys.executable,
         "-m",
@@ -267,7 +276,9 @@ def gunicorn(
     process = subprocess.Popen(
         command,
         env=env
-        | {"PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)},
+        | {"PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warning", "PYTHONPATH": str(root)},
+        # `python -m` puts the working directory first on sys.path: the same checkout.
+        cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -415,6 +426,7 @@ class Server:
     folder: Path
     target: str
     extra: list[str]
+    root: Path = ROOT  # the checkout it runs (another with --against)
 
 
 def measure(
@@ -427,7 +439,7 @@ def measure(
     tag: str,
 ) -> Result:
     port = free_port()
-    process = gunicorn(server.folder, server.target, env, port, server.extra)
+    process = gunicorn(server.folder, server.target, env, port, server.extra, server.root)
     service = server.target == "wsgi:app"
     try:
         if args.warmup:
@@ -528,6 +540,15 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=3, help="unmeasured seconds of load before each run"
     )
+    parser.add_argument(
+        "--against",
+        metavar="COMMIT",
+        help="also run the service at this commit in every round (side by side with this"
+        " checkout; it must use the same migrations)",
+    )
+    parser.add_argument(
+        "--no-sustained", action="store_true", help="skip the paced runs (comparisons)"
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -555,15 +576,24 @@ def main() -> None:
             ["--worker-class", "gthread", "--threads", "4"],
         ),
     ]
-    service = Server("dispatch-ledger", ROOT, "wsgi:app", [])
+    servers = [bare, *receivers, Server("dispatch-ledger", ROOT, "wsgi:app", [])]
+    if args.against:
+        other = work / "against"
+        git = ["git", "-C", str(ROOT)]
+        subprocess.run([*git, "worktree", "add", "--detach", str(other), args.against], check=True)
+        name = f"dispatch-ledger at {args.against}"
+        servers.append(Server(name, other, "wsgi:app", [], root=other))
     rounds: list[list[Result]] = []
-    for n in range(args.rounds):
-        tag = f"{n}x{int(time.time())}"
-        found = [
-            measure(s, wrk, env, url, args, lua, f"{i}r{tag}")
-            for i, s in enumerate([bare, *receivers, service])
-        ]
-        rounds.append(found)
+    try:
+        for n in range(args.rounds):
+            tag = f"{n}x{int(time.time())}"
+            found = [
+                measure(s, wrk, env, url, args, lua, f"{i}r{tag}") for i, s in enumerate(servers)
+            ]
+            rounds.append(found)
+    finally:
+        if args.against:
+            subprocess.run([*git, "worktree", "remove", "--force", str(other)], check=False)
 
     print()
     print(
@@ -600,11 +630,14 @@ def main() -> None:
         f"Median of the per-round ratios: the service acknowledges {of_receiver:.0%} of the"
         f" receiver's rate (best of sync and gthread) and {of_ceiling:.0%} of the ceiling."
     )
+    if args.against:
+        then = statistics.median(f[4].rps / max(f[1].rps, f[2].rps) for f in rounds)
+        print(f"At {args.against}, in the same rounds: {then:.0%} of the receiver's rate.")
 
     receiver_rate = statistics.median(receiver_rates)
     held_runs = []
     print()
-    for share in (0.1, 0.7):
+    for share in () if args.no_sustained else (0.1, 0.7):
         rate = share * receiver_rate
         held, lag, (p50, p99, worst) = sustained(wrk, env, url, args, lua, rate, receiver_rate)
         held_runs.append(held)
