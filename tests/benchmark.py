@@ -25,8 +25,8 @@ receiver's, paced through wrk's delay(), the 70% one over four times the
 connections, calibrated to within 3%) sample the same lag: under 1 s.
 With --against COMMIT the service at that commit (a git worktree) runs in
 every round too, so that a change is measured side by side with what it
-changes. Prints Markdown for BENCHMARKS.md. A script, not a test: numbers depend on
-the machine, so nothing here asserts a speed.
+changes. Prints Markdown for BENCHMARKS.md. A script, not a test: numbers
+depend on the machine, so nothing here asserts a speed.
 """
 
 from __future__ import annotations
