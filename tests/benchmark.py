@@ -13,7 +13,10 @@ ratios is kept):
 2. a hand-written durable receiver: parse, insert the body as jsonb into a
    one-index table, commit per request; the best of gunicorn's sync and
    gthread workers (the same number of processes);
-3. the service (capture, then its appliers in the web processes).
+3. the service (capture, then its appliers in the web processes);
+4. the service capturing alone (APPLY_IN_WEB=false), its callbacks applied
+   after the load by `dispatch-ledger apply --once`: what the web processes
+   take when the applier runs on another machine.
 
 For the service it reports acknowledged callbacks per second, p50 and p99,
 CPU per callback, the applier's lag during the load (the age of the oldest
@@ -427,6 +430,10 @@ class Server:
     target: str
     extra: list[str]
     root: Path = ROOT  # the checkout it runs (another with --against)
+    # APPLY_IN_WEB=false: the web processes only capture; a separate applier
+    # (`dispatch-ledger apply --once`) applies after the load, as one on its
+    # own machine would during it.
+    capture_only: bool = False
 
 
 def measure(
@@ -439,13 +446,22 @@ def measure(
     tag: str,
 ) -> Result:
     port = free_port()
+    if server.capture_only:
+        env = env | {"APPLY_IN_WEB": "false"}
     process = gunicorn(server.folder, server.target, env, port, server.extra, server.root)
     service = server.target == "wsgi:app"
+
+    def apply_elsewhere() -> None:
+        if server.capture_only:
+            command = [sys.executable, "-m", "app.cli", "apply", "--once"]
+            subprocess.run(command, env=env, cwd=server.root, check=True, capture_output=True)
+
     try:
         if args.warmup:
             # Fill the pools, prepare statements and warm caches, unmeasured.
             run_wrk(wrk, port, args.warmup, args.connections, f"w{tag}", lua)
             if service:
+                apply_elsewhere()
                 drain(url)
         run_id = f"b{tag}"
         print(f"running: {server.name} ...", flush=True)
@@ -455,9 +471,16 @@ def measure(
             rps, p50, p99, requests, acknowledged, non_2xx = run_wrk(
                 wrk, port, args.seconds, args.connections, run_id, lua
             )
-        drained = drain(url) if service else None
-        used = cpu_used(before, process_cpu(process.pid))
         wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if server.capture_only:
+            # The CPU of capturing alone; the applying runs after, elsewhere.
+            used = cpu_used(before, process_cpu(process.pid))
+            started = time.monotonic()
+            apply_elsewhere()
+            drained: float | None = time.monotonic() - started + drain(url)
+        else:
+            drained = drain(url) if service else None
+            used = cpu_used(before, process_cpu(process.pid))
     finally:
         process.terminate()
         process.wait(30)
@@ -465,7 +488,8 @@ def measure(
     wrk_seconds = (wrk_after.ru_utime + wrk_after.ru_stime) - (
         wrk_before.ru_utime + wrk_before.ru_stime
     )
-    # CPU per callback includes the applying after the load (drained above).
+    # CPU per callback includes the applying after the load (drained above),
+    # except for capture alone.
     result.server_cpu_ms = used["server"] * 1000 / requests
     result.database_cpu_ms = used["database"] * 1000 / requests
     result.wrk_cpu_ms = wrk_seconds * 1000 / requests
@@ -576,7 +600,18 @@ def main() -> None:
             ["--worker-class", "gthread", "--threads", "4"],
         ),
     ]
-    servers = [bare, *receivers, Server("dispatch-ledger", ROOT, "wsgi:app", [])]
+    servers = [
+        bare,
+        *receivers,
+        Server("dispatch-ledger", ROOT, "wsgi:app", []),
+        Server(
+            "dispatch-ledger, capture alone (APPLY_IN_WEB=false, applied after)",
+            ROOT,
+            "wsgi:app",
+            [],
+            capture_only=True,
+        ),
+    ]
     if args.against:
         other = work / "against"
         git = ["git", "-C", str(ROOT)]
@@ -630,8 +665,13 @@ def main() -> None:
         f"Median of the per-round ratios: the service acknowledges {of_receiver:.0%} of the"
         f" receiver's rate (best of sync and gthread) and {of_ceiling:.0%} of the ceiling."
     )
+    alone = statistics.median(f[4].rps / max(f[1].rps, f[2].rps) for f in rounds)
+    print(
+        f"Capturing alone (the web processes of a deployment whose applier runs elsewhere):"
+        f" {alone:.0%} of the receiver's rate."
+    )
     if args.against:
-        then = statistics.median(f[4].rps / max(f[1].rps, f[2].rps) for f in rounds)
+        then = statistics.median(f[5].rps / max(f[1].rps, f[2].rps) for f in rounds)
         print(f"At {args.against}, in the same rounds: {then:.0%} of the receiver's rate.")
 
     receiver_rate = statistics.median(receiver_rates)
