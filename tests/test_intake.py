@@ -63,15 +63,20 @@ _JSON_VALUES = st.recursive(
 )
 
 
+def _infinite(value: object) -> bool:
+    """Whether a parsed document holds a non-finite number anywhere."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_infinite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_infinite(item) for item in value)
+    return False
+
+
 def _every_problem(value: object, max_depth: int) -> str | None:
     """The verdict of walking the whole document, as every body was checked before."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "finite"
-    if isinstance(value, list | dict):
-        for item in value.values() if isinstance(value, dict) else value:
-            if _every_problem(item, max_depth) == "finite":
-                return "finite"
-    return intake._unstorable(value, max_depth)
+    return "finite" if _infinite(value) else intake._unstorable(value, max_depth)
 
 
 @settings(max_examples=300, deadline=None)
