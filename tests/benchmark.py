@@ -652,26 +652,27 @@ def main() -> None:
                 f" | {r.acknowledged:,} | {r.non_2xx} | {lost} | {lag} | {drained}"
                 f" | {r.server_cpu_ms:.2f} + {r.database_cpu_ms:.2f} |"
             )
-    ratios = []
-    receiver_rates = []
-    for found in rounds:
-        receiver = max(found[1].rps, found[2].rps)
-        receiver_rates.append(receiver)
-        ratios.append((found[3].rps / receiver, found[3].rps / found[0].rps))
-    of_receiver = statistics.median(r[0] for r in ratios)
-    of_ceiling = statistics.median(r[1] for r in ratios)
+    # Servers by their place in each round: [bare, sync, gthread, service, alone, against].
+    receiver_rates = [max(found[1].rps, found[2].rps) for found in rounds]
+
+    def median_ratio(index: int, to: list[float]) -> float:
+        """The median over the rounds of one server's rate against another rate of its round."""
+        return statistics.median(f[index].rps / rate for f, rate in zip(rounds, to, strict=True))
+
+    of_receiver = median_ratio(3, receiver_rates)
+    of_ceiling = median_ratio(3, [found[0].rps for found in rounds])
     print()
     print(
         f"Median of the per-round ratios: the service acknowledges {of_receiver:.0%} of the"
         f" receiver's rate (best of sync and gthread) and {of_ceiling:.0%} of the ceiling."
     )
-    alone = statistics.median(f[4].rps / max(f[1].rps, f[2].rps) for f in rounds)
+    alone = median_ratio(4, receiver_rates)
     print(
         f"Capturing alone (the web processes of a deployment whose applier runs elsewhere):"
         f" {alone:.0%} of the receiver's rate."
     )
     if args.against:
-        then = statistics.median(f[5].rps / max(f[1].rps, f[2].rps) for f in rounds)
+        then = median_ratio(5, receiver_rates)
         print(f"At {args.against}, in the same rounds: {then:.0%} of the receiver's rate.")
 
     receiver_rate = statistics.median(receiver_rates)
