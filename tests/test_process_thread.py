@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+
+import pytest
 
 from app.process_thread import ProcessThread
 
@@ -55,3 +58,27 @@ def test_a_forked_process_starts_its_own() -> None:
     assert started == [True]
     assert thread.running
     release.set()
+
+
+def test_a_target_that_raised_is_not_running_and_starts_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The committer and the applier catch their own errors; should one escape
+    # all the same, the next request must start the thread again.
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    runs: list[int] = []
+
+    def target() -> None:
+        runs.append(1)
+        raise RuntimeError("a bug")
+
+    thread = ProcessThread("worker", target)
+    thread.ensure()
+    deadline = time.monotonic() + 5
+    while thread.running and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    assert not thread.running
+    thread.ensure()
+    while len(runs) < 2 and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    assert runs == [1, 1]
