@@ -31,8 +31,8 @@ class ProcessThread:
         self._lock = threading.Lock()
         # The process whose thread is running the target, None while none is:
         # set before each start, cleared when the target returns or raises.
-        # Asked on every request, so it is a plain field: Thread.is_alive()
-        # takes a lock (profiled under load: ~2% of a web process's CPU).
+        # Asked a few times a request, so it is a plain field: Thread.is_alive()
+        # takes a lock (2.6 us a call under gevent, against 0.3 for this).
         self._running_in: int | None = None
         self._started_in: int | None = None  # the process that last started one
 
