@@ -1,11 +1,12 @@
 """Where captured callbacks are applied to the state: in batches, by any number of appliers.
 
-An applier claims a batch of waiting raw callbacks (rows another applier
-holds are skipped, so nothing is applied twice), locks the workflows and
-messages they name in one order (workflows by id, then messages by id: no
-deadlocks between appliers), folds the events into them with the pure joins
-of `app.state`, writes them back, decides each touched workflow once, and
-marks the batch applied, all in one transaction.
+An applier claims a batch of waiting raw callbacks by deleting their rows
+from `apply_queue` (rows another applier holds are skipped, so nothing is
+applied twice), locks the workflows and messages they name in one order
+(workflows by id, then messages by id: no deadlocks between appliers), folds
+the events into them with the pure joins of `app.state`, writes them back and
+decides each touched workflow once, all in one transaction: committed, the
+batch is applied; rolled back, it is waiting again.
 
 A callback that cannot be applied is set aside with its error and tried
 again later (backoff), so that it never holds up the others.
@@ -178,6 +179,8 @@ class ApplySummary:
     applied: int = 0
     failed: int = 0
     changed: Tally = field(default_factory=Tally)
+    # When the callbacks of a unit of work were received (for the apply delay); not summed.
+    received: list[datetime] = field(default_factory=list)
 
     def add(self, other: ApplySummary) -> None:
         """Count a committed unit of work (metrics too)."""
@@ -189,6 +192,7 @@ class ApplySummary:
         metrics.APPLIED.inc(other.applied)
         metrics.APPLY_FAILURES.inc(other.failed)
         metrics.count_changes(other.changed)
+        metrics.observe_apply_delays(other.received)
 
 
 Clock = Callable[[], datetime]
@@ -321,6 +325,7 @@ def _apply_claimed(
     now: datetime,
     known: Mapping[int, StatusEvent | FinalReport] | None = None,
 ) -> ApplySummary:
+    """Fold claimed rows; the claim took them out of the queue, so committing marks them applied."""
     done = ApplySummary()
     good = []
     for row in rows:
@@ -330,18 +335,19 @@ def _apply_claimed(
                 event = read(CallbackKind(row["kind"]), bytes(row["body"]), max_depth).event
             except Rejection as rejection:
                 # Stored under older checks than today's: set aside until they accept it.
+                conn.execute(sql("queue_again"), {"id": row["id"], "attempts": row["attempts"]})
                 done.failed += _mark_failed(conn, row["id"], rejection.message, now)
                 continue
         good.append(Captured(row["id"], event, row["received_at"]))
     done.changed = fold(conn, good)
-    conn.execute(sql("mark_applied"), {"now": now, "ids": [c.callback_id for c in good]})
     done.applied = len(good)
+    done.received = [c.received_at for c in good]
     return done
 
 
 def _due_ids(conn: Connection, limit: int, now: datetime) -> list[int]:
-    params = {"now": now, "limit": limit, "before": None}
-    rows = conn.execute(sql("claim_callbacks"), params).fetchall()
+    # Only read: a claim would take them out of the queue when this commits.
+    rows = conn.execute(sql("due_callbacks"), {"now": now, "limit": limit}).fetchall()
     return [row["id"] for row in rows]
 
 
@@ -363,7 +369,7 @@ def _apply_alone(db: Database, callback_id: int, max_depth: int, clock: Clock) -
 
 
 def _mark_failed(conn: Connection, callback_id: int, error: str, now: datetime) -> int:
-    """Set a callback aside with its error until its next attempt; 0 if applied meanwhile."""
+    """Set a queued callback aside with its error until its next attempt; 0 if applied meanwhile."""
     params = {
         "id": callback_id,
         "error": error[:ERROR_CHARS],

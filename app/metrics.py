@@ -54,6 +54,11 @@ APPLY_FAILURES = Counter(
     "dispatch_ledger_apply_failures_total",
     "Attempts to apply a captured callback that failed (it is set aside and retried).",
 )
+APPLY_DELAY = Histogram(
+    "dispatch_ledger_apply_delay_seconds",
+    "Time from receiving a callback to committing its application to workflows and messages.",
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
 MESSAGES = Counter(
     "dispatch_ledger_messages_total",
     "Messages that reached an event for the first time, by API, channel (one name across the"
@@ -95,6 +100,13 @@ def count_changes(tally: Any) -> None:
         FAILOVERS.labels(api, channel).inc(n)
     for (api, status), n in tally.decided.items():
         DECIDED.labels(api, status).inc(n)
+
+
+def observe_apply_delays(received: list[datetime]) -> None:
+    """Count the delays of callbacks applied just now (received at these times)."""
+    now = datetime.now(UTC)
+    for at in received:
+        APPLY_DELAY.observe(max((now - at).total_seconds(), 0.0))
 
 
 def _start() -> None:

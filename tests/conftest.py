@@ -33,8 +33,8 @@ from app.intake import Callback
 freezegun.configure(extend_ignore_list=["psycopg_pool", "psycopg"])
 
 TABLES = (
-    "raw_callback, rejected_callback, discrepancy, reconciliation, workflow_definition,"
-    " message, dispatch, reject_window, raw_log_prune"
+    "raw_callback, apply_queue, rejected_callback, discrepancy, reconciliation,"
+    " workflow_definition, message, dispatch, reject_window, raw_log_prune"
 )
 
 

@@ -209,12 +209,17 @@ def test_pruning_old_raw_callbacks_keeps_the_state(clean_db: str) -> None:
         with freeze_time("2026-03-01T00:00:00Z"):
             for kind, payload in deliveries[4:]:
                 post(client, kind, payload)
+        # One old callback is still queued (it failed to apply): it stays.
+        with psycopg.connect(clean_db) as conn:
+            conn.execute("INSERT INTO apply_queue (raw_callback_id, error) VALUES (2, 'a bug')")
         before = client.get("/workflows/d-1").json
+        assert before is not None and before["failed_callbacks"] == 1
         deleted = operations.prune_raw(
             clean_db, timedelta(days=30), datetime(2026, 3, 2, tzinfo=UTC), batch=2
         )
-        assert deleted == 4
-        assert query(clean_db, "SELECT count(*) FROM raw_callback") == [(3,)]
+        assert deleted == 3
+        kept = "SELECT id FROM raw_callback ORDER BY id"
+        assert query(clean_db, kept) == [(2,), (5,), (6,), (7,)]
         assert client.get("/workflows/d-1").json == before
     finally:
         get_db(app).close()

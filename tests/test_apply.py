@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,11 +24,13 @@ from flask.testing import FlaskClient
 from app import apply, create_app, rebuild
 from app.capture import Delivery, capture
 from app.cli import main
+from app.config import Settings
 from app.db import Database
 from app.extensions import get_db
 from app.intake import read
+from app.migrations import MIGRATIONS_DIR, migrate
 from tests import payloads
-from tests.conftest import query
+from tests.conftest import fresh_database, query
 from tests.test_e2e import ROOT
 from tests.test_rebuild import snapshot, workload
 from tests.test_state_in_db import KINDS
@@ -57,7 +61,7 @@ def test_concurrent_appliers_apply_each_callback_once_and_reach_the_rebuilt_stat
         applied = list(pool.map(applier, [3, 5, 7, 11]))
     assert sum(applied) == stored  # each exactly once: none twice, none left
     assert all(applied)
-    assert query(clean_db, "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL") == [(0,)]
+    assert query(clean_db, "SELECT count(*) FROM apply_queue") == [(0,)]
     incremental = snapshot(clean_db)
     assert incremental["discrepancy"] and incremental["reconciliation"]
 
@@ -82,8 +86,7 @@ def test_a_callback_that_fails_to_apply_is_set_aside_and_the_others_are_applied(
     # The batch failed as a whole, then each callback alone: only the viber
     # message's two are set aside.
     assert (summary.applied, summary.failed) == (5, 2)
-    failed = "SELECT apply_error, apply_attempts, apply_after FROM raw_callback"
-    failed += " WHERE applied_at IS NULL"
+    failed = "SELECT error, attempts, apply_after FROM apply_queue"
     retry_at = NOW + timedelta(seconds=apply.FIRST_RETRY_SECONDS)
     assert query(clean_db, failed) == [("RuntimeError: a bug in a transition", 1, retry_at)] * 2
     viber = "SELECT submitted_at, rejected_at FROM message WHERE message_uuid = 'm-2-viber'"
@@ -221,7 +224,7 @@ def test_a_worker_process_applies_what_web_processes_only_captured(
     )
     try:
         deadline = time.monotonic() + 30
-        waiting = "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL"
+        waiting = "SELECT count(*) FROM apply_queue"
         while query(clean_db, waiting) != [(0,)]:
             assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
             assert time.monotonic() < deadline, "the worker applied nothing"
@@ -244,3 +247,46 @@ def test_a_worker_process_applies_what_web_processes_only_captured(
     assert query(clean_db, "SELECT status FROM dispatch WHERE dispatch_uuid = 'd-1'") == [
         ("completed",)
     ]
+
+
+def test_upgrading_to_the_apply_queue_keeps_what_was_waiting_and_queues_old_releases_captures(
+    server_url: str, tmp_path: Path
+) -> None:
+    url = fresh_database(server_url, "dl_queue_upgrade")
+    before = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, before)
+    (before / "0013_apply_queue.sql").unlink()
+    migrate(url, before)
+    db = Database(url, Settings(database_url=url))
+    try:
+        # Under 0012: one callback applied, one waiting, one failed with its error.
+        deliveries = [
+            payloads.status(f"m-{n}", "submitted", "2026-01-01T10:00:00Z", dispatch_uuid="d-1")
+            for n in range(3)
+        ]
+        _capture_all(db, [("message-status", d) for d in deliveries])
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE raw_callback SET applied_at = now() WHERE id = 1")
+            conn.execute(
+                "UPDATE raw_callback SET apply_attempts = 3, apply_error = 'a bug',"
+                " apply_after = %s WHERE id = 3",
+                (NOW,),
+            )
+        migrate(url)
+        queued = "SELECT raw_callback_id, attempts, error, apply_after FROM apply_queue ORDER BY 1"
+        assert query(url, queued) == [(2, 0, None, None), (3, 3, "a bug", NOW)]
+
+        # A web process of the previous release, still answering after the
+        # migration, inserts as it always did: its callback is queued too.
+        late = payloads.status("m-late", "submitted", "2026-01-01T10:00:00Z", dispatch_uuid="d-1")
+        _capture_all(db, [("message-status", late)])
+        assert [row[0] for row in query(url, queued)] == [2, 3, 4]
+
+        applied = apply.apply_waiting(db, 32, clock=lambda: NOW)
+        assert (applied.applied, applied.failed) == (3, 0)
+        assert query(url, queued) == []
+        # m-0 was marked applied under 0012: not applied again.
+        known = "SELECT message_uuid FROM message ORDER BY 1"
+        assert query(url, known) == [("m-1",), ("m-2",), ("m-late",)]
+    finally:
+        db.close()

@@ -139,4 +139,4 @@ def test_a_failing_hand_over_to_the_applier_loses_no_answer(
     # Committed and answered all the same; the committer lives on for the next.
     assert commits.capture(_delivery(1)).outcome == "accepted"
     assert commits.capture(_delivery(2)).outcome == "accepted"
-    assert query(clean_db, "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL") == [(2,)]
+    assert query(clean_db, "SELECT count(*) FROM apply_queue") == [(2,)]

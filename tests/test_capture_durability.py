@@ -174,7 +174,7 @@ def test_every_acknowledged_callback_survives_a_kill_9_of_the_server(
 
     # Started again, its appliers apply everything the dead one left waiting.
     serve.start()
-    waiting = "SELECT count(*) FROM raw_callback WHERE applied_at IS NULL"
+    waiting = "SELECT count(*) FROM apply_queue"
     _wait_for(
         lambda: query(database.url, waiting) == [(0,)],
         30,

@@ -173,8 +173,8 @@ def test_an_applier_killed_mid_transaction_leaves_no_partial_state(server: Serve
             # The killed applier's transaction never committed: the callback
             # is captured and still waiting, the message as it was.
             assert conn.execute(
-                "SELECT count(*) FROM raw_callback"
-                " WHERE message_uuid = 'crash-m' AND applied_at IS NULL"
+                "SELECT count(*) FROM raw_callback r JOIN apply_queue q"
+                " ON q.raw_callback_id = r.id WHERE r.message_uuid = 'crash-m'"
             ).fetchone() == (1,)
             assert conn.execute(
                 "SELECT status, delivered_at FROM message WHERE message_uuid = 'crash-m'"

@@ -47,6 +47,9 @@ def test_metrics_count_callbacks_rejects_latency_and_the_pool(client: FlaskClien
     assert delta("dispatch_ledger_rejects_total", reason="schema_violation") == 1
     assert delta("dispatch_ledger_request_seconds_count", endpoint="webhooks.message_status") == 2
     assert delta("dispatch_ledger_request_seconds_count", endpoint="webhooks.status") == 1
+    # Each callback applied once (the duplicate was not captured again), with its delay.
+    assert delta("dispatch_ledger_apply_delay_seconds_count") == 2
+    assert delta("dispatch_ledger_apply_delay_seconds_bucket", le="3600.0") == 2
     assert sample(after, "dispatch_ledger_db_pool_connections", state="size") >= 1
 
 

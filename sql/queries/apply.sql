@@ -1,57 +1,83 @@
 -- The applier: claim captured callbacks, fold them into workflows and
 -- messages, decide the workflows they touched. Locks are always taken in one
--- order: claimed raw callbacks (never waited for: SKIP LOCKED), then
--- workflows by id, then messages by id.
+-- order: claimed queue rows (never waited for: SKIP LOCKED), then workflows
+-- by id, then messages by id. A claim deletes the queue rows in the applier's
+-- transaction: committed, they are applied; rolled back, they wait again.
 
 -- name: claim_callbacks
--- Take up to `limit` waiting callbacks that are due (received before `before`, if given), oldest first; rows another applier holds are skipped.
-SELECT id, kind, body, received_at
-  FROM raw_callback
- WHERE applied_at IS NULL
-   AND (apply_after IS NULL OR apply_after <= %(now)s)
-   AND (%(before)s::timestamptz IS NULL OR received_at < %(before)s::timestamptz)
- ORDER BY id
- LIMIT %(limit)s
-   FOR NO KEY UPDATE SKIP LOCKED;
+-- Take up to `limit` waiting callbacks that are due (received before `before`, if given), oldest first, out of the queue; rows another applier holds are skipped. Rolled back, they are queued again.
+WITH claimed AS (
+    DELETE FROM apply_queue
+     WHERE raw_callback_id IN (
+           SELECT q.raw_callback_id
+             FROM apply_queue q
+             JOIN raw_callback r ON r.id = q.raw_callback_id
+            WHERE (q.apply_after IS NULL OR q.apply_after <= %(now)s)
+              AND (%(before)s::timestamptz IS NULL OR r.received_at < %(before)s::timestamptz)
+            ORDER BY q.raw_callback_id
+            LIMIT %(limit)s
+              FOR UPDATE OF q SKIP LOCKED)
+    RETURNING raw_callback_id, attempts)
+SELECT r.id, r.kind, r.body, r.received_at, c.attempts
+  FROM claimed c
+  JOIN raw_callback r ON r.id = c.raw_callback_id
+ ORDER BY r.id;
+
+-- name: due_callbacks
+-- The ids of up to `limit` waiting callbacks that are due, oldest first (read only: no claim).
+SELECT raw_callback_id AS id
+  FROM apply_queue
+ WHERE apply_after IS NULL OR apply_after <= %(now)s
+ ORDER BY raw_callback_id
+ LIMIT %(limit)s;
 
 -- name: claim_own_callbacks
--- Take the waiting, due callbacks among those this process captured; rows another applier holds are skipped.
-SELECT id, kind, received_at
-  FROM raw_callback
- WHERE id = ANY(%(ids)b)
-   AND applied_at IS NULL
-   AND (apply_after IS NULL OR apply_after <= %(now)s)
- ORDER BY id
-   FOR NO KEY UPDATE SKIP LOCKED;
+-- Take the waiting, due callbacks among those this process captured (their events are known: no bodies); rows another applier holds are skipped.
+WITH claimed AS (
+    DELETE FROM apply_queue
+     WHERE raw_callback_id IN (
+           SELECT raw_callback_id
+             FROM apply_queue
+            WHERE raw_callback_id = ANY(%(ids)b)
+              AND (apply_after IS NULL OR apply_after <= %(now)s)
+              FOR UPDATE SKIP LOCKED)
+    RETURNING raw_callback_id, attempts)
+SELECT r.id, r.kind, r.received_at, c.attempts
+  FROM claimed c
+  JOIN raw_callback r ON r.id = c.raw_callback_id
+ ORDER BY r.id;
 
 -- name: claim_callback
 -- Take one waiting callback by id, unless another applier holds it (applying a failed batch one by one).
-SELECT id, kind, body, received_at
-  FROM raw_callback
- WHERE id = %(id)s AND applied_at IS NULL
-   FOR NO KEY UPDATE SKIP LOCKED;
+WITH claimed AS (
+    DELETE FROM apply_queue
+     WHERE raw_callback_id IN (
+           SELECT raw_callback_id FROM apply_queue WHERE raw_callback_id = %(id)s
+              FOR UPDATE SKIP LOCKED)
+    RETURNING raw_callback_id, attempts)
+SELECT r.id, r.kind, r.body, r.received_at, c.attempts
+  FROM claimed c
+  JOIN raw_callback r ON r.id = c.raw_callback_id;
 
--- name: mark_applied
--- The claimed callbacks are part of the state now.
-UPDATE raw_callback
-   SET applied_at = %(now)s, apply_error = NULL, apply_after = NULL
- WHERE id = ANY(%(ids)b);
+-- name: queue_again
+-- Put a callback claimed in this transaction back in the queue, with its attempts so far (to be marked failed).
+INSERT INTO apply_queue (raw_callback_id, attempts) VALUES (%(id)s, %(attempts)s);
 
 -- name: mark_failed
--- A callback failed to apply: keep the error; try again after `first` seconds, doubled each failure up to `last`.
-UPDATE raw_callback
-   SET apply_attempts = apply_attempts + 1,
-       apply_error = %(error)s,
-       apply_after = %(now)s + least(%(first)s * power(2, least(apply_attempts, 30)), %(last)s)
+-- A queued callback failed to apply: keep the error; try again after `first` seconds, doubled each failure up to `last`.
+UPDATE apply_queue
+   SET attempts = attempts + 1,
+       error = %(error)s,
+       apply_after = %(now)s + least(%(first)s * power(2, least(attempts, 30)), %(last)s)
                                * interval '1 second'
- WHERE id = %(id)s AND applied_at IS NULL
-RETURNING id;
+ WHERE raw_callback_id = %(id)s
+RETURNING raw_callback_id;
 
 -- name: retry_failed_now
 -- Make every failed callback due at once (after a fix: `dispatch-ledger apply --retry-failed`).
-UPDATE raw_callback
+UPDATE apply_queue
    SET apply_after = NULL
- WHERE applied_at IS NULL AND apply_error IS NOT NULL;
+ WHERE error IS NOT NULL;
 
 -- name: message_dispatches
 -- The workflows messages are known to belong to (read without locks, to know which workflows to lock).

@@ -1,8 +1,9 @@
 -- name: prune_raw_batch
--- Delete up to `batch` applied raw callbacks received before the cutoff, oldest first (waiting ones stay).
+-- Delete up to `batch` applied raw callbacks received before the cutoff, oldest first (queued ones stay).
 DELETE FROM raw_callback
- WHERE id IN (SELECT id FROM raw_callback
-               WHERE received_at < %(cutoff)s AND applied_at IS NOT NULL
+ WHERE id IN (SELECT id FROM raw_callback r
+               WHERE received_at < %(cutoff)s
+                 AND NOT EXISTS (SELECT FROM apply_queue q WHERE q.raw_callback_id = r.id)
                ORDER BY id
                LIMIT %(batch)s);
 
