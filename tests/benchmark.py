@@ -24,8 +24,9 @@ unapplied callback, sampled every 0.25 s), the time after the load stops
 until every acknowledged callback is applied, and lost callbacks
 (acknowledged but not stored, or never applied: checked in the database,
 must be 0). Then sustained runs at fixed rates (10% and 70% of the
-receiver's, paced through wrk's delay(), the 70% one over four times the
-connections, calibrated to within 3%) sample the same lag: under 1 s.
+receiver's; wrk sends on a fixed schedule, over four times the connections)
+sample the same lag, which should stay under 1 s, and read the service's
+captured-to-applied histogram.
 With --against COMMIT the service at that commit (a git worktree, on a
 database of its own migrated by that checkout) runs in every round too, so
 that a change is measured side by side with what it changes. Prints
@@ -58,6 +59,7 @@ import psycopg
 from app import embedded, migrations
 
 ROOT = Path(__file__).resolve().parent.parent
+WRK_THREADS = 2
 
 # Each workflow gets ten callbacks: three messages, each submitted/delivered/
 # read (with a price), then its final report. Consecutive requests go to
@@ -69,7 +71,20 @@ LUA = textwrap.dedent(
     local counter = 0
     ok = 0  -- global: done() reads it from each thread with thread:get
     local prefix = ""
-    local pause = 0  -- ms after each answer (second argument; 0: as fast as it goes)
+    -- A rate asked for: this thread's requests go out on a fixed schedule, one
+    -- every `interval` ms, whenever the answers come (0: as fast as it goes).
+    local interval = 0
+    local next_at = nil
+    local ffi = require("ffi")
+    ffi.cdef[[
+      typedef struct { long tv_sec; long tv_nsec; } dl_timespec;
+      int clock_gettime(int clk_id, dl_timespec *tp);
+    ]]
+    local clock = ffi.new("dl_timespec")
+    local function now_ms()
+      ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+      return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+    end
     local statuses = {"submitted", "delivered", "read"}
     local threads = {}
 
@@ -80,7 +95,8 @@ LUA = textwrap.dedent(
 
     function init(args)
       prefix = string.format("%s-%d", args[1], tid)
-      pause = tonumber(args[2] or "0")
+      local rate = tonumber(args[2] or "0")  -- requests a second for this thread
+      if rate > 0 then interval = 1000 / rate end
     end
 
     local function status_body(d, m, s, n)
@@ -125,8 +141,18 @@ LUA = textwrap.dedent(
       if status >= 200 and status < 300 then ok = ok + 1 end
     end
 
-    function delay()  -- 0 unless a rate is asked for (third argument: ms between requests)
-      return pause
+    -- Called before each request of every connection: the wait until the
+    -- thread's next free slot. Slots missed while every connection waited
+    -- for an answer are sent as soon as one is free, as a sender that does
+    -- not slow down for us would.
+    function delay()
+      if interval == 0 then return 0 end
+      local now = now_ms()
+      if next_at == nil then next_at = now end
+      local slot = next_at
+      next_at = next_at + interval
+      if slot > now then return slot - now end
+      return 0
     end
 
     done = function(summary, latency, requests)
@@ -306,12 +332,13 @@ def run_wrk(
     connections: int,
     run_id: str,
     lua: Path,
-    pause_ms: float = 0.0,
+    rate: float = 0.0,
 ) -> tuple[float, float, float, int, int, int]:
+    """Load a server; `rate` > 0 asks for that many requests a second in all, on a schedule."""
     output = subprocess.run(
         [
             wrk,
-            "-t2",
+            f"-t{WRK_THREADS}",
             f"-c{connections}",
             f"-d{seconds}s",
             "--latency",
@@ -320,7 +347,7 @@ def run_wrk(
             f"http://127.0.0.1:{port}",
             "--",
             run_id,
-            str(pause_ms),
+            str(rate / WRK_THREADS),
         ],
         check=True,
         capture_output=True,
@@ -548,7 +575,6 @@ def sustained(
     args: argparse.Namespace,
     lua: Path,
     rate: float,
-    capacity: float,
 ) -> tuple[Result, float, tuple[float, float, float]]:
     """The service at a fixed rate: the result, the applier's largest lag seen (s), and
     p50 and p99 of each callback's time from capture to apply (ms, from the service's
@@ -556,33 +582,23 @@ def sustained(
     port = free_port()
     process = gunicorn(ROOT, "wsgi:app", env, port, [])
     try:
-        # wrk paces each connection by a pause after each answer, so the rate
-        # is connections / (pause + latency). After an unmeasured warm-up (a
-        # fresh server's first requests are slow), short calibration runs
-        # measure the latency at about this load and the pause subtracts it.
+        # The requests go out on a fixed schedule (see delay() in LUA): the
+        # rate asked for is the rate sent, unless every connection is waiting
+        # for an answer. Four times the usual connections, so that a slow
+        # answer (an applier's batch holds a worker's loop for a few ms) does
+        # not hold up the schedule. After an unmeasured warm-up (a fresh
+        # server's first requests are slow).
         run_wrk(wrk, port, args.warmup or 1, args.connections, f"w{int(time.time())}", lua)
         drain(url)
-        # Near capacity, four times the connections, each pausing longer: the
-        # rate then depends little on the latency, which the load itself
-        # moves (with 16 the rate asked was out of reach at the latency it
-        # caused, though the service took more unpaced). Not at low rates:
-        # 64 connections paced alike fire in bursts of 64 (seen: the
-        # applier then gathers them, as it should a burst).
-        connections = args.connections * (4 if rate > 0.5 * capacity else 1)
-        pause_ms = 1000 * connections / rate
-        for step in range(6):
-            tag = f"c{step}x{int(time.time())}"
-            calibrated = run_wrk(wrk, port, 3, connections, tag, lua, pause_ms)
-            drain(url)
-            if abs(calibrated[0] / rate - 1) < 0.03:
-                break  # within 3% of the rate asked
-            latency_ms = max(1000 * connections / calibrated[0] - pause_ms, 0.0)
-            pause_ms = max(1000 * connections / rate - latency_ms, 0.0)
+        connections = args.connections * 4
         run_id = f"s{int(time.time())}"
-        print(f"running: the service at {rate:,.0f} callbacks/s ...", flush=True)
+        print(
+            f"running: the service at {rate:,.0f} callbacks/s ({connections} connections) ...",
+            flush=True,
+        )
         delays = apply_delays(port)
         with LagSampler(url) as sampled:
-            done = run_wrk(wrk, port, args.seconds, connections, run_id, lua, pause_ms)
+            done = run_wrk(wrk, port, args.seconds, connections, run_id, lua, rate)
         drain(url)
         applied = delay_quantiles(delays, apply_delays(port))
     finally:
@@ -732,7 +748,7 @@ def main() -> None:
     print()
     for share in () if args.no_sustained else (0.1, 0.7):
         rate = share * receiver_rate
-        held, lag, (p50, p99, worst) = sustained(wrk, env, url, args, lua, rate, receiver_rate)
+        held, lag, (p50, p99, worst) = sustained(wrk, env, url, args, lua, rate)
         held_runs.append(held)
         print(
             f"Sustained: asked {rate:,.0f}/s ({share:.0%} of the receiver's median), got"
