@@ -335,7 +335,8 @@ def _apply_claimed(
                 event = read(CallbackKind(row["kind"]), bytes(row["body"]), max_depth).event
             except Rejection as rejection:
                 # Stored under older checks than today's: set aside until they accept it.
-                conn.execute(sql("queue_again"), {"id": row["id"], "attempts": row["attempts"]})
+                again = {k: row[k] for k in ("id", "received_at", "attempts")}
+                conn.execute(sql("queue_again"), again)
                 done.failed += _mark_failed(conn, row["id"], rejection.message, now)
                 continue
         good.append(Captured(row["id"], event, row["received_at"]))

@@ -209,9 +209,13 @@ def test_pruning_old_raw_callbacks_keeps_the_state(clean_db: str) -> None:
         with freeze_time("2026-03-01T00:00:00Z"):
             for kind, payload in deliveries[4:]:
                 post(client, kind, payload)
-        # One old callback is still queued (it failed to apply): it stays.
+        # One old callback is still queued (it failed to apply, and is not
+        # due again before the end of the test): it stays.
         with psycopg.connect(clean_db) as conn:
-            conn.execute("INSERT INTO apply_queue (raw_callback_id, error) VALUES (2, 'a bug')")
+            conn.execute(
+                "INSERT INTO apply_queue (raw_callback_id, received_at, error, apply_after)"
+                " SELECT id, received_at, 'a bug', 'infinity' FROM raw_callback WHERE id = 2"
+            )
         before = client.get("/workflows/d-1").json
         assert before is not None and before["failed_callbacks"] == 1
         deleted = operations.prune_raw(

@@ -29,6 +29,7 @@ from app.db import Database
 from app.extensions import get_db
 from app.intake import read
 from app.migrations import MIGRATIONS_DIR, migrate
+from app.queries import sql
 from tests import payloads
 from tests.conftest import fresh_database, query
 from tests.test_e2e import ROOT
@@ -290,3 +291,35 @@ def test_upgrading_to_the_apply_queue_keeps_what_was_waiting_and_queues_old_rele
         assert query(url, known) == [("m-1",), ("m-2",), ("m-late",)]
     finally:
         db.close()
+
+
+def _rows_read(plan: dict[str, Any], relation: str) -> float:
+    """Rows a plan (EXPLAIN ANALYZE, JSON) read from a table, over all its loops."""
+    own = plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)
+    read = own if plan.get("Relation Name") == relation else 0
+    return read + sum(_rows_read(child, relation) for child in plan.get("Plans", []))
+
+
+@pytest.mark.parametrize("before", [None, NOW + timedelta(days=1)])
+def test_a_claim_reads_the_queue_not_the_applied_log(clean_db: str, before: Any) -> None:
+    # A log mostly applied, with a backlog after it: a claim must not walk
+    # the applied rows to find the queued ones (a join to the log once did).
+    with psycopg.connect(clean_db) as conn:
+        conn.execute(
+            "INSERT INTO raw_callback (kind, dedup_key, body, payload, message_uuid,"
+            " dispatch_uuid, event_at, received_at, last_received_at)"
+            " SELECT 'message_status', sha256(g::text::bytea), '{}', '{}', 'm-' || g, 'd-' || g,"
+            " %(at)s, %(at)s, %(at)s FROM generate_series(1, 30000) g",
+            {"at": NOW},
+        )
+        conn.execute("DELETE FROM apply_queue WHERE raw_callback_id <= 20000")  # applied
+        conn.execute("ANALYZE raw_callback, apply_queue")
+        conn.commit()
+        params = {"now": NOW, "limit": 100, "before": before}
+        explained = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + sql("claim_callbacks"), params
+        ).fetchone()
+        conn.rollback()  # the claim only explained
+    assert explained is not None
+    plan = explained[0][0]["Plan"]
+    assert _rows_read(plan, "raw_callback") <= 100  # the claimed rows' bodies, no more

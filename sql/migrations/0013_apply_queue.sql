@@ -14,6 +14,10 @@
 -- still answers between this migration and its restart.
 CREATE TABLE apply_queue (
     raw_callback_id bigint      CONSTRAINT apply_queue_pkey PRIMARY KEY,
+    -- raw_callback's, copied: claims and the backlog read the queue alone, in
+    -- its own order. A join to the log would let the planner walk the log's
+    -- primary key through every applied row to find the few queued ones.
+    received_at     timestamptz NOT NULL,
     -- Failed attempts so far, the last one's error, and when to try again
     -- (NULL: as soon as an applier is free).
     attempts        integer     NOT NULL DEFAULT 0,
@@ -22,12 +26,16 @@ CREATE TABLE apply_queue (
 );
 -- No foreign key to raw_callback: checking one would lock the new raw row, a
 -- WAL record per callback. `prune-raw` keeps the rows still queued instead.
+
+-- The callbacks that failed, for `dispatch-ledger status` and the dashboard.
+-- New rows have no error, so queueing and claiming never touch it.
+CREATE INDEX apply_queue_failed_idx ON apply_queue (raw_callback_id) WHERE error IS NOT NULL;
 COMMENT ON TABLE apply_queue IS
     'Captured callbacks not applied yet (waiting, or failed with an error); applying one deletes its row.';
 
 -- What was waiting or failed stays so, with its attempts and error.
-INSERT INTO apply_queue (raw_callback_id, attempts, error, apply_after)
-SELECT id, apply_attempts, apply_error, apply_after
+INSERT INTO apply_queue (raw_callback_id, received_at, attempts, error, apply_after)
+SELECT id, received_at, apply_attempts, apply_error, apply_after
   FROM raw_callback
  WHERE applied_at IS NULL;
 
@@ -42,7 +50,7 @@ CREATE FUNCTION queue_new_raw_callbacks() RETURNS trigger
     LANGUAGE plpgsql
 AS $$
 BEGIN
-    INSERT INTO apply_queue (raw_callback_id) SELECT id FROM stored;
+    INSERT INTO apply_queue (raw_callback_id, received_at) SELECT id, received_at FROM stored;
     RETURN NULL;
 END
 $$;

@@ -9,16 +9,15 @@
 WITH claimed AS (
     DELETE FROM apply_queue
      WHERE raw_callback_id IN (
-           SELECT q.raw_callback_id
-             FROM apply_queue q
-             JOIN raw_callback r ON r.id = q.raw_callback_id
-            WHERE (q.apply_after IS NULL OR q.apply_after <= %(now)s)
-              AND (%(before)s::timestamptz IS NULL OR r.received_at < %(before)s::timestamptz)
-            ORDER BY q.raw_callback_id
+           SELECT raw_callback_id
+             FROM apply_queue
+            WHERE (apply_after IS NULL OR apply_after <= %(now)s)
+              AND (%(before)s::timestamptz IS NULL OR received_at < %(before)s::timestamptz)
+            ORDER BY raw_callback_id
             LIMIT %(limit)s
-              FOR UPDATE OF q SKIP LOCKED)
-    RETURNING raw_callback_id, attempts)
-SELECT r.id, r.kind, r.body, r.received_at, c.attempts
+              FOR UPDATE SKIP LOCKED)
+    RETURNING raw_callback_id, received_at, attempts)
+SELECT r.id, r.kind, r.body, c.received_at, c.attempts
   FROM claimed c
   JOIN raw_callback r ON r.id = c.raw_callback_id
  ORDER BY r.id;
@@ -41,8 +40,8 @@ WITH claimed AS (
             WHERE raw_callback_id = ANY(%(ids)b)
               AND (apply_after IS NULL OR apply_after <= %(now)s)
               FOR UPDATE SKIP LOCKED)
-    RETURNING raw_callback_id, attempts)
-SELECT r.id, r.kind, r.received_at, c.attempts
+    RETURNING raw_callback_id, received_at, attempts)
+SELECT r.id, r.kind, c.received_at, c.attempts
   FROM claimed c
   JOIN raw_callback r ON r.id = c.raw_callback_id
  ORDER BY r.id;
@@ -54,14 +53,15 @@ WITH claimed AS (
      WHERE raw_callback_id IN (
            SELECT raw_callback_id FROM apply_queue WHERE raw_callback_id = %(id)s
               FOR UPDATE SKIP LOCKED)
-    RETURNING raw_callback_id, attempts)
-SELECT r.id, r.kind, r.body, r.received_at, c.attempts
+    RETURNING raw_callback_id, received_at, attempts)
+SELECT r.id, r.kind, r.body, c.received_at, c.attempts
   FROM claimed c
   JOIN raw_callback r ON r.id = c.raw_callback_id;
 
 -- name: queue_again
 -- Put a callback claimed in this transaction back in the queue, with its attempts so far (to be marked failed).
-INSERT INTO apply_queue (raw_callback_id, attempts) VALUES (%(id)s, %(attempts)s);
+INSERT INTO apply_queue (raw_callback_id, received_at, attempts)
+VALUES (%(id)s, %(received_at)s, %(attempts)s);
 
 -- name: mark_failed
 -- A queued callback failed to apply: keep the error; try again after `first` seconds, doubled each failure up to `last`.
