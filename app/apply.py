@@ -47,6 +47,9 @@ BATCH = 100
 FIRST_RETRY_SECONDS = 5
 LAST_RETRY_SECONDS = 3600
 ERROR_CHARS = 2000
+# Captures "pour in" to a process at this rate or more: its applier then lets
+# them gather into larger transactions (BackgroundApplier._gather).
+POURING_PER_SECOND = 500
 
 
 @dataclass(frozen=True)
@@ -441,8 +444,7 @@ class BackgroundApplier:
         """
         started = time.monotonic()
         seen = self._handoff.size()
-        # "Pouring in": a quarter of a batch or more arrived during one linger.
-        pouring = max(self._claim.batch // 4, 1)
+        pouring = max(round(POURING_PER_SECOND * self._linger), 1)  # arrivals in one linger
         while self._linger:
             time.sleep(self._linger)
             now = self._handoff.size()

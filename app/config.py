@@ -81,7 +81,7 @@ class Settings:
     apply_poll_seconds: float = 1.0
     # Once woken by a capture, an applier waits this long for more, so that
     # it applies many callbacks per transaction instead of one at a time.
-    apply_linger_seconds: float = 0.05
+    apply_linger_seconds: float = 0.02
     # While captures keep coming, an applier lets them gather up to this long
     # (or a full batch): under load it applies in large, cheap transactions
     # and leaves the CPU to the requests. The applied lag stays about this.
