@@ -37,6 +37,7 @@ machine, so nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -374,10 +375,13 @@ def run_wrk(
     )
 
 
-def _waiting(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+@functools.cache
+def _waiting(url: str) -> str:
     """Which raw callbacks are not applied yet, as a condition on raw_callback, in the
-    database's layout: queued (0013 on), or applied_at NULL (an --against checkout before)."""
-    row = conn.execute("SELECT to_regclass('apply_queue') IS NOT NULL").fetchone()
+    database's layout: queued (0013 on), or applied_at NULL (an --against checkout before).
+    Asked once per database: the lag sampler needs it four times a second under load."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regclass('apply_queue') IS NOT NULL").fetchone()
     if row is not None and row[0]:
         return "id IN (SELECT raw_callback_id FROM apply_queue)"
     return "applied_at IS NULL"
@@ -388,7 +392,7 @@ def stored(url: str, run_id: str) -> tuple[int, int]:
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT coalesce(sum(deliveries), 0),"
-            f" count(*) FILTER (WHERE {_waiting(conn)})"
+            f" count(*) FILTER (WHERE {_waiting(url)})"
             " FROM raw_callback WHERE coalesce(message_uuid, dispatch_uuid) LIKE %s",
             (f"{run_id}-%",),
         ).fetchone()
@@ -401,7 +405,7 @@ def waiting_age(url: str) -> tuple[int, float]:
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(received_at)), 0)"
-            f" FROM raw_callback WHERE {_waiting(conn)}"
+            f" FROM raw_callback WHERE {_waiting(url)}"
         ).fetchone()
     assert row is not None
     return int(row[0]), float(row[1])
@@ -424,7 +428,8 @@ def delay_quantiles(
 ) -> tuple[float, float, float]:
     """p50 and p99 of the apply delays counted between two scrapes (ms, interpolated within
     a bucket, as Prometheus's histogram_quantile does), and the bucket bound all were under."""
-    counts = [(le, n - dict(before).get(le, 0.0)) for le, n in after]
+    earlier = dict(before)
+    counts = [(le, n - earlier.get(le, 0.0)) for le, n in after]
     total = counts[-1][1]
 
     def quantile(q: float) -> float:
@@ -672,10 +677,9 @@ def main() -> None:
         other = work / "against"
         git = ["git", "-C", str(ROOT)]
         subprocess.run([*git, "worktree", "add", "--detach", str(other), args.against], check=True)
-        # Its own database, in its own layout (the migrations may differ).
-        admin = embedded.start(work / "db", database="postgres")
-        embedded.create_database(admin, "against")
-        against_url = psycopg.conninfo.make_conninfo(admin, dbname="against")
+        # Its own database on the same server, in its own layout (the migrations may differ).
+        embedded.create_database(url, "against")
+        against_url = psycopg.conninfo.make_conninfo(url, dbname="against")
         migrate = [sys.executable, "-m", "app.cli", "migrate"]
         subprocess.run(
             migrate,
