@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -215,19 +216,33 @@ class Handoff:
     stored body like any other.
     """
 
-    def __init__(self, limit: int = 20_000) -> None:
+    def __init__(self, limit: int = 20_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._limit = limit
+        self._clock = clock
         self._lock = threading.Lock()
         self._events: dict[int, StatusEvent | FinalReport] = {}
+        # (when, how many) of the last second's puts: the rate captures come in at.
+        self._arrivals: deque[tuple[float, int]] = deque()
 
     def put(self, captured: Iterable[tuple[int, StatusEvent | FinalReport]]) -> None:
+        now = self._clock()
         with self._lock:
+            held = len(self._events)
             self._events.update(captured)
+            self._arrivals.append((now, len(self._events) - held))
+            while self._arrivals[0][0] <= now - 1.0:
+                self._arrivals.popleft()
             while len(self._events) > self._limit:
                 del self._events[next(iter(self._events))]
 
     def size(self) -> int:
         return len(self._events)
+
+    def per_second(self) -> int:
+        """How many new captures were put in the last second."""
+        since = self._clock() - 1.0
+        with self._lock:
+            return sum(n for at, n in self._arrivals if at > since)
 
     def oldest(self, count: int) -> list[int]:
         with self._lock:
@@ -384,6 +399,15 @@ def _mark_failed(conn: Connection, callback_id: int, error: str, now: datetime) 
     return 0 if conn.execute(sql("mark_failed"), params).fetchone() is None else 1
 
 
+def worth_lingering(per_second: float, linger: float) -> bool:
+    """Whether waiting `linger` s for more captures gathers two or more on average.
+
+    Below that, waiting only delays the one already there: at a trickle a
+    transaction per capture costs a few transactions a second.
+    """
+    return per_second * linger >= 2
+
+
 class BackgroundApplier:
     """The applier inside a web process: woken by the process's captures, else every `poll` s.
 
@@ -440,8 +464,11 @@ class BackgroundApplier:
     def _gather(self) -> None:
         """Woken by a capture: if captures are pouring in, let them gather (up to a batch
         or `max_delay`), so that a burst is applied in few large transactions and
-        leaves the CPU to the requests; otherwise apply after one `linger`.
+        leaves the CPU to the requests; if they come often enough for a `linger` to
+        gather some, apply after one; if they trickle in, apply at once.
         """
+        if not worth_lingering(self._handoff.per_second(), self._linger):
+            return
         started = time.monotonic()
         seen = self._handoff.size()
         pouring = max(round(POURING_PER_SECOND * self._linger), 1)  # arrivals in one linger

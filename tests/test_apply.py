@@ -323,3 +323,37 @@ def test_a_claim_reads_the_queue_not_the_applied_log(clean_db: str, before: Any)
     assert explained is not None
     plan = explained[0][0]["Plan"]
     assert _rows_read(plan, "raw_callback") <= 100  # the claimed rows' bodies, no more
+
+
+def test_the_hand_off_counts_the_new_captures_of_the_last_second() -> None:
+    now = [100.0]
+    handoff = apply.Handoff(limit=5, clock=lambda: now[0])
+    body = payloads.status("m-1", "delivered", "2026-01-01T00:00:00.000Z")
+    event = read(KINDS["message-status"], json.dumps(body).encode(), 32)
+    handoff.put([(1, event.event), (2, event.event)])
+    now[0] = 100.5
+    handoff.put([(2, event.event), (3, event.event)])  # 2 was put before: not new
+    assert handoff.per_second() == 3
+    now[0] = 101.0  # the first put is a second old: out of the window
+    assert handoff.per_second() == 1
+    handoff.put([(i, event.event) for i in range(4, 10)])  # past the limit: counted all the same
+    assert (handoff.per_second(), handoff.size()) == (7, 5)
+    now[0] = 102.5
+    assert handoff.per_second() == 0
+
+
+@pytest.mark.parametrize(
+    ("per_second", "linger", "worth"),
+    [
+        (0, 0.02, False),
+        (1, 0.02, False),  # one capture alone: applied at once
+        (99, 0.02, False),  # a linger would gather fewer than two on average
+        (100, 0.02, True),
+        (5000, 0.02, True),
+        (5000, 0.0, False),  # lingering turned off
+    ],
+)
+def test_the_applier_lingers_only_when_a_linger_gathers_more_than_one(
+    per_second: int, linger: float, worth: bool
+) -> None:
+    assert apply.worth_lingering(per_second, linger) is worth
