@@ -12,6 +12,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from app.failover import Definition, Step
+from app.schemas import WholeNumber
 from app.state import MESSAGES_CHANNELS, Api, Channel
 
 CHANNELS = [c.value for c in MESSAGES_CHANNELS]
@@ -74,7 +75,7 @@ class MessageSchema(_Base):
     client_ref = fields.String(validate=validate.Length(max=CLIENT_REF_LENGTH))
     webhook_url = fields.String(validate=validate.Length(min=1, max=2000))
     webhook_version = fields.String(validate=validate.OneOf(WEBHOOK_VERSIONS))
-    ttl = fields.Integer(strict=True)
+    ttl = WholeNumber()  # 600 or 600.0, as JSON has integers; never 600.5, "600" or true
 
     # Also when another field is wrong: every problem is reported at once.
     @validates_schema(skip_on_field_errors=False)
@@ -116,8 +117,14 @@ _SCHEMA = FailoverRequestSchema()
 
 
 def is_messages_request(body: Any) -> bool:
-    """Whether a request body is for the Messages API (not Dispatch: `template`, `workflow`)."""
-    if not isinstance(body, dict) or "workflow" in body or "template" in body:
+    """Whether a request body is for the Messages API (not Dispatch: `template`, `workflow`).
+
+    Dispatch's `template` is a string (`failover`); the Messages API's is the
+    object of a WhatsApp template message, which may well come first.
+    """
+    if not isinstance(body, dict) or "workflow" in body:
+        return False
+    if isinstance(body.get("template"), str):
         return False
     return any(key in body for key in ("channel", "message_type", "failover"))
 

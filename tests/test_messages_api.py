@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
 
-from app import workflows
+from app import messages_request, workflows
 from app.extensions import get_db
 from app.intake import CallbackKind, Rejection, kind_of, read
 from tests import payloads
@@ -339,6 +339,9 @@ def test_a_recorded_messages_definition_names_each_items_channel(api: FlaskClien
         ({"message_type": "template"}, "message_type"),  # not on RCS
         ({"text": "x" * 3073}, "text"),
         ({"ttl": 10}, "ttl"),
+        ({"ttl": 600.5}, "ttl"),
+        ({"ttl": "600"}, "ttl"),
+        ({"ttl": True}, "ttl"),
         ({"client_ref": "x" * 101}, "client_ref"),
         ({"failover": []}, "failover"),
         ({"webhook_version": "v2"}, "webhook_version"),
@@ -353,6 +356,39 @@ def test_a_bad_messages_request_is_refused_field_by_field(
     assert response.status_code == 422, response.json
     assert where in response.json["errors"]  # type: ignore[index]
     assert "Messages API" in response.json["message"]  # type: ignore[index]
+
+
+def test_a_failover_request_may_start_with_a_whatsapp_template(api: FlaskClient) -> None:
+    # Its top-level `template` is the WhatsApp template, not Dispatch's "failover".
+    first = {
+        "channel": "whatsapp",
+        "message_type": "template",
+        "to": "447700900000",
+        "from": "447700900001",
+        "template": {"name": "verify:code", "parameters": ["1234"]},
+        "whatsapp": {"policy": "deterministic", "locale": "en-GB"},
+    }
+    request = {**first, "failover": payloads.messages_failover_request("sms", "sms")["failover"]}
+    created = api.put(f"/workflows/{W}/definition", json=request, headers=AUTH)
+    assert created.status_code == 201, created.json
+    assert created.json["api"] == "messages"  # type: ignore[index]
+    assert [s["channel"] for s in created.json["steps"]] == ["whatsapp", "sms"]  # type: ignore[index]
+    # Without its object, it is still checked as a Messages API request.
+    untemplated = {**request, "template": None}
+    refused = api.put(f"/workflows/{W}/definition", json=untemplated, headers=AUTH)
+    assert refused.status_code == 422
+    assert "Messages API" in refused.json["message"]  # type: ignore[index]
+    # Dispatch's request names its template as a string: still Dispatch's.
+    dispatch = {**payloads.fixture("dispatch_request_failover.json"), "channel": "sms"}
+    assert not messages_request.is_messages_request(dispatch)
+    assert not messages_request.is_messages_request({**request, "template": "failover"})
+
+
+def test_a_ttl_is_a_json_integer_in_either_spelling(api: FlaskClient) -> None:
+    # JSON has one kind of number: 600.0 is the integer 600 (as the published schema says).
+    request = {**payloads.messages_failover_request("rcs", "sms"), "ttl": 600.0}
+    response = api.put(f"/workflows/{W}/definition", json=request, headers=AUTH)
+    assert response.status_code == 201, response.json
 
 
 def test_a_failover_item_is_checked_as_a_whole_message(api: FlaskClient) -> None:
