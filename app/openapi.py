@@ -17,6 +17,14 @@ from app.definitions import (
     TEXT_LIMITS,
     DispatchRequestSchema,
 )
+from app.messages_request import (
+    CHANNELS,
+    MEDIA,
+    MESSAGE_TYPES,
+    TTL_RANGES,
+    FailoverRequestSchema,
+)
+from app.messages_request import TEXT_LIMITS as MESSAGES_TEXT_LIMITS
 from app.schemas import (
     ChannelField,
     CodeOrText,
@@ -163,7 +171,15 @@ def _read(name: str, summary: str) -> dict[str, Any]:
     }
 
 
-_DISPATCH_REQUEST = {"$ref": "#/components/schemas/DispatchRequest"}
+# A workflow is sent or recorded from either API's request, told apart by
+# shape as messages_request.is_messages_request does (Dispatch's has
+# `workflow` and `template`).
+_WORKFLOW_REQUEST = {
+    "oneOf": [
+        {"$ref": "#/components/schemas/DispatchRequest"},
+        {"$ref": "#/components/schemas/MessagesFailoverRequest"},
+    ]
+}
 _OBJECT = {"type": "object"}
 _PATH_ID = {"name": "dispatch_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -187,11 +203,12 @@ def _workflows() -> dict[str, Any]:
             },
         },
         "post": {
-            "summary": "Validate a Dispatch request, send it to Dispatch, and record it",
+            "summary": "Validate a Dispatch or Messages API failover request, send it to"
+            " Vonage, and record it",
             "security": [{"apiToken": []}],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _DISPATCH_REQUEST}},
+                "content": {"application/json": {"schema": _WORKFLOW_REQUEST}},
             },
             "responses": {
                 "202": _json(
@@ -212,12 +229,12 @@ def _definition() -> dict[str, Any]:
     return {
         "put": {
             "summary": "Record the definition of a workflow another system sent (a Dispatch"
-            " request, described here, or a Messages API failover request: see the README)",
+            " request or a Messages API failover request)",
             "security": [{"apiToken": []}],
             "parameters": [_PATH_ID],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _DISPATCH_REQUEST}},
+                "content": {"application/json": {"schema": _WORKFLOW_REQUEST}},
             },
             "responses": {
                 "200": _json(_OBJECT, "Replaced"),
@@ -252,12 +269,14 @@ def _definition() -> dict[str, Any]:
 def _schema_name(schema: Any) -> str:
     # Callbacks and Dispatch requests both have parties and media, of other
     # shapes: the request's own are prefixed so that neither hides the other.
+    # The Messages API request's are prefixed with the API's name.
     # A schema narrowed with only=... is a shape of its own, named after it.
     cls = schema if isinstance(schema, type) else type(schema)
     name: str = cls.__name__.removesuffix("Schema")
     only = getattr(schema, "only", None) if not isinstance(schema, type) else None
     name += "".join(field.title() for field in sorted(only or ()))
-    return f"Request{name}" if cls.__module__ == "app.definitions" else name
+    prefix = {"app.definitions": "Request", "app.messages_request": "Messages"}
+    return prefix.get(cls.__module__, "") + name
 
 
 # What intake.parse_json refuses anywhere in a body (PostgreSQL's jsonb and
@@ -290,8 +309,11 @@ def _storable(schema: Any) -> None:
     is_string = kinds == "string" or (isinstance(kinds, list) and "string" in kinds)
     if is_string and "pattern" not in schema and "enum" not in schema:
         schema["pattern"] = _NO_NUL  # applies to strings only; null stays allowed
-    if "properties" in schema:
+    free_form = kinds == "object" and schema.get("additionalProperties") == {}  # a fields.Dict
+    if "properties" in schema or free_form:
         # Unknown fields are accepted (and kept in the raw copy), as any JSON.
+        if free_form:
+            del schema["additionalProperties"]
         schema.setdefault("additionalProperties", {"$ref": "#/components/schemas/JsonValue"})
         schema.setdefault("propertyNames", {"pattern": _NO_NUL})
     for value in schema.values():
@@ -365,6 +387,31 @@ def _workflow_rules() -> dict[str, Any]:
     }
 
 
+def _messages_item_rules() -> dict[str, Any]:
+    """What MessageSchema checks across fields, for the published schema.
+
+    Each channel takes its own message types, each type needs its content
+    (a media one with its url), and a channel limits its text and its ttl.
+    """
+    kinds = []
+    for channel in CHANNELS:
+        low, high = TTL_RANGES[channel]
+        for kind in sorted(MESSAGE_TYPES[channel]):
+            properties: dict[str, Any] = {
+                "channel": {"const": channel},
+                "message_type": {"const": kind},
+                "ttl": {"minimum": low, "maximum": high},
+            }
+            if kind == "text":
+                properties["text"] = {"maxLength": MESSAGES_TEXT_LIMITS[channel]}
+            if kind in MEDIA:
+                # Narrower than the check (any non-blank value): what a url is.
+                url = {"type": "string", "pattern": "\\S"}
+                properties[kind] = {"required": ["url"], "properties": {"url": url}}
+            kinds.append({"properties": properties, "required": [kind]})
+    return {"anyOf": kinds}
+
+
 @cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3 document (built once; it depends only on the code)."""
@@ -398,6 +445,7 @@ def document() -> dict[str, Any]:
     spec.components.security_scheme("apiToken", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("readToken", {"type": "http", "scheme": "bearer"})
     spec.components.schema("DispatchRequest", schema=DispatchRequestSchema)
+    spec.components.schema("MessagesFailoverRequest", schema=FailoverRequestSchema)
     spec.components.schema("Callback", _CALLBACK)
     spec.path(
         "/webhooks/status",
@@ -424,6 +472,13 @@ def document() -> dict[str, Any]:
             _storable(schema)
     schemas["JsonValue"] = _JSON_VALUE
     schemas["DispatchRequest"] = {"allOf": [schemas["DispatchRequest"], _workflow_rules()]}
+    item = _messages_item_rules()
+    schemas["MessagesMessage"] = {"allOf": [schemas["MessagesMessage"], item]}
+    # Its `template`, if any, is an object (Dispatch's a string).
+    not_dispatch = {"not": {"required": ["workflow"]}}
+    schemas["MessagesFailoverRequest"] = {
+        "allOf": [schemas["MessagesFailoverRequest"], item, not_dispatch]
+    }
     return built
 
 

@@ -70,6 +70,22 @@ def test_the_openapi_document_describes_both_callbacks(client: Any) -> None:
     )
 
 
+def test_the_openapi_document_describes_both_workflow_requests(client: Any) -> None:
+    document = client.get("/openapi.json").json
+    both = {"#/components/schemas/DispatchRequest", "#/components/schemas/MessagesFailoverRequest"}
+    for path, method in (("/workflows", "post"), ("/workflows/{dispatch_uuid}/definition", "put")):
+        body = document["paths"][path][method]["requestBody"]["content"]["application/json"]
+        assert {one["$ref"] for one in body["schema"]["oneOf"]} == both
+    # Each channel's message types, as the check has them (the fuzzing above sends them).
+    rules = document["components"]["schemas"]["MessagesMessage"]["allOf"][1]["anyOf"]
+    whatsapp = {
+        r["properties"]["message_type"]["const"]
+        for r in rules
+        if r["properties"]["channel"]["const"] == "whatsapp"
+    }
+    assert whatsapp == {"text", "image", "audio", "video", "file", "template", "sticker", "custom"}
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: (
