@@ -51,6 +51,11 @@ ERROR_CHARS = 2000
 # Captures "pour in" to a process at this rate or more: its applier then lets
 # them gather into larger transactions (BackgroundApplier._gather).
 POURING_PER_SECOND = 500
+# Below this many captures a second, a process's applier applies each at once
+# (those that come while it applies share the next transaction); from it on,
+# it lingers for more. Well below the per-process rate at 70% of this machine's
+# capacity (about 400/s), where larger transactions keep the applier up.
+LINGER_FROM_PER_SECOND = 200
 
 
 @dataclass(frozen=True)
@@ -400,12 +405,12 @@ def _mark_failed(conn: Connection, callback_id: int, error: str, now: datetime) 
 
 
 def worth_lingering(per_second: float, linger: float) -> bool:
-    """Whether waiting `linger` s for more captures gathers two or more on average.
+    """Whether to wait `linger` s for more captures before applying, at this rate.
 
-    Below that, waiting only delays the one already there: at a trickle a
-    transaction per capture costs a few transactions a second.
+    At a trickle a transaction per capture costs a few percent of a core, and
+    a linger would only delay the one already there.
     """
-    return per_second * linger >= 2
+    return linger > 0 and per_second >= LINGER_FROM_PER_SECOND
 
 
 class BackgroundApplier:
@@ -464,8 +469,8 @@ class BackgroundApplier:
     def _gather(self) -> None:
         """Woken by a capture: if captures are pouring in, let them gather (up to a batch
         or `max_delay`), so that a burst is applied in few large transactions and
-        leaves the CPU to the requests; if they come often enough for a `linger` to
-        gather some, apply after one; if they trickle in, apply at once.
+        leaves the CPU to the requests; if they come often (see worth_lingering),
+        apply after one `linger`; if they trickle in, apply at once.
         """
         if not worth_lingering(self._handoff.per_second(), self._linger):
             return

@@ -347,13 +347,13 @@ def test_the_hand_off_counts_the_new_captures_of_the_last_second() -> None:
     [
         (0, 0.02, False),
         (1, 0.02, False),  # one capture alone: applied at once
-        (99, 0.02, False),  # a linger would gather fewer than two on average
-        (100, 0.02, True),
+        (apply.LINGER_FROM_PER_SECOND - 1, 0.02, False),
+        (apply.LINGER_FROM_PER_SECOND, 0.02, True),
         (5000, 0.02, True),
         (5000, 0.0, False),  # lingering turned off
     ],
 )
-def test_the_applier_lingers_only_when_a_linger_gathers_more_than_one(
+def test_the_applier_lingers_only_once_captures_come_often(
     per_second: int, linger: float, worth: bool
 ) -> None:
     assert apply.worth_lingering(per_second, linger) is worth
