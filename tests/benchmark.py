@@ -495,6 +495,8 @@ class Server:
     extra: list[str]
     root: Path = ROOT  # the checkout it runs (another with --against)
     # Its own database (--against: migrated by its checkout), else the shared one.
+    # The service, capturing alone and --against each have one, so that their
+    # tables grow alike from round to round (a larger one is slower to insert into).
     url: str | None = None
     # APPLY_IN_WEB=false: the web processes only capture; a separate applier
     # (`dispatch-ledger apply --once`) applies after the load, as one on its
@@ -648,6 +650,9 @@ def main() -> None:
         setting = conn.execute("SHOW synchronous_commit").fetchone()
         conn.execute(RECEIVER_TABLE)
     assert setting == ("on",), setting
+    embedded.create_database(url, "capture_alone")
+    capture_url = psycopg.conninfo.make_conninfo(url, dbname="capture_alone")
+    migrations.migrate(capture_url)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {"WEB_CONCURRENCY": str(args.workers), "DATABASE_URL": url}
 
@@ -670,6 +675,7 @@ def main() -> None:
             ROOT,
             "wsgi:app",
             [],
+            url=capture_url,
             capture_only=True,
         ),
     ]
