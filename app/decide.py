@@ -98,6 +98,14 @@ def messages_changed(conn: Connection, changed: Sequence[Changed]) -> Tally:
     return decide(conn, changed)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A definition stored: whether it is the workflow's first, and what deciding by it changed."""
+
+    created: bool
+    changed: Tally  # for the metrics, counted once the caller commits
+
+
 def record_definition(
     conn: Connection,
     dispatch_uuid: str,
@@ -105,8 +113,8 @@ def record_definition(
     definition: Definition,
     source: str,
     now: datetime,
-) -> bool:
-    """Store a workflow's definition and decide the workflow by it; True if it is new."""
+) -> Recorded:
+    """Store a workflow's definition and decide the workflow by it."""
     locked = storage.lock_dispatch(conn, dispatch_uuid, now)
     link = apply_link(locked.state, dispatch_uuid, definition.api)
     if link.discrepancies:  # a definition is refused rather than recorded as a conflict
@@ -121,5 +129,7 @@ def record_definition(
     if state != locked.state:
         storage.save_dispatches(conn, [storage.SavedDispatch(state, now, None)])
     storage.store_definition(conn, dispatch_uuid, request, definition, source, now)
-    decide(conn, [Changed(replace(locked, definition=definition, state=state), state, now)])
-    return created
+    changed = decide(
+        conn, [Changed(replace(locked, definition=definition, state=state), state, now)]
+    )
+    return Recorded(created, changed)

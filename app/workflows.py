@@ -44,11 +44,13 @@ def validate(body: Any) -> Definition:
 def record(db: Database, dispatch_uuid: str, body: Any, now: datetime) -> bool:
     """Store the definition of a workflow another system sent; True if it is new."""
     definition = validate(body)
-    return db.run(
+    recorded = db.run(
         lambda conn: decide.record_definition(
             conn, dispatch_uuid, body, definition, "recorded", now
         )
     )
+    _count(recorded)
+    return recorded.created
 
 
 def send(
@@ -64,10 +66,18 @@ def send(
         dispatch_uuid = dispatch_client.submit_messages(body, settings, extra)
     else:
         dispatch_uuid = dispatch_client.submit(body, settings, extra)
-    db.run(
+    recorded = db.run(
         lambda conn: decide.record_definition(conn, dispatch_uuid, body, definition, "sent", now)
     )
+    _count(recorded)
     return dispatch_uuid
+
+
+def _count(recorded: decide.Recorded) -> None:
+    """Count what deciding by a committed definition changed (a workflow it decides, say)."""
+    from app import metrics  # late: see app/__init__.py
+
+    metrics.count_changes(recorded.changed)
 
 
 def definition(db: Database, dispatch_uuid: str) -> dict[str, Any] | None:

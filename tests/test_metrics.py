@@ -6,6 +6,8 @@ import re
 
 from flask.testing import FlaskClient
 
+from app import create_app
+from app.extensions import get_db
 from tests import payloads
 from tests.conftest import post
 
@@ -98,3 +100,26 @@ def test_delivery_failover_outcome_and_overdue_metrics_per_channel_and_api(
     overdue = "dispatch_ledger_workflows_overdue"
     assert sample(after, overdue, api="messages", kind="failover_overdue") == 1  # long past
     assert sample(after, overdue, api="dispatch", kind="outcome_overdue") == 0  # present, as 0
+
+
+def test_a_workflow_decided_by_its_definition_is_counted(clean_db: str) -> None:
+    # Its message came first (nothing to decide by); the definition decides it.
+    app = create_app({"database_url": clean_db, "apply_in_web": False, "api_token": "t"})
+    client = app.test_client()
+    try:
+        before = client.get("/metrics").get_data(as_text=True)
+        status = payloads.status("m-1", "delivered", "2026-03-01T09:00:00Z", dispatch_uuid="d-1")
+        assert post(client, "status", status).status_code == 200
+        sms = payloads.fixture("dispatch_request_failover.json")["workflow"][-1]
+        definition = {"template": "failover", "workflow": [sms]}
+        auth = {"Authorization": "Bearer t"}
+        assert (
+            client.put("/workflows/d-1/definition", json=definition, headers=auth).status_code
+            == 201
+        )
+        after = client.get("/metrics").get_data(as_text=True)
+    finally:
+        get_db(app).close()
+    decided = "dispatch_ledger_workflows_decided_total"
+    counted = sample(after, decided, api="dispatch", status="completed")
+    assert counted - sample(before, decided, api="dispatch", status="completed") == 1
