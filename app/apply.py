@@ -51,11 +51,11 @@ ERROR_CHARS = 2000
 # Captures "pour in" to a process at this rate or more: its applier then lets
 # them gather into larger transactions (BackgroundApplier._gather).
 POURING_PER_SECOND = 500
-# Below this many captures a second, a process's applier applies each at once
-# (those that come while it applies share the next transaction); from it on,
-# it lingers for more. Well below the per-process rate at 70% of this machine's
-# capacity (about 400/s), where larger transactions keep the applier up.
-LINGER_FROM_PER_SECOND = 200
+# Below this many captures a second, a process's applier applies each at once:
+# a 20 ms linger would rarely gather a second one, so it would only delay.
+# Above, the transactions a linger saves are worth more than its delay: at 75/s
+# a process, applying each at once cost 2.5 ms more CPU a callback (BENCHMARKS.md).
+LINGER_FROM_PER_SECOND = 25
 
 
 @dataclass(frozen=True)
