@@ -618,6 +618,12 @@ def sustained(
     return result, sampled.most or 0.0, applied
 
 
+def _database_beside(url: str, name: str) -> str:
+    """A database of this name on the server of `url` (created if missing): its conninfo."""
+    embedded.create_database(url, name)
+    return psycopg.conninfo.make_conninfo(url, dbname=name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15)
@@ -650,8 +656,7 @@ def main() -> None:
         setting = conn.execute("SHOW synchronous_commit").fetchone()
         conn.execute(RECEIVER_TABLE)
     assert setting == ("on",), setting
-    embedded.create_database(url, "capture_alone")
-    capture_url = psycopg.conninfo.make_conninfo(url, dbname="capture_alone")
+    capture_url = _database_beside(url, "capture_alone")
     migrations.migrate(capture_url)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {"WEB_CONCURRENCY": str(args.workers), "DATABASE_URL": url}
@@ -684,8 +689,7 @@ def main() -> None:
         git = ["git", "-C", str(ROOT)]
         subprocess.run([*git, "worktree", "add", "--detach", str(other), args.against], check=True)
         # Its own database on the same server, in its own layout (the migrations may differ).
-        embedded.create_database(url, "against")
-        against_url = psycopg.conninfo.make_conninfo(url, dbname="against")
+        against_url = _database_beside(url, "against")
         migrate = [sys.executable, "-m", "app.cli", "migrate"]
         subprocess.run(
             migrate,
