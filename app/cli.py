@@ -487,19 +487,37 @@ def rebuild(skip_invalid: bool) -> None:
     show_default=True,
     help="Seconds between looks for new callbacks while idle.",
 )
-def apply_command(once: bool, retry_failed: bool, poll: float) -> None:
+@click.option(
+    "--niceness",
+    type=click.IntRange(0, 19),
+    default=None,
+    help="Run at this CPU priority (nice; 19 is the lowest), so that what else runs comes first.",
+)
+@click.option("--parent", type=int, default=None, hidden=True)
+@click.option("--wake-fd", type=int, default=None, hidden=True)
+def apply_command(
+    once: bool,
+    retry_failed: bool,
+    poll: float,
+    niceness: int | None,
+    parent: int | None,
+    wake_fd: int | None,
+) -> None:
     """Apply captured callbacks to workflows and messages (a `worker:` process).
 
-    Web processes apply too unless APPLY_IN_WEB=false; any number of appliers
-    share the work. Reads DATABASE_URL, APPLY_BATCH_SIZE. With --once, exits
-    with status 1 if callbacks that failed to apply remain.
+    The web dyno runs one too unless APPLY_IN_WEB=false; any number of
+    appliers share the work. Reads DATABASE_URL, APPLY_BATCH_SIZE. With
+    --once, exits with status 1 if callbacks that failed to apply remain.
     """
     import time
 
-    from app.apply import apply_waiting
+    from app.applier_process import Wakes, set_niceness
+    from app.apply import LINGER_FROM_PER_SECOND, apply_waiting
     from app.db import DatabaseUnavailable
 
     settings = Settings.from_env()
+    if niceness is not None:
+        set_niceness(niceness)
     with _database(settings) as db:
         if once:
             summary = apply_waiting(
@@ -512,11 +530,24 @@ def apply_command(once: bool, retry_failed: bool, poll: float) -> None:
             found = backlog.summary(db)
             click.echo(found.describe())
             sys.exit(1 if found.failed else 0)
-        click.echo("applying captured callbacks; Ctrl-C to stop", err=True)
+        if parent is None:
+            click.echo("applying captured callbacks; Ctrl-C to stop", err=True)
+        else:
+            # Ctrl-C at a terminal reaches the whole process group; the master
+            # stops this applier itself once its workers are done.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            click.echo(f"applying captured callbacks beside the web server ({parent})", err=True)
         retry = retry_failed
         applied = failed = 0
         reported = time.monotonic()
+        wakes = Wakes(wake_fd)
+        turn = 0.0
         while True:
+            if parent is not None and os.getppid() != parent:
+                # Started by a gunicorn master (--parent) that is gone: so are we.
+                click.echo("the web server that started this applier is gone; stopping", err=True)
+                return
+            turn = time.monotonic()
             try:
                 summary = apply_waiting(
                     db, settings.max_json_depth, batch=settings.apply_batch_size, retry_failed=retry
@@ -532,7 +563,10 @@ def apply_command(once: bool, retry_failed: bool, poll: float) -> None:
                 click.echo(f"applied {applied}, failed {failed}", err=True)
                 applied = failed = 0
                 reported = time.monotonic()
-            time.sleep(poll)
+            if wakes.wait(poll) and time.monotonic() - turn < 1 / LINGER_FROM_PER_SECOND:
+                # Woken again soon after the last turn: captures come often,
+                # so let a few more gather and apply them in one transaction.
+                time.sleep(settings.apply_linger_seconds)
 
 
 @main.command()

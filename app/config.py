@@ -71,9 +71,14 @@ class Settings:
     # PEM text of the application's private key, or a path to the file.
     dispatch_private_key: str | None = field(default=None, repr=False)
     dispatch_timeout_seconds: float = 10.0
-    # Each web process applies captured callbacks in the background; turn it
-    # off when separate `dispatch-ledger apply` processes do it.
+    # The web dyno applies captured callbacks: under gunicorn one applier
+    # process beside the workers (app/applier_process.py), under any other
+    # server a thread in each process. Turn it off when separate
+    # `dispatch-ledger apply` processes do it.
     apply_in_web: bool = True
+    # The CPU priority (nice) of the applier beside gunicorn's workers: the
+    # requests come first, the applier takes the CPU they leave.
+    apply_niceness: int = 19
     # Captured callbacks applied per transaction.
     apply_batch_size: int = 100
     # How often an idle applier looks for work its own process did not bring
@@ -141,6 +146,8 @@ class Settings:
             raise ConfigError("APPLY_LINGER_SECONDS must be between 0 and 1")
         if not 0 <= self.apply_max_delay_seconds <= 10:
             raise ConfigError("APPLY_MAX_DELAY_SECONDS must be between 0 and 10")
+        if not 0 <= self.apply_niceness <= 19:
+            raise ConfigError("APPLY_NICENESS must be between 0 and 19")
         if self.apply_poll_seconds <= 0:
             raise ConfigError("APPLY_POLL_SECONDS must be positive")
         if self.db_pool_timeout <= 0:

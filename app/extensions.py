@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Flask, current_app
 
+from app.applier_process import runs_beside, wake_beside
 from app.apply import BackgroundApplier
 from app.auth import Credentials
 from app.capture import Delivery, GroupCommit, Receipt, capture
 from app.config import Settings
 from app.db import Database
+from app.state import FinalReport, StatusEvent
 
 _SETTINGS = "dispatch_ledger.settings"
 _DB = "dispatch_ledger.db"
@@ -30,7 +34,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         )
     db = app.extensions[_DB] = Database(settings.database_url, settings)
     applier = None
-    if settings.apply_in_web:
+    if settings.apply_in_web and not runs_beside():
         applier = BackgroundApplier(
             db,
             settings.max_json_depth,
@@ -43,9 +47,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         app.before_request(applier.start)
     app.extensions[_APPLIER] = applier
     if settings.capture_group_commit:
-        app.extensions[_COMMITS] = GroupCommit(
-            db, on_accepted=applier.captured if applier else None
-        )
+        app.extensions[_COMMITS] = GroupCommit(db, on_accepted=_on_accepted(applier))
     else:
         app.extensions[_COMMITS] = None
     app.extensions[_CREDENTIALS] = Credentials.from_settings(settings)
@@ -80,7 +82,7 @@ def get_db(app: Flask | None = None) -> Database:
 
 
 def get_applier(app: Flask | None = None) -> BackgroundApplier | None:
-    """This process's background applier, or None when APPLY_IN_WEB is off."""
+    """This process's background applier; None when APPLY_IN_WEB is off or one runs beside."""
     applier: BackgroundApplier | None = (app or current_app).extensions[_APPLIER]
     return applier
 
@@ -91,7 +93,19 @@ def capture_delivery(delivery: Delivery) -> Receipt:
     if commits is not None:
         return commits.capture(delivery)  # wakes the applier itself
     receipt = capture(get_db(), delivery)
-    applier = get_applier()
-    if applier is not None and receipt.outcome == "accepted":
-        applier.captured([(receipt.callback_id, delivery.callback.event)])
+    if receipt.outcome == "accepted":
+        on_accepted = _on_accepted(get_applier())
+        if on_accepted is not None:
+            on_accepted([(receipt.callback_id, delivery.callback.event)])
     return receipt
+
+
+def _on_accepted(
+    applier: BackgroundApplier | None,
+) -> Callable[[list[tuple[int, StatusEvent | FinalReport]]], None] | None:
+    """Who is told of new captures: this process's applier, else the one beside it, if any."""
+    if applier is not None:
+        return applier.captured
+    if runs_beside():
+        return lambda _captured: wake_beside()
+    return None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+
+from app.applier_process import ApplierBeside
+from app.config import Settings
 
 # Heroku-style platforms route to $PORT on all interfaces; Dispatch must reach it.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
@@ -49,8 +53,29 @@ if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dispatch-ledger-metrics-")
 
 
+# The applier: one process beside the workers, at a lower CPU priority, so
+# that under a burst the requests get the cores and the applier catches up
+# after (app/applier_process.py). Started once the master is ready, before it
+# forks the workers, which then leave applying to it.
+_applier: ApplierBeside | None = None
+
+
+def when_ready(server: object) -> None:
+    global _applier
+    settings = Settings.from_env()
+    if settings.apply_in_web:
+        _applier = ApplierBeside.for_web(
+            settings.apply_niceness,
+            settings.apply_poll_seconds,
+            logging.getLogger("gunicorn.error"),
+        )
+        _applier.start()
+
+
 def on_exit(server: object) -> None:
-    """Remove the metrics folder this server made for itself."""
+    """Stop the applier; remove the metrics folder this server made for itself."""
+    if _applier is not None:
+        _applier.stop()
     if _OWN_METRICS_DIR:
         import shutil
 

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from app import backlog, readmodel
 from app.access import require_read_access
+from app.applier_process import runs_beside
 from app.db import Connection
 from app.errors import ApiError
 from app.extensions import get_applier, get_db
@@ -105,7 +106,10 @@ def readyz() -> Response:
     """
     found = backlog.summary(get_db())
     applier = get_applier()
-    in_process = "off" if applier is None else "running" if applier.running else "not started"
+    if applier is not None:
+        in_process = "running" if applier.running else "not started"
+    else:
+        in_process = "beside" if runs_beside() else "off"
     document: dict[str, Any] = {
         "status": "ok",
         "database": "ok",
