@@ -95,8 +95,10 @@ class ApplierBeside:
         command: Sequence[str],
         env: dict[str, str] | None = None,
         logger: logging.Logger = log,
+        niceness: int | None = None,
     ) -> None:
         self._command = list(command)
+        self._niceness = niceness
         self._env = env
         self._log = logger
         self._stopping = threading.Event()
@@ -120,7 +122,12 @@ class ApplierBeside:
             "--parent",
             str(os.getpid()),
         ]
-        return cls(command, logger=logger)
+        return cls(command, logger=logger, niceness=niceness)
+
+    @property
+    def wake_fd(self) -> int:
+        """The write end of the wake pipe (the workers write to it); -1 until started."""
+        return self._wakes[1]
 
     @property
     def pid(self) -> int | None:
@@ -161,6 +168,13 @@ class ApplierBeside:
             read_end = self._wakes[0]
             command = [*self._command, "--wake-fd", str(read_end)]
             self._process = subprocess.Popen(command, env=self._env, pass_fds=(read_end,))
+            if self._niceness is not None:
+                # At once, not only once it has started Python and read its
+                # settings: a burst may be under way (the command sets it too).
+                try:
+                    os.setpriority(os.PRIO_PROCESS, self._process.pid, self._niceness)
+                except OSError:
+                    pass  # gone already: the watcher starts another
             self._log.info("applier started beside the web processes (pid %d)", self._process.pid)
 
     def _watch(self) -> None:

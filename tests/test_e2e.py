@@ -145,9 +145,66 @@ def database_url(server: Server) -> str:
     return f"postgresql://postgres@/dispatch_ledger?host={lines[4]}&port={lines[3]}"
 
 
+def master(server: Server) -> psutil.Process:
+    [found] = psutil.Process(server.process.pid).children()
+    return found
+
+
+def _is_applier(process: psutil.Process) -> bool:
+    try:
+        command = process.cmdline()
+    except psutil.Error:  # gone, or a zombie until the master reaps it
+        return False
+    return "app.cli" in command and "apply" in command
+
+
 def workers(server: Server) -> list[psutil.Process]:
-    [master] = psutil.Process(server.process.pid).children()
-    return master.children()
+    return [p for p in master(server).children() if not _is_applier(p)]
+
+
+def applier(server: Server) -> psutil.Process:
+    """The applier the master runs beside its workers (exactly one)."""
+    [found] = [p for p in master(server).children() if _is_applier(p)]
+    return found
+
+
+def test_one_applier_runs_beside_the_workers_at_the_lowest_cpu_priority(server: Server) -> None:
+    assert len(workers(server)) == 2
+    assert [w.nice() for w in workers(server)] == [0, 0]
+    assert applier(server).nice() == 19
+    code, _, ready = server.request("GET", "/readyz")
+    assert (code, ready["applier"]["in_process"]) == (200, "beside")
+    # The workers do not apply: while the applier is stopped, a capture waits.
+    status = payloads.status("beside-m", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-b")
+    applier(server).suspend()
+    try:
+        assert server.post_json("/webhooks/message-status", status)[0] == 200
+        code, _, error = server.request("GET", "/messages/beside-m?wait=1")
+        assert code == 404 and "1 callbacks naming it are captured and not" in error["message"]
+    finally:
+        applier(server).resume()
+    code, _, message = server.request("GET", "/messages/beside-m?wait=10")
+    assert (code, message["pending_callbacks"], message["status"]) == (200, 0, "submitted")
+
+
+def test_an_applier_that_dies_is_started_again(server: Server) -> None:
+    first = applier(server)
+    first.kill()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            again = applier(server)
+            if again.pid != first.pid:
+                break
+        except ValueError:  # none for now (or the dead one not reaped yet)
+            pass
+        assert time.monotonic() < deadline, "no applier was started again"
+        time.sleep(0.1)
+    assert again.nice() == 19
+    status = payloads.status("again-m", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-a")
+    assert server.post_json("/webhooks/message-status", status)[0] == 200
+    code, _, message = server.request("GET", "/messages/again-m?wait=10")
+    assert (code, message["pending_callbacks"], message["status"]) == (200, 0, "submitted")
 
 
 def test_an_applier_killed_mid_transaction_leaves_no_partial_state(server: Server) -> None:
@@ -167,8 +224,7 @@ def test_an_applier_killed_mid_transaction_leaves_no_partial_state(server: Serve
         while not _waiting_on_lock(url):
             assert time.monotonic() < deadline, "the applier never reached the lock"
             time.sleep(0.05)
-        for worker in workers(server):
-            worker.kill()
+        applier(server).kill()
         with psycopg.connect(url) as conn:
             # The killed applier's transaction never committed: the callback
             # is captured and still waiting, the message as it was.
@@ -180,7 +236,7 @@ def test_an_applier_killed_mid_transaction_leaves_no_partial_state(server: Serve
                 "SELECT status, delivered_at FROM message WHERE message_uuid = 'crash-m'"
             ).fetchone() == ("submitted", None)
 
-    # gunicorn replaces the workers, and their appliers apply what waits.
+    # The master starts another applier, which applies what waits.
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -264,9 +320,11 @@ def test_metrics_add_up_across_gunicorn_workers(server: Server) -> None:
 def test_sigterm_stops_gunicorn_and_the_embedded_database(server: Server) -> None:
     pgdata = str(server.data_dir / "pgdata")
     assert any(pgdata in " ".join(p.info["cmdline"] or []) for p in _postgres())
+    beside = applier(server)
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0
     assert not any(pgdata in " ".join(p.info["cmdline"] or []) for p in _postgres())
+    assert not beside.is_running()
 
 
 def _postgres() -> list[psutil.Process]:

@@ -37,6 +37,8 @@ def test_settings_come_from_the_environment_typed() -> None:
         {"WEBHOOK_BASIC_USER": "vonage"},
         {"VONAGE_SIGNATURE_SECRET_PREVIOUS": "old-secret"},
         {"SIGNATURE_MAX_AGE_SECONDS": "0"},
+        {"APPLY_NICENESS": "20"},
+        {"APPLY_NICENESS": "-5"},
     ],
 )
 def test_bad_settings_are_refused_with_the_variable_named(env: dict[str, str]) -> None:

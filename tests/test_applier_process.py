@@ -1,0 +1,168 @@
+"""The applier beside gunicorn's workers: its wake pipe, its priority, its restarts.
+
+The whole of it under a real gunicorn (one applier, nice 19, started again
+when killed, stopped with the server) is in test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from app import applier_process
+from app.applier_process import BESIDE, ApplierBeside, Wakes, runs_beside, wake_beside
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    yield read_end, write_end
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_a_wake_is_seen_once_however_many_bytes_came(pipe: tuple[int, int]) -> None:
+    wakes = Wakes(pipe[0])
+    assert wakes.wait(0.01) is False
+    os.write(pipe[1], b"\x01" * 5000)
+    assert wakes.wait(5) is True
+    assert wakes.wait(0.01) is False  # all 5000 answered by one turn
+
+
+def test_without_a_pipe_the_applier_only_polls() -> None:
+    started = time.monotonic()
+    assert Wakes(None).wait(0.05) is False
+    assert time.monotonic() - started >= 0.05
+
+
+def test_a_worker_wakes_the_applier_its_own_master_runs(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(BESIDE, f"{os.getppid()} {pipe[1]}")
+    assert runs_beside()
+    wake_beside()
+    assert Wakes(pipe[0]).wait(5) is True
+
+
+def test_a_setting_inherited_from_another_master_is_ignored(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process started by something else than that master (a command run
+    # from a dyno's shell, say) runs its own applier and writes nowhere.
+    monkeypatch.setenv(BESIDE, f"{os.getppid() + 1} {pipe[1]}")
+    assert not runs_beside()
+    wake_beside()
+    assert Wakes(pipe[0]).wait(0.01) is False
+
+
+def test_a_full_pipe_does_not_hold_up_a_capture(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(BESIDE, f"{os.getppid()} {pipe[1]}")
+    with pytest.raises(BlockingIOError):
+        while True:  # fill it: the applier is far behind
+            os.write(pipe[1], b"\x01" * 4096)
+    wake_beside()  # neither blocks nor raises
+    assert Wakes(pipe[0]).wait(1) is True
+
+
+def test_niceness_is_only_ever_lowered() -> None:
+    # In a process of its own: a process cannot raise its priority back.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; from app.applier_process import set_niceness;"
+            " set_niceness(7); set_niceness(3); print(os.getpriority(os.PRIO_PROCESS, 0))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "7"
+
+
+@pytest.fixture
+def beside(monkeypatch: pytest.MonkeyPatch) -> Iterator[ApplierBeside]:
+    monkeypatch.setenv(BESIDE, "")  # start() sets it: unset again after
+    monkeypatch.setattr(applier_process, "FIRST_RESTART_SECONDS", 0.1)
+    # A stand-in for `dispatch-ledger apply`: it runs until stopped.
+    stand_in = ApplierBeside([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield stand_in
+    stand_in.stop()
+
+
+def test_an_applier_that_exits_is_started_again_and_stop_ends_it(
+    beside: ApplierBeside,
+) -> None:
+    beside.start()
+    first = beside.pid
+    assert first is not None
+    assert os.environ[BESIDE] == f"{os.getpid()} {beside.wake_fd}"
+    psutil.Process(first).kill()
+    deadline = time.monotonic() + 10
+    while beside.pid == first:
+        assert time.monotonic() < deadline, "not started again"
+        time.sleep(0.02)
+    again = beside.pid
+    assert again is not None
+    running = psutil.Process(again)
+    beside.stop()
+    assert not running.is_running()
+    time.sleep(0.3)  # longer than the restart delay: no other was started
+    assert beside.pid == again
+
+
+def test_the_applier_is_handed_the_read_end_of_the_wake_pipe(beside: ApplierBeside) -> None:
+    beside.start()
+    assert beside.pid is not None
+    deadline = time.monotonic() + 10
+    while "--wake-fd" not in (command := psutil.Process(beside.pid).cmdline()):
+        assert time.monotonic() < deadline, command  # forked, not yet executed
+        time.sleep(0.01)
+    fd = int(command[command.index("--wake-fd") + 1])
+    # The same pipe as the one the workers are told to write to.
+    ours = os.fstat(int(os.environ[BESIDE].split()[1])).st_ino
+    assert os.readlink(f"/proc/{beside.pid}/fd/{fd}") == f"pipe:[{ours}]"
+    # ... and not its write end: a worker's wake must reach no one else.
+    assert len(os.listdir(f"/proc/{beside.pid}/fd")) == 4  # stdin, stdout, stderr, the pipe
+
+
+def test_an_applier_whose_web_server_is_gone_stops(clean_db: str) -> None:
+    # `--parent` names the master that started it; once its parent is
+    # another (the master died and it was adopted), it stops.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "apply", "--parent", str(os.getpid() + 100_000)],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": clean_db},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the web server that started this applier is gone" in done.stderr
+
+
+def test_gunicorn_starts_no_applier_when_apply_in_web_is_off() -> None:
+    # In a process of its own: the config sets up gunicorn's environment when imported.
+    read = (
+        "import os; os.environ['APPLY_IN_WEB'] = 'false';"
+        " from app import gunicorn_conf as g; g.when_ready(None);"
+        " print(g._applier, os.environ.get('DISPATCH_LEDGER_APPLIER_BESIDE'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", read], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["None", "None"]
