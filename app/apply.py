@@ -429,6 +429,7 @@ class BackgroundApplier:
         poll: float,
         linger: float = 0.0,
         max_delay: float = 0.5,
+        only_older_than: float | None = None,
     ) -> None:
         self._db = db
         self._linger = linger
@@ -438,8 +439,13 @@ class BackgroundApplier:
         self._wake = threading.Event()
         self._thread = ProcessThread("applier", self._run, on_start=self._restarting)
         self._handoff = Handoff()
-        # Other processes' captures are left to their own appliers for a second.
-        self._claim = Claim(batch, self._handoff, others_after_seconds=1.0)
+        if only_older_than is None:
+            # Other processes' captures are left to their own appliers for a second.
+            self._claim = Claim(batch, self._handoff, others_after_seconds=1.0)
+        else:
+            # A stand-in for the applier beside gunicorn's workers: it takes
+            # only what that one left waiting this long (app/applier_process.py).
+            self._claim = Claim(batch, None, others_after_seconds=only_older_than)
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -448,7 +454,7 @@ class BackgroundApplier:
 
     def _restarting(self, forked: bool) -> None:
         self._wake = threading.Event()
-        if forked:
+        if forked and self._claim.handoff is not None:
             self._handoff = Handoff()  # a parent's captures are not this process's
             self._claim = replace(self._claim, handoff=self._handoff)
 

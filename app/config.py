@@ -79,6 +79,11 @@ class Settings:
     # The CPU priority (nice) of the applier beside gunicorn's workers: the
     # requests come first, the applier takes the CPU they leave.
     apply_niceness: int = 19
+    # ... and how far behind it may fall: callbacks waiting longer are applied
+    # by the web processes too, at the requests' priority. Under a burst the
+    # requests keep the CPU for about this long; under a load the niced
+    # applier cannot follow, the ledger stays about this far behind.
+    apply_max_lag_seconds: float = 10.0
     # Captured callbacks applied per transaction.
     apply_batch_size: int = 100
     # How often an idle applier looks for work its own process did not bring
@@ -146,6 +151,8 @@ class Settings:
             raise ConfigError("APPLY_LINGER_SECONDS must be between 0 and 1")
         if not 0 <= self.apply_max_delay_seconds <= 10:
             raise ConfigError("APPLY_MAX_DELAY_SECONDS must be between 0 and 10")
+        if self.apply_max_lag_seconds <= 0:
+            raise ConfigError("APPLY_MAX_LAG_SECONDS must be positive")
         if not 0 <= self.apply_niceness <= 19:
             raise ConfigError("APPLY_NICENESS must be between 0 and 19")
         if self.apply_poll_seconds <= 0:

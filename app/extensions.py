@@ -34,7 +34,9 @@ def init_app(app: Flask, settings: Settings) -> None:
         )
     db = app.extensions[_DB] = Database(settings.database_url, settings)
     applier = None
-    if settings.apply_in_web and not runs_beside():
+    if settings.apply_in_web:
+        # Beside gunicorn's own applier, this process only takes what that one
+        # left waiting past APPLY_MAX_LAG_SECONDS (it is not told of captures).
         applier = BackgroundApplier(
             db,
             settings.max_json_depth,
@@ -42,6 +44,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             settings.apply_poll_seconds,
             settings.apply_linger_seconds,
             settings.apply_max_delay_seconds,
+            only_older_than=settings.apply_max_lag_seconds if runs_beside() else None,
         )
         # Started by the process's first request, after any fork.
         app.before_request(applier.start)
@@ -82,7 +85,8 @@ def get_db(app: Flask | None = None) -> Database:
 
 
 def get_applier(app: Flask | None = None) -> BackgroundApplier | None:
-    """This process's background applier; None when APPLY_IN_WEB is off or one runs beside."""
+    """This process's background applier (beside gunicorn's: for what that one left); None
+    when APPLY_IN_WEB is off."""
     applier: BackgroundApplier | None = (app or current_app).extensions[_APPLIER]
     return applier
 
@@ -103,9 +107,9 @@ def capture_delivery(delivery: Delivery) -> Receipt:
 def _on_accepted(
     applier: BackgroundApplier | None,
 ) -> Callable[[list[tuple[int, StatusEvent | FinalReport]]], None] | None:
-    """Who is told of new captures: this process's applier, else the one beside it, if any."""
-    if applier is not None:
-        return applier.captured
+    """Who is told of new captures: the applier beside this process, else its own, if any."""
     if runs_beside():
         return lambda _captured: wake_beside()
+    if applier is not None:
+        return applier.captured
     return None

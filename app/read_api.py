@@ -106,10 +106,12 @@ def readyz() -> Response:
     """
     found = backlog.summary(get_db())
     applier = get_applier()
-    if applier is not None:
+    if runs_beside():
+        in_process = "beside"
+    elif applier is not None:
         in_process = "running" if applier.running else "not started"
     else:
-        in_process = "beside" if runs_beside() else "off"
+        in_process = "off"
     document: dict[str, Any] = {
         "status": "ok",
         "database": "ok",

@@ -13,7 +13,8 @@ ratios is kept):
 2. a hand-written durable receiver: parse, insert the body as jsonb into a
    one-index table, commit per request; the best of gunicorn's sync and
    gthread workers (the same number of processes);
-3. the service (capture, then its appliers in the web processes);
+3. the service as deployed (capture in the workers, and the applier gunicorn
+   runs beside them at a lower CPU priority; its CPU is counted);
 4. the service capturing alone (APPLY_IN_WEB=false), its callbacks applied
    after the load by `dispatch-ledger apply --once`: what the web processes
    take when the applier runs on another machine.

@@ -24,6 +24,7 @@ from tests import payloads
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
+MAX_LAG = 3  # APPLY_MAX_LAG_SECONDS of the server under test
 
 
 def free_port() -> int:
@@ -65,6 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(DATA_DIR=str(data_dir), WEB_CONCURRENCY="2", HOST="127.0.0.1")
+    env.update(APPLY_MAX_LAG_SECONDS=str(MAX_LAG))
     log = (data_dir / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
@@ -174,17 +176,27 @@ def test_one_applier_runs_beside_the_workers_at_the_lowest_cpu_priority(server: 
     assert applier(server).nice() == 19
     code, _, ready = server.request("GET", "/readyz")
     assert (code, ready["applier"]["in_process"]) == (200, "beside")
-    # The workers do not apply: while the applier is stopped, a capture waits.
+    # While the applier is stopped, the workers leave a capture waiting until
+    # it is APPLY_MAX_LAG_SECONDS old; then they apply it themselves.
     status = payloads.status("beside-m", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-b")
     applier(server).suspend()
     try:
         assert server.post_json("/webhooks/message-status", status)[0] == 200
+        captured = time.monotonic()
         code, _, error = server.request("GET", "/messages/beside-m?wait=1")
         assert code == 404 and "1 callbacks naming it are captured and not" in error["message"]
+        code, _, message = server.request("GET", "/messages/beside-m?wait=10")
+        assert (code, message["pending_callbacks"], message["status"]) == (200, 0, "submitted")
+        assert time.monotonic() - captured >= MAX_LAG - 0.5  # (measured from the answer)
     finally:
         applier(server).resume()
-    code, _, message = server.request("GET", "/messages/beside-m?wait=10")
-    assert (code, message["pending_callbacks"], message["status"]) == (200, 0, "submitted")
+    # And with the applier running again, a capture is applied at once.
+    status = payloads.status("beside-n", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-b")
+    assert server.post_json("/webhooks/message-status", status)[0] == 200
+    captured = time.monotonic()
+    code, _, message = server.request("GET", "/messages/beside-n?wait=10")
+    assert (code, message["pending_callbacks"]) == (200, 0)
+    assert time.monotonic() - captured < MAX_LAG
 
 
 def test_an_applier_that_dies_is_started_again(server: Server) -> None:
