@@ -3,11 +3,12 @@
 gunicorn's master starts it (app/gunicorn_conf.py), so `web:` alone is a
 complete deployment. It runs at a lower CPU priority (APPLY_NICENESS) than the
 workers: while requests keep the cores busy, the kernel gives them the CPU
-and the applier falls behind; as soon as a core is free it catches up. An
-applier inside each worker (as under any other WSGI server) took a share of
-the CPU from the requests at full load: the web dyno acknowledged 75-87% of
-a hand-written receiver's rate with it, about 100% with this (BENCHMARKS.md).
-"""
+and the applier falls behind; as soon as a core is free it catches up. So
+that it never falls far behind, the workers apply what it left waiting past
+APPLY_MAX_LAG_SECONDS themselves (app/extensions.py). With an applier inside
+each worker instead (as under any other WSGI server), the requests shared the
+CPU with it at full load, and the dyno acknowledged fewer callbacks a second:
+BENCHMARKS.md, ninth session."""
 
 from __future__ import annotations
 
