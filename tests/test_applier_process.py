@@ -16,8 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app import applier_process
+from app import applier_process, create_app
 from app.applier_process import BESIDE, ApplierBeside, Wakes, runs_beside, wake_beside
+from app.extensions import get_db
+from tests import payloads
+from tests.conftest import query
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,3 +169,23 @@ def test_gunicorn_starts_no_applier_when_apply_in_web_is_off() -> None:
         [sys.executable, "-c", read], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == ["None", "None"]
+
+
+def test_a_worker_beside_an_applier_wakes_it_and_leaves_fresh_captures_to_it(
+    clean_db: str, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a gunicorn worker: its master runs the applier beside it.
+    monkeypatch.setenv(BESIDE, f"{os.getppid()} {pipe[1]}")
+    application = create_app({"database_url": clean_db})
+    try:
+        status = payloads.status("w-m", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-w")
+        answer = application.test_client().post("/webhooks/message-status", json=status)
+        assert answer.status_code == 200
+        assert Wakes(pipe[0]).wait(5) is True
+        # Its own applier takes only what waited past APPLY_MAX_LAG_SECONDS (10 s).
+        ready = application.test_client().get("/readyz").json
+        assert ready is not None and ready["applier"]["in_process"] == "beside"
+        assert query(clean_db, "SELECT count(*) FROM apply_queue") == [(1,)]
+        assert query(clean_db, "SELECT count(*) FROM message") == [(0,)]
+    finally:
+        get_db(application).close()
