@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 from app import applier_process, create_app
@@ -171,21 +172,38 @@ def test_gunicorn_starts_no_applier_when_apply_in_web_is_off() -> None:
     assert done.stdout.split() == ["None", "None"]
 
 
-def test_a_worker_beside_an_applier_wakes_it_and_leaves_fresh_captures_to_it(
+def test_a_worker_beside_an_applier_wakes_it_and_applies_only_what_it_left_too_long(
     clean_db: str, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As a gunicorn worker: its master runs the applier beside it.
     monkeypatch.setenv(BESIDE, f"{os.getppid()} {pipe[1]}")
-    application = create_app({"database_url": clean_db})
+    application = create_app({"database_url": clean_db, "apply_poll_seconds": 0.05})
     try:
         status = payloads.status("w-m", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-w")
         answer = application.test_client().post("/webhooks/message-status", json=status)
         assert answer.status_code == 200
         assert Wakes(pipe[0]).wait(5) is True
-        # Its own applier takes only what waited past APPLY_MAX_LAG_SECONDS (10 s).
         ready = application.test_client().get("/readyz").json
         assert ready is not None and ready["applier"]["in_process"] == "beside"
+        # Its own applier (looking every 0.05 s) leaves a capture 5 s old to
+        # the applier beside it ...
+        age(clean_db, 5)
+        time.sleep(0.5)  # ten of its looks
         assert query(clean_db, "SELECT count(*) FROM apply_queue") == [(1,)]
         assert query(clean_db, "SELECT count(*) FROM message") == [(0,)]
+        # ... and applies one older than APPLY_MAX_LAG_SECONDS (10 s) itself.
+        age(clean_db, 11)
+        deadline = time.monotonic() + 10
+        while query(clean_db, "SELECT count(*) FROM message") != [(1,)]:
+            assert time.monotonic() < deadline, "the worker never applied it"
+            time.sleep(0.05)
     finally:
         get_db(application).close()
+
+
+def age(url: str, seconds: float) -> None:
+    """Make every waiting callback `seconds` old."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE apply_queue SET received_at = now() - make_interval(secs => %s)", (seconds,)
+        )
