@@ -190,7 +190,7 @@ def test_one_applier_runs_beside_the_workers_at_the_lowest_cpu_priority(server: 
         assert time.monotonic() - captured >= MAX_LAG - 0.5  # (measured from the answer)
     finally:
         applier(server).resume()
-    # And with the applier running again, a capture is applied at once.
+    # And with the applier running again, it applies a capture, well before the bound.
     status = payloads.status("beside-n", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-b")
     assert server.post_json("/webhooks/message-status", status)[0] == 200
     captured = time.monotonic()
@@ -208,7 +208,7 @@ def test_an_applier_that_dies_is_started_again(server: Server) -> None:
             again = applier(server)
             if again.pid != first.pid:
                 break
-        except ValueError:  # none for now (or the dead one not reaped yet)
+        except ValueError:  # none for now: the master waits a second first
             pass
         assert time.monotonic() < deadline, "no applier was started again"
         time.sleep(0.1)
