@@ -187,7 +187,7 @@ class ApplierBeside:
             # gunicorn's master reaps every child it sees exit (waitpid(-1));
             # if it gets there first, wait() finds no child: the exit status is lost.
             process.wait()
-            _forget_metrics(process.pid)
+            forget_metrics(process.pid)
             if self._stopping.is_set():
                 return
             if time.monotonic() - started > 60:
@@ -201,8 +201,8 @@ class ApplierBeside:
             self._spawn()
 
 
-def _forget_metrics(pid: int) -> None:
-    """Its gauges stop counting once it is gone (as gunicorn_conf.child_exit does for workers)."""
+def forget_metrics(pid: int) -> None:
+    """A gone process's gauges stop counting (the applier here, workers in gunicorn_conf)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 
-from app.applier_process import ApplierBeside
+from app.applier_process import ApplierBeside, forget_metrics
 from app.config import Settings
 
 # Heroku-style platforms route to $PORT on all interfaces; Dispatch must reach it.
@@ -84,6 +84,4 @@ def on_exit(server: object) -> None:
 
 def child_exit(server: object, worker: object) -> None:
     """A worker's gauges stop counting when it exits."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]
+    forget_metrics(worker.pid)  # type: ignore[attr-defined]
