@@ -512,7 +512,7 @@ def apply_command(
     import time
 
     from app.applier_process import Wakes, set_niceness
-    from app.apply import LINGER_FROM_PER_SECOND, apply_waiting
+    from app.apply import apply_waiting, worth_lingering
     from app.db import DatabaseUnavailable
 
     settings = Settings.from_env()
@@ -563,10 +563,13 @@ def apply_command(
                 click.echo(f"applied {applied}, failed {failed}", err=True)
                 applied = failed = 0
                 reported = time.monotonic()
-            if wakes.wait(poll) and time.monotonic() - turn < 1 / LINGER_FROM_PER_SECOND:
-                # Woken again soon after the last turn: captures come often,
-                # so let a few more gather and apply them in one transaction.
-                time.sleep(settings.apply_linger_seconds)
+            if wakes.wait(poll):
+                # Woken again: one capture since the last turn began is a rate of
+                # at least 1 / (time since); if captures come often, let a few
+                # more gather and apply them in one transaction.
+                per_second = 1 / max(time.monotonic() - turn, 1e-6)
+                if worth_lingering(per_second, settings.apply_linger_seconds):
+                    time.sleep(settings.apply_linger_seconds)
 
 
 @main.command()
