@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,21 @@ def runs_beside() -> bool:
     return _wake_fd() is not None
 
 
-def wake_beside() -> None:
-    """Tell the applier beside this worker that something was captured."""
+def waker() -> Callable[[], None] | None:
+    """What tells the applier beside this worker that something was captured; None unless
+    one runs beside it. Looked up once (a worker's master does not change), called per commit.
+    """
     fd = _wake_fd()
     if fd is None:
-        return
-    try:
-        os.write(fd, b"\x01")
-    except OSError:
-        pass  # the pipe is full (it has been told) or gone; it looks every poll anyway
+        return None
+
+    def wake() -> None:
+        try:
+            os.write(fd, b"\x01")
+        except OSError:
+            pass  # the pipe is full (it has been told) or gone; it looks every poll anyway
+
+    return wake
 
 
 class Wakes:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from flask import Flask, current_app
 
-from app.applier_process import runs_beside, wake_beside
+from app.applier_process import runs_beside, waker
 from app.apply import BackgroundApplier
 from app.auth import Credentials
 from app.capture import Delivery, GroupCommit, Receipt, capture
@@ -19,6 +19,7 @@ _DB = "dispatch_ledger.db"
 _CREDENTIALS = "dispatch_ledger.credentials"
 _APPLIER = "dispatch_ledger.applier"
 _COMMITS = "dispatch_ledger.group_commit"
+_ON_ACCEPTED = "dispatch_ledger.on_accepted"
 
 
 class NotConfigured(RuntimeError):
@@ -49,8 +50,9 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Started by the process's first request, after any fork.
         app.before_request(applier.start)
     app.extensions[_APPLIER] = applier
+    on_accepted = app.extensions[_ON_ACCEPTED] = _on_accepted(applier)
     if settings.capture_group_commit:
-        app.extensions[_COMMITS] = GroupCommit(db, on_accepted=_on_accepted(applier))
+        app.extensions[_COMMITS] = GroupCommit(db, on_accepted=on_accepted)
     else:
         app.extensions[_COMMITS] = None
     app.extensions[_CREDENTIALS] = Credentials.from_settings(settings)
@@ -97,19 +99,20 @@ def capture_delivery(delivery: Delivery) -> Receipt:
     if commits is not None:
         return commits.capture(delivery)  # wakes the applier itself
     receipt = capture(get_db(), delivery)
-    if receipt.outcome == "accepted":
-        on_accepted = _on_accepted(get_applier())
-        if on_accepted is not None:
-            on_accepted([(receipt.callback_id, delivery.callback.event)])
+    on_accepted: OnAccepted | None = current_app.extensions[_ON_ACCEPTED]
+    if receipt.outcome == "accepted" and on_accepted is not None:
+        on_accepted([(receipt.callback_id, delivery.callback.event)])
     return receipt
 
 
-def _on_accepted(
-    applier: BackgroundApplier | None,
-) -> Callable[[list[tuple[int, StatusEvent | FinalReport]]], None] | None:
+OnAccepted = Callable[[list[tuple[int, StatusEvent | FinalReport]]], None]
+
+
+def _on_accepted(applier: BackgroundApplier | None) -> OnAccepted | None:
     """Who is told of new captures: the applier beside this process, else its own, if any."""
-    if runs_beside():
-        return lambda _captured: wake_beside()
+    wake = waker()
+    if wake is not None:
+        return lambda _captured: wake()
     if applier is not None:
         return applier.captured
     return None

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from app import applier_process, create_app
-from app.applier_process import BESIDE, ApplierBeside, Wakes, runs_beside, wake_beside
+from app.applier_process import BESIDE, ApplierBeside, Wakes, runs_beside, waker
 from app.extensions import get_db
 from tests import payloads
 from tests.conftest import query
@@ -54,7 +54,9 @@ def test_a_worker_wakes_the_applier_its_own_master_runs(
 ) -> None:
     monkeypatch.setenv(BESIDE, f"{os.getppid()} {pipe[1]}")
     assert runs_beside()
-    wake_beside()
+    wake = waker()
+    assert wake is not None
+    wake()
     assert Wakes(pipe[0]).wait(5) is True
 
 
@@ -65,7 +67,7 @@ def test_a_setting_inherited_from_another_master_is_ignored(
     # from a dyno's shell, say) runs its own applier and writes nowhere.
     monkeypatch.setenv(BESIDE, f"{os.getppid() + 1} {pipe[1]}")
     assert not runs_beside()
-    wake_beside()
+    assert waker() is None
     assert Wakes(pipe[0]).wait(0.01) is False
 
 
@@ -76,7 +78,9 @@ def test_a_full_pipe_does_not_hold_up_a_capture(
     with pytest.raises(BlockingIOError):
         while True:  # fill it: the applier is far behind
             os.write(pipe[1], b"\x01" * 4096)
-    wake_beside()  # neither blocks nor raises
+    wake = waker()
+    assert wake is not None
+    wake()  # neither blocks nor raises
     assert Wakes(pipe[0]).wait(1) is True
 
 
