@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.parse
 from typing import Any
@@ -15,7 +16,7 @@ from schemathesis.checks import CHECKS
 from app import create_app
 from app.extensions import get_db
 from app.intake import CallbackKind, Rejection, read
-from app.schemas import load_final_report, load_message_status, load_messages_status
+from app.schemas import CallbackSchema, load_final_report, load_message_status, load_messages_status
 from tests import payloads
 
 TOKEN = "a-fuzzing-token"
@@ -153,6 +154,50 @@ def test_messages_status_schema_refuses_cleanly_or_loads(payload: Any) -> None:
         )
 
 
+def _within(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """The sample with fields of one of its objects replaced (nested schemas' own checks)."""
+    inner = sorted(key for key, value in base.items() if isinstance(value, dict))
+    return st.sampled_from(inner).flatmap(
+        lambda key: mutated(base[key]).map(lambda value: {**base, key: value})
+    )
+
+
+_SAMPLES = (
+    (load_message_status, payloads.fixture("message_status_sample.json")),
+    (load_final_report, payloads.fixture("final_report_sample.json")),
+    (load_messages_status, MESSAGES_SAMPLE),
+)
+
+
+def _outcome(load: Any, payload: Any) -> Any:
+    try:
+        return ("loaded", load(payload))
+    except ValidationError as exc:
+        return ("refused", exc.messages)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    data=st.data(),
+    which=st.sampled_from(range(len(_SAMPLES))),
+)
+def test_the_short_way_through_the_schemas_gives_what_marshmallows_load_gives(
+    data: st.DataObject, which: int
+) -> None:
+    """Loaded alike, or refused with the same errors, for any JSON near each callback."""
+    load, sample = _SAMPLES[which]
+    payload = data.draw(
+        st.one_of(json_values, mutated(sample), _within(sample), _callbacks()), label="payload"
+    )
+    short = _outcome(load, payload)
+    CallbackSchema.short_way = False
+    try:
+        whole = _outcome(load, payload)
+    finally:
+        CallbackSchema.short_way = True
+    assert short == whole
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_bytes_are_read_or_refused_with_a_4xx(body: bytes) -> None:
@@ -163,6 +208,7 @@ def test_any_bytes_are_read_or_refused_with_a_4xx(body: bytes) -> None:
             assert 400 <= rejection.http_status < 500
 
 
+@functools.cache
 def _callbacks() -> st.SearchStrategy[Any]:
     """Bodies drawn from /openapi.json's own schema of a callback (either kind)."""
     from app.openapi import document
