@@ -537,6 +537,11 @@ def apply_command(
             # stops this applier itself once its workers are done.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             click.echo(f"applying captured callbacks beside the web server ({parent})", err=True)
+            # Counted in the server's metrics folder: a rising count is an
+            # applier that keeps dying (DispatchLedgerApplierRestarting).
+            from app import metrics
+
+            metrics.APPLIER_STARTS.inc()
         retry = retry_failed
         applied = failed = 0
         reported = time.monotonic()

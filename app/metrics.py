@@ -54,6 +54,11 @@ APPLY_FAILURES = Counter(
     "dispatch_ledger_apply_failures_total",
     "Attempts to apply a captured callback that failed (it is set aside and retried).",
 )
+APPLIER_STARTS = Counter(
+    "dispatch_ledger_applier_starts_total",
+    "Starts of the applier gunicorn runs beside its workers: one per start of the web server,"
+    " and one more each time it exited and was started again.",
+)
 APPLY_DELAY = Histogram(
     "dispatch_ledger_apply_delay_seconds",
     "Time from receiving a callback to committing its application to workflows and messages.",
