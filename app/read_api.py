@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -19,8 +19,11 @@ from app.extensions import get_applier, get_db
 
 # The longest a reader may wait for the appliers (?wait=S).
 MAX_WAIT_SECONDS = 10.0
-# How often a waiting reader looks again.
-WAIT_POLL_SECONDS = 0.02
+# How often a waiting reader looks again: soon at first (at a trickle a
+# callback is applied within about 10 ms), then less often, so that readers
+# waiting out a backlog cost the database a query every 0.1 s, not every 20 ms.
+FIRST_POLL_SECONDS = 0.02
+LAST_POLL_SECONDS = 0.1
 
 bp = Blueprint("read_api", __name__)
 
@@ -55,11 +58,17 @@ def _answer(
         # so a callback counted as applied is in the document read after.
         return (*backlog.pending(conn, subject, subject_id), read(conn, subject_id))
 
-    while True:
+    def count(conn: Connection) -> int:
+        return backlog.pending(conn, subject, subject_id)[0]
+
+    waiting, failed, document = db.run(look)
+    if waiting and time.monotonic() < deadline:
+        # Only the count is read while waiting; the document again at the end.
+        for pause in poll_pauses():
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() >= deadline or db.run(count) == 0:
+                break
         waiting, failed, document = db.run(look)
-        if waiting == 0 or time.monotonic() >= deadline:
-            break
-        time.sleep(WAIT_POLL_SECONDS)
     if document is None:
         if waiting or failed:
             raise ApiError(
@@ -72,6 +81,14 @@ def _answer(
     document["pending_callbacks"] = waiting
     document["failed_callbacks"] = failed
     return jsonify(document)
+
+
+def poll_pauses() -> Iterator[float]:
+    """The pauses between a waiting reader's looks: growing by half from the first to the last."""
+    pause = FIRST_POLL_SECONDS
+    while True:
+        yield pause
+        pause = min(pause * 1.5, LAST_POLL_SECONDS)
 
 
 def _wait_seconds() -> float:

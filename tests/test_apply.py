@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import apply, create_app, rebuild
+from app import apply, create_app, read_api, rebuild
 from app.capture import Delivery, capture
 from app.cli import main
 from app.config import Settings
@@ -201,6 +202,15 @@ def test_reads_wait_for_the_applier_and_say_what_is_still_waiting(
     ready = client.get("/readyz").json
     assert ready is not None and ready["applier"]["in_process"] == "running"
     assert ready["applier"]["waiting"] == 0
+
+
+def test_a_waiting_reader_looks_soon_then_at_most_ten_times_a_second() -> None:
+    pauses = list(itertools.islice(read_api.poll_pauses(), 200))
+    assert pauses[0] == read_api.FIRST_POLL_SECONDS == 0.02
+    assert pauses == sorted(pauses) and max(pauses) == read_api.LAST_POLL_SECONDS == 0.1
+    # The longest wait allowed costs the database about a hundred counts, not 500.
+    looks = next(i for i in range(1, 200) if sum(pauses[:i]) >= read_api.MAX_WAIT_SECONDS)
+    assert 95 <= looks <= 105
 
 
 @pytest.mark.parametrize("wait", ["-1", "10.5", "abc", "nan", "inf", ""])
