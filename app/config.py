@@ -98,6 +98,8 @@ class Settings:
     apply_max_delay_seconds: float = 0.5
     # Concurrent requests of a process share one commit for their captures.
     capture_group_commit: bool = True
+    # gunicorn's access log, a line per request on stdout (off: see gunicorn_conf).
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

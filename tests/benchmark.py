@@ -300,8 +300,6 @@ def gunicorn(
         "python:app.gunicorn_conf",
         "--chdir",
         str(module_dir),
-        "--access-logfile",
-        "/dev/null",
         *extra,
         target,
     ]

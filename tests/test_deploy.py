@@ -119,6 +119,19 @@ def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_
                 web.kill()
 
 
+@pytest.mark.parametrize(("setting", "expected"), [(None, "None"), ("true", "-")])
+def test_gunicorn_logs_each_request_only_when_asked(setting: str | None, expected: str) -> None:
+    """The router logs every request; gunicorn's own line per request is ACCESS_LOG's."""
+    env = {k: v for k, v in os.environ.items() if k != "ACCESS_LOG"}
+    if setting is not None:
+        env["ACCESS_LOG"] = setting
+    read = "from app import gunicorn_conf as g; print(g.accesslog)"
+    done = subprocess.run(
+        [sys.executable, "-c", read], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == expected
+
+
 def test_idle_connections_outlive_the_routers_90_second_timeout() -> None:
     """Heroku's router keeps idle connections 90 s; gunicorn must not close them first."""
     # In a process of its own: the config sets up gunicorn's environment when imported.
