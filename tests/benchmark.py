@@ -755,6 +755,13 @@ def main() -> None:
     if args.against:
         then = median_ratio(5, receiver_rates)
         print(f"At {args.against}, in the same rounds: {then:.0%} of the receiver's rate.")
+        # Pair by pair: the change itself, measured minutes apart at most.
+        pairs = [found[3].rps / found[5].rps - 1 for found in rounds]
+        print(
+            f"The service against {args.against}, round by round: "
+            + ", ".join(f"{p:+.0%}" for p in pairs)
+            + f" (median {statistics.median(pairs):+.0%})."
+        )
 
     receiver_rate = statistics.median(receiver_rates)
     held_runs = []
