@@ -9,6 +9,9 @@ import tempfile
 from app.applier_process import ApplierBeside, forget_metrics
 from app.config import Settings
 
+# The service's settings, read (and checked) once: a bad one stops gunicorn here.
+_settings = Settings.from_env()
+
 # Heroku-style platforms route to $PORT on all interfaces; Dispatch must reach it.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 
@@ -42,7 +45,7 @@ preload_app = False
 # already (method, path, status, time, request id), the service logs every
 # refusal and failure itself, and gunicorn's access log cost 0.17-0.27 ms of
 # CPU a callback on the benchmark machine, a sixth of a request (BENCHMARKS.md).
-accesslog = "-" if Settings.from_env().access_log else None
+accesslog = "-" if _settings.access_log else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
@@ -66,11 +69,10 @@ _applier: ApplierBeside | None = None
 
 def when_ready(server: object) -> None:
     global _applier
-    settings = Settings.from_env()
-    if settings.apply_in_web:
+    if _settings.apply_in_web:
         _applier = ApplierBeside.for_web(
-            settings.apply_niceness,
-            settings.apply_poll_seconds,
+            _settings.apply_niceness,
+            _settings.apply_poll_seconds,
             logging.getLogger("gunicorn.error"),
         )
         _applier.start()
