@@ -1,7 +1,9 @@
--- analytics.failover_rate_daily: failover_rate, per day the workflow began, for a chosen period.
+-- analytics.failover_rate_daily: per day the workflow began, step and channel, how often the next step followed.
 CREATE VIEW analytics.failover_rate_daily AS
--- As analytics.failover_rate, from the same rollups on each workflow's row
--- (migration 0004), grouped by the UTC day of the workflow's first event.
+-- Each workflow's row lists its messages' channels in order of appearance
+-- (kept by the service, migration 0004): a message at step n was followed by a
+-- next step when the workflow has more than n. Grouped by the UTC day of the
+-- workflow's first event; analytics.failover_rate adds the days up.
 SELECT (d.first_event_at AT TIME ZONE 'UTC')::date AS day,
        d.api,
        s.step,
