@@ -438,13 +438,13 @@ class BackgroundApplier:
         self._poll = poll
         self._wake = threading.Event()
         self._thread = ProcessThread("applier", self._run, on_start=self._restarting)
-        self._handoff = Handoff()
         if only_older_than is None:
             # Other processes' captures are left to their own appliers for a second.
-            self._claim = Claim(batch, self._handoff, others_after_seconds=1.0)
+            self._claim = Claim(batch, Handoff(), others_after_seconds=1.0)
         else:
             # A stand-in for the applier beside gunicorn's workers: it takes
-            # only what that one left waiting this long (app/applier_process.py).
+            # only what that one left waiting this long (app/applier_process.py), and is
+            # not told of captures: no hand-off.
             self._claim = Claim(batch, None, others_after_seconds=only_older_than)
         self.last_error: str | None = None
 
@@ -455,8 +455,8 @@ class BackgroundApplier:
     def _restarting(self, forked: bool) -> None:
         self._wake = threading.Event()
         if forked and self._claim.handoff is not None:
-            self._handoff = Handoff()  # a parent's captures are not this process's
-            self._claim = replace(self._claim, handoff=self._handoff)
+            # A parent's captures are not this process's.
+            self._claim = replace(self._claim, handoff=Handoff())
 
     def wake(self) -> None:
         """Something was captured: apply it now."""
@@ -465,7 +465,8 @@ class BackgroundApplier:
 
     def captured(self, accepted: Iterable[tuple[int, StatusEvent | FinalReport]]) -> None:
         """This process captured these (raw callback id, event): apply them now."""
-        self._handoff.put(accepted)
+        if self._claim.handoff is not None:
+            self._claim.handoff.put(accepted)
         self.wake()
 
     @property
@@ -478,14 +479,15 @@ class BackgroundApplier:
         leaves the CPU to the requests; if they come often (see worth_lingering),
         apply after one `linger`; if they trickle in, apply at once.
         """
-        if not worth_lingering(self._handoff.per_second(), self._linger):
+        handoff = self._claim.handoff
+        if handoff is None or not worth_lingering(handoff.per_second(), self._linger):
             return
         started = time.monotonic()
-        seen = self._handoff.size()
+        seen = handoff.size()
         pouring = max(round(POURING_PER_SECOND * self._linger), 1)  # arrivals in one linger
         while self._linger:
             time.sleep(self._linger)
-            now = self._handoff.size()
+            now = handoff.size()
             if now - seen < pouring or now >= self._claim.batch:
                 return  # a trickle, or a full batch
             if time.monotonic() - started >= self._max_delay:
