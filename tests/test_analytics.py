@@ -41,6 +41,7 @@ VIEWS = [
     "channel_cost_daily",
     "disagreements",
     "failover_rate_daily",
+    "failover_steps",
 ]
 TOKEN = "analytics-token"
 
@@ -108,6 +109,16 @@ def test_the_views_answer_from_the_callbacks(loaded: FlaskClient, clean_db: str)
         ("2020-01-01", "sms", 1, 1, 0, 0, Decimal("1.0000")),
         ("2020-01-01", "viber_service_msg", 1, 0, 0, 1, Decimal("0.0000")),
         ("2020-01-02", "messenger", 1, 0, 0, 1, Decimal("0.0000")),
+    ]
+    # Each message that could fail over, and whether it did; both failover views add these up.
+    assert query(
+        clean_db,
+        "SELECT dispatch_uuid, day::text, step, channel, failed_over FROM analytics.failover_steps"
+        " ORDER BY dispatch_uuid, step",
+    ) == [
+        ("d-1", "2020-01-01", 1, "messenger", True),
+        ("d-1", "2020-01-01", 2, "viber_service_msg", True),
+        ("d-2", "2020-01-02", 1, "messenger", False),
     ]
     assert query(
         clean_db,
