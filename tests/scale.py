@@ -3,7 +3,8 @@
     .venv/bin/python -m tests.scale [--dispatches 1000000] [--base 20000] [--data-dir DIR]
 
 1. `--base` workflows are made by `dispatch-ledger generate --mix long` (the
-   same intake and ingest code as real callbacks; about 3 messages each);
+   same intake and ingest code as real callbacks; about 3 messages each; 30%
+   of them sent with the Messages API's failover, `--messages-share`);
 2. they are copied (sql/bench/replicate.sql: new ids, times moved back by
    whole periods) until there are `--dispatches` workflows, then VACUUM ANALYZE;
 3. a read-only analyst login (`dispatch-ledger analyst-role`) runs each
@@ -49,7 +50,9 @@ def examples() -> list[tuple[str, str]]:
     return re.findall(r"\n([^\n`][^\n]*\?)\n\n```sql\n(.*?)```", text, re.DOTALL)
 
 
-def load(url: str, dispatches: int, base: int, days: int, bands: int) -> None:
+def load(
+    url: str, dispatches: int, base: int, days: int, bands: int, messages_share: float
+) -> None:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM dispatch").fetchone()
     if row and row[0]:
@@ -66,20 +69,33 @@ def load(url: str, dispatches: int, base: int, days: int, bands: int) -> None:
             if done % 2000 < n:
                 print(f"  generated {done:,} / {base:,}", flush=True)
 
-        generate(db, base, seed=1, days=days, mix="long", progress=progress)
+        generate(
+            db,
+            base,
+            seed=1,
+            days=days,
+            mix="long",
+            progress=progress,
+            messages_share=messages_share,
+        )
     finally:
         db.close()
     print(f"generated {base:,} workflows in {time.monotonic() - started:.0f} s", flush=True)
     copies = -(-dispatches // base) - 1
-    statements = queries.parse(REPLICATE.read_text(encoding="utf-8"), str(REPLICATE))
     started = time.monotonic()
+    replicate(url, copies, days, bands)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    print(f"copied {copies} times in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def replicate(url: str, copies: int, days: int, bands: int) -> None:
+    """Copy every stored workflow `copies` times (sql/bench/replicate.sql), in one transaction."""
+    statements = queries.parse(REPLICATE.read_text(encoding="utf-8"), str(REPLICATE))
     with psycopg.connect(url) as conn, conn.transaction():
         conn.execute(statements["copy_shifts"], {"copies": copies, "days": days, "bands": bands})
         for name in list(statements)[1:]:
             conn.execute(statements[name])
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
-    print(f"copied {copies} times in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def analyst_url(url: str) -> str:
@@ -97,12 +113,18 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=6, help="copies spread over this many")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, help="keep (and reuse) the database here")
+    parser.add_argument(
+        "--messages-share",
+        type=float,
+        default=0.3,
+        help="of the generated workflows, this share sent with the Messages API's failover",
+    )
     args = parser.parse_args()
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="dl-scale-"))
     url = embedded.start(data_dir)
     migrations.migrate(url)
-    load(url, args.dispatches, args.base, args.days, args.bands)
+    load(url, args.dispatches, args.base, args.days, args.bands, args.messages_share)
     with psycopg.connect(url) as conn:
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM dispatch), (SELECT count(*) FROM message),"

@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,10 +25,11 @@ from psycopg.conninfo import make_conninfo
 
 from app import create_app, decide, migrations, operations, storage
 from app.cli import main
+from app.config import Settings
 from app.db import Database
 from app.definitions import load_definition
 from app.extensions import get_db
-from app.generate import KINDS, workflows
+from app.generate import KINDS, generate, workflows
 from app.intake import read
 from app.migrations import VIEWS_DIR, apply_views
 from tests import payloads, scale
@@ -504,3 +506,30 @@ def test_metrics_and_views_name_channels_alike(clean_db: str) -> None:
         assert query(clean_db, "SELECT analytics.channel_name(%s)", channel.value) == [
             (channel_name(channel),)
         ], channel
+
+
+def test_the_scale_copies_keep_every_column(clean_db: str) -> None:
+    """sql/bench/replicate.sql copies whole rows: with no time shift, a copy differs from
+    its original by its ids alone (a column left out of a copy's list would be null)."""
+    db = Database(clean_db, Settings(database_url=clean_db))
+    try:
+        generate(db, 12, seed=3, mix="long", messages_share=0.5)
+    finally:
+        db.close()
+    scale.replicate(clean_db, copies=1, days=0, bands=1)
+    for table in ("dispatch", "message", "workflow_definition"):
+        columns = [
+            name
+            for (name,) in query(
+                clean_db,
+                "SELECT column_name FROM information_schema.columns"
+                f" WHERE table_schema = 'public' AND table_name = '{table}'",
+            )
+            if name not in ("dispatch_uuid", "message_uuid")  # new ids in a copy
+        ]
+        rows = query(clean_db, f"SELECT {', '.join(columns)} FROM {table}")
+        assert len(rows) >= 24, table
+        # Each original and its copy: every row stands exactly twice.
+        assert {count % 2 for count in Counter(map(repr, rows)).values()} == {0}, table
+    apis = query(clean_db, "SELECT DISTINCT api FROM dispatch ORDER BY api")
+    assert apis == [("dispatch",), ("messages",)]
