@@ -266,7 +266,9 @@ def test_upgrading_to_the_apply_queue_keeps_what_was_waiting_and_queues_old_rele
     url = fresh_database(server_url, "dl_queue_upgrade")
     before = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, before)
-    (before / "0013_apply_queue.sql").unlink()
+    for later in before.glob("*.sql"):
+        if int(later.name[:4]) >= 13:  # 0013_apply_queue and what came after it
+            later.unlink()
     migrate(url, before)
     db = Database(url, Settings(database_url=url))
     try:

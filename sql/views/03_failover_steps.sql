@@ -16,7 +16,7 @@ SELECT d.dispatch_uuid,
  CROSS JOIN LATERAL unnest(d.message_channels) WITH ORDINALITY AS s (channel, step)
  -- A workflow's last step (by its definition, or a Messages API workflow's
  -- items) cannot fail over: left out, so that it does not show as a 0% rate.
- WHERE s.step < coalesce(jsonb_array_length(w.steps), d.items_total, s.step + 1);
+ WHERE s.step < coalesce(w.step_count, d.items_total, s.step + 1);
 
 COMMENT ON VIEW analytics.failover_steps IS 'One row per message at a step that could fail over: its workflow, the step (1-based, by order of appearance) and channel, and whether a next step followed. Messages at their workflow''s last step (by its definition, or a Messages API workflow''s items) are left out: they cannot fail over.';
 COMMENT ON COLUMN analytics.failover_steps.dispatch_uuid IS 'The workflow (a Messages API workflow''s workflow_id).';
