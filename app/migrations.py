@@ -21,6 +21,10 @@ VIEWS_DIR = SQL_DIR / "views"
 ANALYST_GROUP = "dispatch_ledger_analyst"
 _VIEW_FILENAME = re.compile(r"^\d{2}_([a-z0-9_]+)\.sql$")
 _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# A migration asks for a table to be vacuumed once it has committed (VACUUM
+# cannot run in its transaction): after a rewrite, say, so that index-only
+# scans work at once instead of after autovacuum's next visit.
+_VACUUM_AFTER = re.compile(r"^-- vacuum after: ([a-z_][a-z0-9_]*)$", re.MULTILINE)
 # One cluster-wide advisory lock serializes concurrent runners (two releases
 # racing): the second waits, then finds everything applied.
 _LOCK_KEY = 0x6469737061746368  # "dispatch"
@@ -39,6 +43,11 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+    @property
+    def vacuums(self) -> list[str]:
+        """The tables to VACUUM ANALYZE once this migration has committed."""
+        return _VACUUM_AFTER.findall(self.sql)
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -160,6 +169,9 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
                     )
                 log.info("applied migration %04d_%s", migration.version, migration.name)
                 applied_now.append(migration)
+                for table in migration.vacuums:
+                    conn.execute(pgsql.SQL("VACUUM ANALYZE {}").format(pgsql.Identifier(table)))
+                    log.info("vacuumed %s, as migration %04d asks", table, migration.version)
             unknown = sorted(set(applied) - {m.version for m in migrations})
             if unknown:
                 raise MigrationError(f"the database has migrations this code does not: {unknown}")
