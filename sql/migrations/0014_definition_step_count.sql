@@ -13,8 +13,8 @@
 -- vacuum after: workflow_definition
 --
 -- Adding a stored column rewrites the table: 11 s for a million definitions
--- on the benchmark machine, index included, during which recording a
--- definition and applying callbacks wait (captures do not).
+-- on the benchmark machine, index included, during which reading a workflow,
+-- recording a definition and applying callbacks wait (captures do not).
 ALTER TABLE workflow_definition
     ADD COLUMN step_count integer GENERATED ALWAYS AS (
         CASE WHEN jsonb_typeof(steps) = 'array' THEN jsonb_array_length(steps) END
