@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -123,6 +125,7 @@ def serve(port: int | None, workers: int | None) -> None:
     Ctrl-C (or SIGTERM) stops it, and the embedded PostgreSQL with it.
     """
     settings = Settings.from_env()
+    _refuse_a_taken_port(os.environ.get("HOST", "0.0.0.0"), port)
     url = _database_url(settings)
     migrations.migrate(url)
     env = dict(os.environ, DATABASE_URL=url)
@@ -153,6 +156,32 @@ def serve(port: int | None, workers: int | None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     sys.exit(child.wait())
+
+
+def _refuse_a_taken_port(host: str, port: int | None) -> None:
+    """Say at once that the port cannot be had (another `serve` has it, say), before starting
+    a database: gunicorn would try for five seconds and then say only that it cannot connect."""
+    if port is None:
+        raw = os.environ.get("PORT", "8000")
+        try:
+            port = int(raw)
+        except ValueError:
+            raise click.ClickException(f"PORT={raw!r} is not a port number") from None
+    host = host.strip("[]")  # gunicorn's [::1]
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise click.ClickException(
+                    f"port {port} is in use on {host} (another `dispatch-ledger serve`?): stop"
+                    " that server, or choose another port with --port or PORT"
+                ) from None
+            raise click.ClickException(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another port"
+                " with --port or PORT, or another HOST"
+            ) from None
 
 
 @main.command()

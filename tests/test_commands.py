@@ -4,6 +4,7 @@ what each command reads, the version; run as the operator would, in a subprocess
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,24 @@ def test_send_with_a_file_that_is_not_json_says_so(tmp_path: Path) -> None:
     done = run("send", str(broken), env={"DATABASE_URL": "postgresql://unused@127.0.0.1:9/x"})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "request.json is not JSON" in done.stderr
+
+
+def test_serve_on_a_taken_port_says_so_before_touching_a_database() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The database is unreachable: had serve gone on to migrate, it would say that instead.
+        unreachable = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2"
+        done = run(
+            "serve", "--port", str(port), env={"DATABASE_URL": unreachable, "HOST": "127.0.0.1"}
+        )
+    assert (done.returncode, "Traceback" in done.stderr) == (1, False)
+    assert done.stderr.startswith(f"Error: port {port} is in use on 127.0.0.1"), done.stderr
+    assert "--port" in done.stderr
+
+
+def test_serve_with_a_port_that_is_not_a_number_says_so() -> None:
+    done = run("serve", env={"PORT": "eighty"})
+    assert (done.returncode, "Traceback" in done.stderr) == (1, False)
+    assert "PORT='eighty' is not a port number" in done.stderr
