@@ -297,7 +297,7 @@ def emulate(
     EMULATOR_PUBLIC_KEY (to check bearer JWTs), VONAGE_SIGNATURE_SECRET (to sign
     callbacks), PORT and HOST.
     """
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import make_server
 
     from app.emulator.plan import Scenario
     from app.emulator.server import EmulatorConfig, create_emulator
@@ -334,8 +334,16 @@ def emulate(
     click.echo(
         f"Dispatch and Messages API stand-in on http://{host}:{listen}, calling back {target}"
     )
-    click.echo(f"Seed {seed} (--seed {seed} repeats this run)")
-    run_simple(host, listen, create_emulator(config), threaded=True)
+    click.echo(f"Seed {seed} (--seed {seed} repeats this run); Ctrl-C to stop")
+    # werkzeug's own server, without run_simple's banner: its warning that this
+    # is not a production server is true of a stand-in by design.
+    server = make_server(host, listen, create_emulator(config), threaded=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @main.command("analyst-role")
