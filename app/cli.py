@@ -23,7 +23,7 @@ import psycopg
 
 from app import backlog, embedded, migrations, operations, rejects, workflows
 from app.auth import Credentials
-from app.config import ConfigError, Settings
+from app.config import ConfigError, Settings, listen_address
 from app.db import Database, DatabaseUnavailable
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused
 from app.intake import Rejection
@@ -125,14 +125,15 @@ def serve(port: int | None, workers: int | None) -> None:
     Ctrl-C (or SIGTERM) stops it, and the embedded PostgreSQL with it.
     """
     settings = Settings.from_env()
-    _refuse_a_taken_port(os.environ.get("HOST", "0.0.0.0"), port)
-    url = _database_url(settings)
-    migrations.migrate(url)
-    env = dict(os.environ, DATABASE_URL=url)
+    env = dict(os.environ)
     if port is not None:
         env["PORT"] = str(port)
     if workers is not None:
         env["WEB_CONCURRENCY"] = str(workers)
+    _refuse_a_taken_port(*listen_address(env))
+    url = _database_url(settings)
+    migrations.migrate(url)
+    env["DATABASE_URL"] = url
     command = [
         sys.executable,
         "-m",
@@ -158,15 +159,14 @@ def serve(port: int | None, workers: int | None) -> None:
     sys.exit(child.wait())
 
 
-def _refuse_a_taken_port(host: str, port: int | None) -> None:
-    """Say at once that the port cannot be had (another `serve` has it, say), before starting
-    a database: gunicorn would try for five seconds and then say only that it cannot connect."""
-    if port is None:
-        raw = os.environ.get("PORT", "8000")
-        try:
-            port = int(raw)
-        except ValueError:
-            raise click.ClickException(f"PORT={raw!r} is not a port number") from None
+def _refuse_a_taken_port(host: str, raw_port: str) -> None:
+    """Say at once that the address gunicorn will bind (config.listen_address) cannot be had
+    (another `serve` has it, say), before starting a database: gunicorn would try for five
+    seconds and then say only that it cannot connect."""
+    try:
+        port = int(raw_port)
+    except ValueError:
+        raise click.ClickException(f"PORT={raw_port!r} is not a port number") from None
     host = host.strip("[]")  # gunicorn's [::1]
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds

@@ -13,6 +13,14 @@ class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
+def listen_address(env: Mapping[str, str]) -> tuple[str, str]:
+    """Where the web server listens: HOST (all interfaces) and PORT (8000), as given.
+
+    Heroku-style platforms route to $PORT on all interfaces; Dispatch must reach it.
+    """
+    return env.get("HOST", "0.0.0.0"), env.get("PORT", "8000")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment, typed and checked."""

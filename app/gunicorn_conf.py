@@ -7,13 +7,12 @@ import os
 import tempfile
 
 from app.applier_process import ApplierBeside, forget_metrics
-from app.config import Settings
+from app.config import Settings, listen_address
 
 # The service's settings, read (and checked) once: a bad one stops gunicorn here.
 _settings = Settings.from_env()
 
-# Heroku-style platforms route to $PORT on all interfaces; Dispatch must reach it.
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+bind = "{}:{}".format(*listen_address(os.environ))
 
 # Processes: the platform's sizing hint, else two (one per core here).
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
