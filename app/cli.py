@@ -20,11 +20,12 @@ from typing import Any
 
 import click
 import psycopg
+from psycopg.errors import ReadOnlySqlTransaction
 
 from app import backlog, embedded, migrations, operations, rejects, workflows
 from app.auth import Credentials
 from app.config import ConfigError, Settings, listen_address
-from app.db import Database, DatabaseUnavailable
+from app.db import NO_WRITES, Database, DatabaseUnavailable
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused
 from app.intake import Rejection
 
@@ -80,13 +81,18 @@ class Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise click.ClickException(
-                f"cannot reach the database ({reason}); check DATABASE_URL"
-            ) from None
+        except (psycopg.OperationalError, ReadOnlySqlTransaction, DatabaseUnavailable) as exc:
+            raise click.ClickException(_database_problem(exc)) from None
         except (ConfigError, migrations.MigrationError) as exc:
             raise click.ClickException(str(exc)) from None
+
+
+def _database_problem(exc: Exception) -> str:
+    """One line on why a command could not use the database."""
+    if isinstance(exc, ReadOnlySqlTransaction) or isinstance(exc.__cause__, ReadOnlySqlTransaction):
+        return f"{NO_WRITES}: point DATABASE_URL at the primary"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot reach the database ({reason}); check DATABASE_URL"
 
 
 @click.group(cls=Commands)

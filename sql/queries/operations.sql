@@ -15,3 +15,7 @@ DELETE FROM rejected_callback
                  AND (resolved_at IS NOT NULL OR %(unresolved)s)
                ORDER BY id
                LIMIT %(batch)s);
+
+-- name: takes_writes
+-- Whether this server takes writes now: not a standby, nor set read-only (readiness).
+SELECT current_setting('transaction_read_only') = 'off' AS takes_writes;
