@@ -208,13 +208,20 @@ def send(request_file: Any) -> None:
         raise click.ClickException(f"{request_file.name} is not JSON: {exc}") from None
     try:
         with _database(settings) as db:
-            dispatch_uuid = workflows.send(db, body, settings, datetime.now(UTC))
+            sent = workflows.send(db, body, settings, datetime.now(UTC))
     except Rejection as rejection:
         click.echo(json.dumps(rejection.errors, indent=2), err=True)
         raise click.ClickException(rejection.message) from None
     except (DispatchNotConfigured, DispatchRefused) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(dispatch_uuid)
+    click.echo(sent.dispatch_uuid)
+    if not sent.recorded:
+        # Exit 0 all the same: a script that retried on failure would send it twice.
+        click.echo(
+            f"sent, but its definition could not be recorded (see above): do not send it"
+            f" again; PUT the same body to /workflows/{sent.dispatch_uuid}/definition",
+            err=True,
+        )
 
 
 @main.command()

@@ -214,10 +214,15 @@ def _workflows() -> dict[str, Any]:
                 "202": _json(
                     {
                         "type": "object",
-                        "required": ["dispatch_uuid"],
-                        "properties": {"dispatch_uuid": {"type": "string"}},
+                        "required": ["dispatch_uuid", "recorded"],
+                        "properties": {
+                            "dispatch_uuid": {"type": "string"},
+                            "recorded": {"type": "boolean"},
+                            "message": {"type": "string"},
+                        },
                     },
-                    "Sent and recorded",
+                    "Sent; recorded unless `recorded` is false (then `message` says what"
+                    " to do, and it must not be sent again)",
                 ),
                 **_errors(400, 401, 403, 413, 415, 422, 502, 503, described=_TOKEN_REQUIRED),
             },

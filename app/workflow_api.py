@@ -83,7 +83,7 @@ def post_workflow() -> tuple[Response, int]:
             )
         extra[SCENARIO_HEADER] = scenario
     try:
-        dispatch_uuid = _validated(
+        sent: workflows.Sent = _validated(
             lambda: workflows.send(get_db(), body, settings, datetime.now(UTC), extra)
         )
     except DispatchNotConfigured as exc:
@@ -93,7 +93,16 @@ def post_workflow() -> tuple[Response, int]:
             502, exc.detail, {"dispatch_status": exc.status} if exc.status else None
         ) from None
     # A Messages API workflow's id is its workflow_id; one name for both keeps clients simple.
-    return jsonify(dispatch_uuid=dispatch_uuid), 202
+    if not sent.recorded:
+        # Sent all the same: 202, never an answer that invites sending it again.
+        message = (
+            f"Sent to Vonage as {sent.dispatch_uuid}, but its definition could not be recorded"
+            f" (see the log): do not send it again. PUT the same body to"
+            f" /workflows/{sent.dispatch_uuid}/definition to record it; its callbacks are"
+            " taken either way."
+        )
+        return jsonify(dispatch_uuid=sent.dispatch_uuid, recorded=False, message=message), 202
+    return jsonify(dispatch_uuid=sent.dispatch_uuid, recorded=True), 202
 
 
 @bp.get("/workflows")

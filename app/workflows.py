@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from app.messages_request import is_messages_request, load_failover_request
 from app.queries import sql
 from app.state import Api
 from app.times import display, iso
+
+log = logging.getLogger(__name__)
 
 
 def validate(body: Any) -> Definition:
@@ -53,24 +56,50 @@ def record(db: Database, dispatch_uuid: str, body: Any, now: datetime) -> bool:
     return recorded.created
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A workflow Vonage accepted: its id (dispatch_uuid or workflow_id); whether it is recorded."""
+
+    dispatch_uuid: str
+    recorded: bool
+
+
 def send(
     db: Database,
     body: Any,
     settings: Settings,
     now: datetime,
     extra: dict[str, str] | None = None,
-) -> str:
-    """Validate, send to Vonage, and record under the id it returns (dispatch_uuid, workflow_id)."""
+) -> Sent:
+    """Validate, send to Vonage, and record under the id it returns.
+
+    Once Vonage has accepted it, nothing may answer "try again": a retry would
+    send the messages twice. So the database is checked first (down or taking
+    no writes: DatabaseUnavailable, and nothing is sent), and a failure to
+    record after the send is logged and reported in the result, not raised.
+    """
     definition = validate(body)
+    db.check_writable()
     if definition.api is Api.MESSAGES:
         dispatch_uuid = dispatch_client.submit_messages(body, settings, extra)
     else:
         dispatch_uuid = dispatch_client.submit(body, settings, extra)
-    recorded = db.run(
-        lambda conn: decide.record_definition(conn, dispatch_uuid, body, definition, "sent", now)
-    )
+    try:
+        recorded = db.run(
+            lambda conn: decide.record_definition(
+                conn, dispatch_uuid, body, definition, "sent", now
+            )
+        )
+    except Exception:
+        log.exception(
+            "workflow %s was sent to Vonage but its definition could not be recorded;"
+            " PUT it to /workflows/%s/definition",
+            dispatch_uuid,
+            dispatch_uuid,
+        )
+        return Sent(dispatch_uuid, recorded=False)
     _count(recorded)
-    return dispatch_uuid
+    return Sent(dispatch_uuid, recorded=True)
 
 
 def _count(recorded: decide.Recorded) -> None:

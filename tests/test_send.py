@@ -6,23 +6,24 @@ import base64
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jwt
+import psycopg
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
-from app import create_app
+from app import create_app, migrations
 from app.cli import main
 from app.extensions import get_db
 from tests import payloads
-from tests.conftest import query
+from tests.conftest import OwnServer, fresh_database, query
 
 TOKEN = "an-api-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,6 +41,8 @@ class StandIn:
         self.received: list[tuple[str, Any]] = []
         self.scenarios: list[str | None] = []
         self.refuse_with: int | None = None
+        # Run once Vonage has accepted a workflow, before the answer goes back.
+        self.before_answer: Callable[[], None] | None = None
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +59,8 @@ class StandIn:
                     workflow_id = "W" + uuid.uuid4().hex + uuid.uuid4().hex[:22]
                     answer = {"message_uuid": str(uuid.uuid4()), "workflow_id": workflow_id}
                     return self._answer(202, answer)
+                if stand_in.before_answer is not None:
+                    stand_in.before_answer()
                 self._answer(202, {"dispatch_uuid": str(uuid.uuid4())})
 
             def _answer(self, code: int, document: Any) -> None:
@@ -189,6 +194,68 @@ def test_sending_without_dispatch_credentials_says_what_to_set(clean_db: str) ->
         response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
         assert response.status_code == 503
         assert "DISPATCH_API_KEY" in response.json["message"]  # type: ignore[index]
+    finally:
+        get_db(app).close()
+
+
+def test_a_workflow_sent_but_not_recorded_is_202_and_says_not_to_send_it_again(
+    own_server: OwnServer, dispatch_api: StandIn, tmp_path: Path
+) -> None:
+    credentials = {"dispatch_api_key": "key", "dispatch_api_secret": "secret"}
+    app = sender(own_server.url, dispatch_api.url, **credentials)
+    # The database goes down while Vonage accepts the workflow.
+    dispatch_api.before_answer = own_server.stop
+    try:
+        client = app.test_client()
+        response = client.post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 202, response.json
+        answer = response.json
+        assert answer is not None and answer["recorded"] is False
+        assert "do not send it again" in answer["message"]
+        assert f"/workflows/{answer['dispatch_uuid']}/definition" in answer["message"]
+        assert len(dispatch_api.received) == 1
+
+        # Down before the send: 503 (retry later), and nothing is sent.
+        dispatch_api.before_answer = None
+        refused = client.post("/workflows", json=REQUEST, headers=AUTH)
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert len(dispatch_api.received) == 1
+
+        # Back: recorded as the answer said.
+        own_server.start()
+        put = client.put(
+            f"/workflows/{answer['dispatch_uuid']}/definition", json=REQUEST, headers=AUTH
+        )
+        assert put.status_code == 201
+
+        # The command line the same way: the id, what to do, and exit 0.
+        request_file = tmp_path / "request.json"
+        request_file.write_text(json.dumps(REQUEST))
+        dispatch_api.before_answer = own_server.stop
+        env = {"DATABASE_URL": own_server.url, "DISPATCH_API_URL": dispatch_api.url}
+        env |= {"DISPATCH_API_KEY": "key", "DISPATCH_API_SECRET": "secret"}
+        result = CliRunner().invoke(main, ["send", str(request_file)], env=env)
+        assert result.exit_code == 0, result.output
+        assert len(dispatch_api.received) == 2
+        assert "do not send it again" in result.stderr
+        assert result.stdout.strip() in result.stderr  # the id, in the PUT's path
+    finally:
+        get_db(app).close()
+
+
+def test_a_database_that_takes_no_writes_sends_nothing(
+    server_url: str, dispatch_api: StandIn
+) -> None:
+    url = fresh_database(server_url)
+    migrations.migrate(url)
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    app = sender(url, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
+    try:
+        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        assert dispatch_api.received == []
     finally:
         get_db(app).close()
 
