@@ -118,7 +118,8 @@ def test_a_valid_workflow_is_sent_answered_202_and_recorded(
         client = app.test_client()
         response = client.post("/workflows", json=REQUEST, headers=AUTH)
         assert response.status_code == 202
-        dispatch_uuid = response.json["dispatch_uuid"]  # type: ignore[index]
+        assert response.json is not None and response.json["recorded"] is True
+        dispatch_uuid = response.json["dispatch_uuid"]
         [(_, sent)] = dispatch_api.received
         assert sent == REQUEST
         stored = client.get(f"/workflows/{dispatch_uuid}/definition", headers=AUTH).json
