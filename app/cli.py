@@ -26,7 +26,7 @@ from app import backlog, embedded, migrations, operations, rejects, workflows
 from app.auth import Credentials
 from app.config import ConfigError, Settings, listen_address
 from app.db import NO_WRITES, Database, DatabaseUnavailable
-from app.dispatch_client import DispatchNotConfigured, DispatchRefused
+from app.dispatch_client import DispatchNotConfigured, DispatchRefused, DispatchUnanswered
 from app.intake import Rejection
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ def send(request_file: Any) -> None:
     except Rejection as rejection:
         click.echo(json.dumps(rejection.errors, indent=2), err=True)
         raise click.ClickException(rejection.message) from None
-    except (DispatchNotConfigured, DispatchRefused) as exc:
+    except (DispatchNotConfigured, DispatchRefused, DispatchUnanswered) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(sent.dispatch_uuid)
     if not sent.recorded:

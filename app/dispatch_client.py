@@ -23,12 +23,16 @@ class DispatchNotConfigured(RuntimeError):
 
 
 class DispatchRefused(RuntimeError):
-    """Dispatch answered, but not with 202 and a dispatch_uuid."""
+    """Dispatch answered, but not with 202 and a dispatch_uuid (or could not be reached)."""
 
     def __init__(self, status: int | None, detail: str) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+class DispatchUnanswered(RuntimeError):
+    """The request went out, but no answer came back: Vonage may have sent the workflow."""
 
 
 def authorization(settings: Settings, now: float) -> str:
@@ -105,9 +109,17 @@ def _post(
         with error:  # it holds the connection open until closed
             text = error.read(2048).decode("utf-8", "replace")
         raise DispatchRefused(error.code, f"{who} answered {error.code}: {text}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise DispatchRefused(None, f"{who} could not be reached: {reason}") from None
+    except urllib.error.URLError as error:
+        # urllib wraps what fails while connecting and sending: no whole
+        # request reached Vonage, so nothing was sent.
+        raise DispatchRefused(None, f"{who} could not be reached: {error.reason}") from None
+    except OSError as error:  # TimeoutError, a connection closed while answering
+        # The request was sent and no answer came back: it may have been taken.
+        raise DispatchUnanswered(
+            f"{who} did not answer ({error or type(error).__name__}): the workflow may have"
+            " been sent. Do not send it again until you know it was not: its callbacks"
+            " arriving (GET /workflows) would show it was."
+        ) from None
     try:
         document = json.loads(raw)
     except ValueError:

@@ -69,6 +69,7 @@ _ERRORS = {
     502: "Dispatch refused the request, or could not be reached",
     503: "Database unavailable, or a callback came unsigned while signatures are required;"
     " retry after Retry-After seconds (Vonage does)",
+    504: "Vonage did not answer: the workflow may have been sent; do not send it again blindly",
 }
 _TOKEN_REQUIRED = {401: "A valid API token is required"}
 
@@ -224,7 +225,7 @@ def _workflows() -> dict[str, Any]:
                     "Sent; recorded unless `recorded` is false (then `message` says what"
                     " to do, and it must not be sent again)",
                 ),
-                **_errors(400, 401, 403, 413, 415, 422, 502, 503, described=_TOKEN_REQUIRED),
+                **_errors(400, 401, 403, 413, 415, 422, 502, 503, 504, described=_TOKEN_REQUIRED),
             },
         },
     }

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from app import dispatch_client, intake, workflows
 from app.access import require_api_token, require_read_access
-from app.dispatch_client import DispatchNotConfigured, DispatchRefused
+from app.dispatch_client import DispatchNotConfigured, DispatchRefused, DispatchUnanswered
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.intake import Rejection
@@ -92,6 +92,8 @@ def post_workflow() -> tuple[Response, int]:
         raise ApiError(
             502, exc.detail, {"dispatch_status": exc.status} if exc.status else None
         ) from None
+    except DispatchUnanswered as exc:
+        raise ApiError(504, str(exc)) from None
     # A Messages API workflow's id is its workflow_id; one name for both keeps clients simple.
     if not sent.recorded:
         # Sent all the same: 202, never an answer that invites sending it again.

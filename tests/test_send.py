@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,6 +186,38 @@ def test_unreachable_dispatch_is_a_502(clean_db: str) -> None:
         response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
         assert response.status_code == 502
         assert "could not be reached" in response.json["message"]  # type: ignore[index]
+    finally:
+        get_db(app).close()
+
+
+def _hang_up() -> None:
+    raise ConnectionAbortedError("the stand-in hangs up without an answer")
+
+
+@pytest.mark.parametrize(
+    "before_answer", [lambda: time.sleep(2), _hang_up], ids=["too-slow", "hangs-up"]
+)
+def test_no_answer_from_dispatch_is_a_504_that_says_it_may_have_been_sent(
+    clean_db: str, dispatch_api: StandIn, before_answer: Callable[[], None]
+) -> None:
+    # Unlike a refused connection (502, nothing sent), the request went out:
+    # sending it again could send the messages twice.
+    dispatch_api.before_answer = before_answer
+    app = sender(
+        clean_db,
+        dispatch_api.url,
+        dispatch_api_key="key",
+        dispatch_api_secret="secret",
+        dispatch_timeout_seconds=0.5,
+    )
+    try:
+        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 504
+        assert response.json is not None
+        assert "may have been sent" in response.json["message"]
+        assert "Do not send it again" in response.json["message"]
+        assert len(dispatch_api.received) == 1
+        assert query(clean_db, "SELECT count(*) FROM workflow_definition") == [(0,)]
     finally:
         get_db(app).close()
 
