@@ -68,6 +68,17 @@ def fresh_database(server_url: str, prefix: str = "dl_test") -> str:
     return make_conninfo(server_url, dbname=name)
 
 
+def set_read_only(server_url: str, url: str, on: bool) -> None:
+    """Make `url`'s database take no writes in sessions opened from now on (or again take them),
+    as a standby does: `ALTER DATABASE ... SET default_transaction_read_only`."""
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(
+            pgsql.SQL("ALTER DATABASE {} {}").format(pgsql.Identifier(name), pgsql.SQL(setting))
+        )
+
+
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> str:
     """A migrated database of our own on the test server, made once per session."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, set_read_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,9 +74,7 @@ def test_a_database_that_takes_no_writes_is_one_line_that_says_so(
     url = fresh_database(server_url, "dl_standby")
     if args != ["migrate"]:
         run("migrate", env={"DATABASE_URL": url}).check_returncode()
-    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    set_read_only(server_url, url, True)
     done = run(*args, env={"DATABASE_URL": url})
     assert done.returncode == 1, done
     assert "Traceback" not in done.stderr

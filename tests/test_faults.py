@@ -16,7 +16,7 @@ from app import create_app, migrations
 from app.config import Settings
 from app.extensions import get_db, get_settings
 from tests import payloads
-from tests.conftest import OwnServer, fresh_database, post, query, settle
+from tests.conftest import OwnServer, fresh_database, post, query, set_read_only, settle
 
 
 def test_an_outage_loses_nothing_and_ends_in_the_same_state(
@@ -142,6 +142,19 @@ def _open_every_connection(app: Flask) -> None:
     assert db.pool_stats()["pool_size"] == size
 
 
+def _until_taken(
+    client: FlaskClient, delivery: payloads.Delivery, within: float, every: float
+) -> list[int]:
+    """Post `delivery` every `every` s until it is taken (200) or `within` s have passed;
+    the answers' status codes."""
+    started = time.monotonic()
+    answers: list[int] = []
+    while time.monotonic() - started < within and 200 not in answers:
+        answers.append(post(client, *delivery).status_code)
+        time.sleep(every)
+    return answers
+
+
 def get_settings_of(app: Flask) -> Settings:
     with app.app_context():
         return get_settings()
@@ -182,11 +195,7 @@ def test_during_an_outage_503_comes_fast_and_after_it_every_callback_is_taken(
         assert client.get("/readyz").status_code == 503
 
         own_server.start()
-        back = time.monotonic()
-        answers = []
-        while time.monotonic() - back < 10 and 200 not in answers:
-            answers.append(post(client, *deliveries[0]).status_code)
-            time.sleep(0.2)
+        answers = _until_taken(client, deliveries[0], within=10, every=0.2)
         assert answers[-1] == 200, f"no callback taken 10 s after the database came back: {answers}"
         # From then on, every one.
         for kind, payload in deliveries[1:]:
@@ -202,14 +211,7 @@ def test_a_database_that_takes_no_writes_gets_503_and_once_it_does_every_callbac
     """As after a failover whose new sessions still reach the old primary, now a standby."""
     url = fresh_database(server_url)
     migrations.migrate(url)
-    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-
-    def read_only(on: bool) -> None:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
-            admin.execute(f'ALTER DATABASE "{name}" {setting}')
-
-    read_only(True)
+    set_read_only(server_url, url, True)
     app = create_app({"database_url": url})  # the defaults, as deployed
     try:
         client = app.test_client()
@@ -225,12 +227,8 @@ def test_a_database_that_takes_no_writes_gets_503_and_once_it_does_every_callbac
         # The server takes writes again (the name now points at the new
         # primary): the sessions opened on the standby are replaced within a
         # second or so (kept, they would refuse every write for their life).
-        read_only(False)
-        back = time.monotonic()
-        answers = []
-        while time.monotonic() - back < 5 and 200 not in answers:
-            answers.append(post(client, *deliveries[0]).status_code)
-            time.sleep(0.05)
+        set_read_only(server_url, url, False)
+        answers = _until_taken(client, deliveries[0], within=5, every=0.05)
         assert answers[-1] == 200, f"no callback taken 5 s after writes came back: {answers}"
         for kind, payload in deliveries[1:]:
             assert post(client, kind, payload).status_code == 200

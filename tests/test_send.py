@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import psycopg
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +23,7 @@ from app import create_app, migrations
 from app.cli import main
 from app.extensions import get_db
 from tests import payloads
-from tests.conftest import OwnServer, fresh_database, query
+from tests.conftest import OwnServer, fresh_database, query, set_read_only
 
 TOKEN = "an-api-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -282,9 +281,7 @@ def test_a_database_that_takes_no_writes_sends_nothing(
 ) -> None:
     url = fresh_database(server_url)
     migrations.migrate(url)
-    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    set_read_only(server_url, url, True)
     app = sender(url, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
     try:
         response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
