@@ -217,11 +217,7 @@ def send(request_file: Any) -> None:
     click.echo(sent.dispatch_uuid)
     if not sent.recorded:
         # Exit 0 all the same: a script that retried on failure would send it twice.
-        click.echo(
-            f"sent, but its definition could not be recorded (see above): do not send it"
-            f" again; PUT the same body to /workflows/{sent.dispatch_uuid}/definition",
-            err=True,
-        )
+        click.echo(sent.not_recorded(), err=True)
 
 
 @main.command()

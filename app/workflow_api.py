@@ -97,13 +97,8 @@ def post_workflow() -> tuple[Response, int]:
     # A Messages API workflow's id is its workflow_id; one name for both keeps clients simple.
     if not sent.recorded:
         # Sent all the same: 202, never an answer that invites sending it again.
-        message = (
-            f"Sent to Vonage as {sent.dispatch_uuid}, but its definition could not be recorded"
-            f" (see the log): do not send it again. PUT the same body to"
-            f" /workflows/{sent.dispatch_uuid}/definition to record it; its callbacks are"
-            " taken either way."
-        )
-        return jsonify(dispatch_uuid=sent.dispatch_uuid, recorded=False, message=message), 202
+        document = {"dispatch_uuid": sent.dispatch_uuid, "recorded": False}
+        return jsonify(document | {"message": sent.not_recorded()}), 202
     return jsonify(dispatch_uuid=sent.dispatch_uuid, recorded=True), 202
 
 

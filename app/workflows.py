@@ -63,6 +63,15 @@ class Sent:
     dispatch_uuid: str
     recorded: bool
 
+    def not_recorded(self) -> str:
+        """What to tell whoever sent it when it is not recorded (the API and the command)."""
+        return (
+            f"Sent to Vonage as {self.dispatch_uuid}, but its definition could not be recorded"
+            f" (see the log): do not send it again. PUT the same body to"
+            f" /workflows/{self.dispatch_uuid}/definition to record it; its callbacks are"
+            " taken either way."
+        )
+
 
 def send(
     db: Database,
