@@ -67,8 +67,9 @@ _ERRORS = {
     415: "Not application/json",
     422: "Does not match the Dispatch API reference",
     502: "Dispatch refused the request, or could not be reached",
-    503: "Database unavailable, or a callback came unsigned while signatures are required;"
-    " retry after Retry-After seconds (Vonage does)",
+    503: "Database unavailable (a callback it would refuse too: it cannot be kept now), or a"
+    " callback came unsigned while signatures are required; retry after Retry-After seconds"
+    " (Vonage does)",
     504: "Vonage did not answer: the workflow may have been sent; do not send it again blindly",
 }
 _TOKEN_REQUIRED = {401: "A valid API token is required"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
@@ -16,6 +17,7 @@ from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 from app import intake, metrics, rejects
 from app.auth import AuthFailure, Method, Unsigned, authenticate, bearer_token
 from app.capture import Delivery
+from app.db import DatabaseUnavailable
 from app.errors import ApiError, handle_http_exception
 from app.extensions import capture_delivery, get_credentials, get_db, get_settings
 from app.intake import Callback, CallbackKind, Reason, Rejection
@@ -87,8 +89,37 @@ def _load(hint: CallbackKind) -> Callback:
         intake.check_media_type(_ctype())
         return intake.read(hint, body, settings.max_json_depth)
     except Rejection as rejection:
+        _refuse(hint, body, size, rejection)
+
+
+def _refuse(
+    hint: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection
+) -> NoReturn:
+    """Keep a refused delivery, then answer it; one that cannot be kept is retried instead.
+
+    Vonage drops a callback answered 4xx for good, so a refusal is only final
+    once its body is kept for `reprocess-rejects`. While the database cannot
+    take it (down, or taking no writes), a refused body is answered 503 like
+    an accepted one: Vonage retries it, and the retry is refused and kept.
+    """
+    try:
         _keep(hint, body, size, rejection)
-        raise ApiError.from_rejection(rejection, _headers(rejection)) from None
+    except DatabaseUnavailable as exc:
+        if body is not None and rejection.http_status < 500:
+            current_app.logger.warning(
+                "could not keep a refused callback (%s): %s; answered 503 so that it is retried",
+                rejection.reason.value,
+                exc,
+            )
+            message = (
+                f"The callback is refused ({rejection.http_status}: {rejection.message}), and"
+                " the database is unavailable to keep it; retry later."
+            )
+            retry = {"Retry-After": str(get_settings().retry_after_seconds)}
+            raise ApiError(503, message, rejection.errors, retry) from None
+        # Nothing a retry would add (no body to keep, or already retried).
+        current_app.logger.warning("could not keep a refused callback: %s", exc)
+    raise ApiError.from_rejection(rejection, _headers(rejection)) from None
 
 
 def _headers(rejection: Rejection) -> dict[str, str] | None:
@@ -116,6 +147,7 @@ def _authenticate(body: bytes) -> Method:
 
 
 def _keep(hint: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection) -> None:
+    """Keep a refused delivery, best effort: only a database that cannot take it raises."""
     # Which API a refused body came from is not known (it may not even parse).
     metrics.CALLBACKS.labels("unknown", hint.value, "rejected").inc()
     metrics.REJECTS.labels(rejection.reason.value).inc()
@@ -137,9 +169,11 @@ def _keep(hint: CallbackKind, body: bytes | None, size: int | None, rejection: R
             # A delivery that proved it is Vonage's is kept whatever the budget.
             always_keep=bool(g.get("callback_proven")),
         )
+    except DatabaseUnavailable:
+        raise  # the caller decides: a retry may keep it
     except Exception:
-        # The refusal still stands (and a 5xx is retried, then kept); keeping
-        # is best effort and must not turn a 4xx into a 500.
+        # A bug in keeping: the refusal still stands (and a 5xx is retried,
+        # then kept); keeping must not turn a 4xx into a 500.
         current_app.logger.warning("could not keep a refused callback", exc_info=True)
         return
     if kept.reject_id is None:
@@ -159,5 +193,9 @@ def keep_failed_delivery(error: InternalServerError) -> Response:
     hint = _HINTS.get(request.endpoint or "")
     if hint is not None:
         body = request.get_data(cache=True)
-        _keep(hint, body, len(body), rejects.internal_error())
+        try:
+            _keep(hint, body, len(body), rejects.internal_error())
+        except DatabaseUnavailable as exc:
+            # Answered 500 all the same: Vonage retries it.
+            current_app.logger.warning("could not keep a failed delivery: %s", exc)
     return handle_http_exception(error)

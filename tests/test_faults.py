@@ -143,13 +143,17 @@ def _open_every_connection(app: Flask) -> None:
 
 
 def _until_taken(
-    client: FlaskClient, delivery: payloads.Delivery, within: float, every: float
+    client: FlaskClient,
+    delivery: payloads.Delivery,
+    within: float,
+    every: float,
+    taken: int = 200,
 ) -> list[int]:
-    """Post `delivery` every `every` s until it is taken (200) or `within` s have passed;
-    the answers' status codes."""
+    """Post `delivery` every `every` s until it is answered `taken` or `within` s have
+    passed; the answers' status codes."""
     started = time.monotonic()
     answers: list[int] = []
-    while time.monotonic() - started < within and 200 not in answers:
+    while time.monotonic() - started < within and taken not in answers:
         answers.append(post(client, *delivery).status_code)
         time.sleep(every)
     return answers
@@ -192,6 +196,11 @@ def test_during_an_outage_503_comes_fast_and_after_it_every_callback_is_taken(
             response = post(client, kind, payload)
             assert response.status_code == 503 and response.headers["Retry-After"]
             assert time.monotonic() - started < 2
+        # A refusal too: it cannot be kept, so it is retried (not dropped by a 422).
+        refused = payloads.status("m-refused", "no-such-status", "2020-01-01T15:00:00Z")
+        started = time.monotonic()
+        assert post(client, "status", refused).status_code == 503
+        assert time.monotonic() - started < 2
         assert client.get("/readyz").status_code == 503
 
         own_server.start()
@@ -237,5 +246,41 @@ def test_a_database_that_takes_no_writes_gets_503_and_once_it_does_every_callbac
         assert query(url, "SELECT status FROM dispatch WHERE dispatch_uuid = 'd-standby'") == [
             ("completed",)
         ]
+    finally:
+        get_db(app).close()
+
+
+def test_a_refusal_that_cannot_be_kept_is_503_so_that_its_retry_is_kept(
+    server_url: str,
+) -> None:
+    """Answered 4xx, Vonage drops a callback for good: only a kept refusal may be final."""
+    url = fresh_database(server_url)
+    migrations.migrate(url)
+    app = create_app({"database_url": url, "max_body_bytes": 4096})
+    refused = payloads.status("m-refused", "no-such-status", "2020-01-01T15:00:00Z")
+    not_json = payloads.status("m-not-json", "delivered", "2020-01-01T15:00:00Z")
+    try:
+        client = app.test_client()
+        set_read_only(server_url, url, True)
+        response = post(client, "status", refused)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        answer = response.get_json()
+        assert answer["code"] == 503
+        assert answer["message"].startswith("The callback is refused (422: ")
+        assert answer["errors"]["status"]  # why, for whoever reads it
+        # Not JSON either: the same, so that the retry is kept as not JSON.
+        assert post(client, "status", not_json, content_type="text/plain").status_code == 503
+        # Too large to read: nothing a retry could keep, so the refusal stands.
+        assert post(client, "status", b"x" * 5000).status_code == 413
+        assert query(url, "SELECT count(*) FROM rejected_callback") == [(0,)]
+
+        set_read_only(server_url, url, False)
+        answers = _until_taken(client, ("status", refused), within=5, every=0.05, taken=422)
+        assert answers[-1] == 422, f"the retry not refused 5 s after writes came back: {answers}"
+        assert post(client, "status", not_json, content_type="text/plain").status_code == 415
+        assert query(
+            url,
+            "SELECT reason, http_status FROM rejected_callback WHERE body IS NOT NULL ORDER BY id",
+        ) == [("schema_violation", 422), ("unsupported_media_type", 415)]
     finally:
         get_db(app).close()
