@@ -61,13 +61,18 @@ def authorization(settings: Settings, now: float) -> str:
     )
 
 
+# What to do with a workflow Vonage may have taken without saying so: sending
+# it again could send its messages twice.
+MAY_HAVE_BEEN_SENT = (
+    "the workflow may have been sent. Do not send it again until you know it was not:"
+    " its callbacks arriving (GET /workflows) would show it was."
+)
+
+
 def submit(request_body: Any, settings: Settings, extra: dict[str, str] | None = None) -> str:
     """Send a validated Dispatch request; returns Dispatch's dispatch_uuid."""
     status, answer = _post("/v0.1/dispatch", request_body, settings, "Dispatch", extra)
-    dispatch_uuid = answer.get("dispatch_uuid")
-    if status != 202 or not isinstance(dispatch_uuid, str) or not 1 <= len(dispatch_uuid) <= 50:
-        raise DispatchRefused(status, f"Dispatch answered {status} without a dispatch_uuid")
-    return dispatch_uuid
+    return _taken(status, answer.get("dispatch_uuid"), 50, "Dispatch", "dispatch_uuid")
 
 
 def submit_messages(
@@ -75,10 +80,17 @@ def submit_messages(
 ) -> str:
     """Send a validated Messages API failover request; returns its workflow_id."""
     status, answer = _post("/v1/messages", request_body, settings, "The Messages API", extra)
-    workflow_id = answer.get("workflow_id")
-    if status != 202 or not isinstance(workflow_id, str) or not 1 <= len(workflow_id) <= 200:
-        raise DispatchRefused(status, f"The Messages API answered {status} without a workflow_id")
-    return workflow_id
+    return _taken(status, answer.get("workflow_id"), 200, "The Messages API", "workflow_id")
+
+
+def _taken(status: int, ident: Any, longest: int, who: str, name: str) -> str:
+    """The id Vonage answered a workflow it took with; a 2xx without one may have been taken."""
+    if status == 202 and isinstance(ident, str) and 1 <= len(ident) <= longest:
+        return ident
+    detail = f"{who} answered {status} without a {name}"
+    if 200 <= status < 300:
+        detail += f": {MAY_HAVE_BEEN_SENT}"
+    raise DispatchRefused(status, detail)
 
 
 def is_vonage(settings: Settings) -> bool:
@@ -116,9 +128,7 @@ def _post(
     except OSError as error:  # TimeoutError, a connection closed while answering
         # The request was sent and no answer came back: it may have been taken.
         raise DispatchUnanswered(
-            f"{who} did not answer ({error or type(error).__name__}): the workflow may have"
-            " been sent. Do not send it again until you know it was not: its callbacks"
-            " arriving (GET /workflows) would show it was."
+            f"{who} did not answer ({error or type(error).__name__}): {MAY_HAVE_BEEN_SENT}"
         ) from None
     try:
         document = json.loads(raw)

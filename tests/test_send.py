@@ -41,6 +41,8 @@ class StandIn:
         self.received: list[tuple[str, Any]] = []
         self.scenarios: list[str | None] = []
         self.refuse_with: int | None = None
+        # Dispatch's answer to a workflow it takes (its body), when not a fresh uuid.
+        self.accept_with: dict[str, Any] | None = None
         # Run once Vonage has accepted a workflow, before the answer goes back.
         self.before_answer: Callable[[], None] | None = None
         stand_in = self
@@ -61,7 +63,10 @@ class StandIn:
                     return self._answer(202, answer)
                 if stand_in.before_answer is not None:
                     stand_in.before_answer()
-                self._answer(202, {"dispatch_uuid": str(uuid.uuid4())})
+                accepted = stand_in.accept_with
+                if accepted is None:
+                    accepted = {"dispatch_uuid": str(uuid.uuid4())}
+                self._answer(202, accepted)
 
             def _answer(self, code: int, document: Any) -> None:
                 raw = json.dumps(document).encode()
@@ -185,6 +190,25 @@ def test_unreachable_dispatch_is_a_502(clean_db: str) -> None:
         response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
         assert response.status_code == 502
         assert "could not be reached" in response.json["message"]  # type: ignore[index]
+    finally:
+        get_db(app).close()
+
+
+@pytest.mark.parametrize("answer", [{}, {"dispatch_uuid": ""}, {"dispatch_uuid": 7}])
+def test_an_accepted_workflow_without_its_id_is_a_502_that_says_it_may_have_been_sent(
+    clean_db: str, dispatch_api: StandIn, answer: dict[str, Any]
+) -> None:
+    # Dispatch answered 202, so it took the workflow: unlike a refusal, not one to resend.
+    dispatch_api.accept_with = answer
+    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
+    try:
+        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
+        assert response.status_code == 502
+        assert response.json is not None
+        assert response.json["errors"] == {"dispatch_status": 202}
+        assert response.json["message"].startswith("Dispatch answered 202 without a dispatch_uuid")
+        assert "may have been sent. Do not send it again" in response.json["message"]
+        assert len(dispatch_api.received) == 1
     finally:
         get_db(app).close()
 
