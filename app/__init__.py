@@ -51,4 +51,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(workflow_api.bp)
     app.register_blueprint(dashboard.bp)
+    from app import webhooks_fast
+
+    webhooks_fast.install(app)
     return app

@@ -71,13 +71,13 @@ def init_app(app: Flask, settings: Settings) -> None:
         )
 
 
-def get_credentials() -> Credentials:
-    credentials: Credentials = current_app.extensions[_CREDENTIALS]
+def get_credentials(app: Flask | None = None) -> Credentials:
+    credentials: Credentials = (app or current_app).extensions[_CREDENTIALS]
     return credentials
 
 
-def get_settings() -> Settings:
-    settings: Settings = current_app.extensions[_SETTINGS]
+def get_settings(app: Flask | None = None) -> Settings:
+    settings: Settings = (app or current_app).extensions[_SETTINGS]
     return settings
 
 
@@ -93,13 +93,14 @@ def get_applier(app: Flask | None = None) -> BackgroundApplier | None:
     return applier
 
 
-def capture_delivery(delivery: Delivery) -> Receipt:
+def capture_delivery(delivery: Delivery, app: Flask | None = None) -> Receipt:
     """Store a checked delivery (sharing a commit when on), then wake the applier."""
-    commits: GroupCommit | None = current_app.extensions[_COMMITS]
+    extensions = (app or current_app).extensions
+    commits: GroupCommit | None = extensions[_COMMITS]
     if commits is not None:
         return commits.capture(delivery)  # wakes the applier itself
-    receipt = capture(get_db(), delivery)
-    on_accepted: OnAccepted | None = current_app.extensions[_ON_ACCEPTED]
+    receipt = capture(extensions[_DB], delivery)
+    on_accepted: OnAccepted | None = extensions[_ON_ACCEPTED]
     if receipt.outcome == "accepted" and on_accepted is not None:
         on_accepted([(receipt.callback_id, delivery.callback.event)])
     return receipt

@@ -50,6 +50,8 @@ class Rejection(Exception):
     # The bearer token a refused delivery came with, kept so that
     # `reprocess-rejects` can verify it again after a secret is fixed.
     token: str | None = None
+    # Refused after it proved it comes from Vonage (a valid signature): kept whatever the budget.
+    proven: bool = False
 
     def __str__(self) -> str:
         return f"{self.http_status} {self.reason}: {self.message}"

@@ -50,11 +50,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def _assign_request_id() -> None:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
+def request_id(given: str | None) -> str:
+    """The id of a request that came with `given` in its X-Request-Id header."""
     # A caller's id is kept if it is plain; anything else is replaced, so
     # that nobody can write arbitrary text into the logs through it.
-    g.request_id = given if _VALID_ID.match(given) else str(uuid.uuid4())
+    return given if given and _VALID_ID.match(given) else str(uuid.uuid4())
+
+
+def _assign_request_id() -> None:
+    g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
 
 
 def _echo_request_id(response: Response) -> Response:

@@ -121,8 +121,13 @@ def _start() -> None:
 def _finish(response: Response) -> Response:
     started = g.get("metrics_started")
     if started is not None:
-        LATENCY.labels(request.endpoint or "unrouted").observe(time.perf_counter() - started)
+        observe_latency(request.endpoint, started)
     return response
+
+
+def observe_latency(endpoint: str | None, started: float) -> None:
+    """Count a request to `endpoint` that started at `started` (time.perf_counter)."""
+    LATENCY.labels(endpoint or "unrouted").observe(time.perf_counter() - started)
 
 
 def observe_pool(stats: dict[str, Any]) -> None:

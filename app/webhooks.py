@@ -11,12 +11,12 @@ import time
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
 
 from app import intake, metrics, rejects
-from app.auth import AuthFailure, Method, Unsigned, authenticate, bearer_token
-from app.capture import Delivery
+from app.auth import AuthFailure, Credentials, Method, Unsigned, authenticate, bearer_token
+from app.capture import Delivery, Receipt
 from app.db import DatabaseUnavailable
 from app.errors import ApiError, handle_http_exception
 from app.extensions import capture_delivery, get_credentials, get_db, get_settings
@@ -24,8 +24,11 @@ from app.intake import Callback, CallbackKind, Reason, Rejection
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
+# Where app.webhooks_fast leaves the error of a capture it tried, for the view to answer.
+CAPTURE_FAILED = "dispatch_ledger.capture_failed"
+
 # Each URL's hint: the kind a body of neither shape is checked against.
-_HINTS = {
+HINTS = {
     "webhooks.status": CallbackKind.MESSAGE_STATUS,
     "webhooks.message_status": CallbackKind.MESSAGE_STATUS,
     "webhooks.final_report": CallbackKind.FINAL_REPORT,
@@ -51,14 +54,48 @@ def final_report() -> Response:
 
 
 def _receive() -> Response:
-    callback = _load(_HINTS[request.endpoint or ""])
-    receipt = capture_delivery(Delivery(callback, _ctype(), _now()))
+    callback = _load(HINTS[request.endpoint or ""])
+    failed = request.environ.pop(CAPTURE_FAILED, None)
+    if failed is not None:
+        # The fast way checked it too, and storing it failed there: answered
+        # here like any failure (503 for the database, 500 and kept for a bug).
+        raise failed
+    receipt = capture_delivery(Delivery(callback, _ctype(), now()))
+    return Response(answer(callback, receipt), mimetype="application/json")
+
+
+def check(
+    hint: CallbackKind,
+    body: bytes,
+    authorization: str | None,
+    content_type: str | None,
+    credentials: Credentials,
+    max_depth: int,
+) -> tuple[Method, Callback]:
+    """Authenticity, media type, JSON and schema, in that order, for a body read whole and
+    within the size limit: how it proved its origin, and the callback.
+
+    Raises AuthFailure or Unsigned for authenticity, else a Rejection (its
+    `proven` set when the delivery had proved it comes from Vonage).
+    """
+    method = authenticate(authorization, body, time.time(), credentials)
+    try:
+        intake.check_media_type(content_type)
+        return method, intake.read(hint, body, max_depth)
+    except Rejection as rejection:
+        rejection.proven = method != "none"
+        raise
+
+
+def answer(callback: Callback, receipt: Receipt) -> bytes:
+    """The body of the answer to a stored callback (counted here: every stored one is answered)."""
     kind = callback.kind.value
     metrics.CALLBACKS.labels(metrics.api_of(kind), kind, receipt.outcome).inc()
-    return jsonify(status=receipt.outcome, callback_id=receipt.callback_id)
+    # As Flask's jsonify writes it, for either way in.
+    return b'{"status":"%s","callback_id":%d}\n' % (receipt.outcome.encode(), receipt.callback_id)
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -84,10 +121,10 @@ def _load(hint: CallbackKind) -> Callback:
             # least this large, and not kept.
             body = None
             raise intake.too_large(settings.max_body_bytes)
+        method, callback = _check(hint, body, settings.max_json_depth)
         # Kept on g: the 500 handler needs it too, for a failure after this point.
-        g.callback_proven = _authenticate(body) != "none"
-        intake.check_media_type(_ctype())
-        return intake.read(hint, body, settings.max_json_depth)
+        g.callback_proven = method != "none"
+        return callback
     except Rejection as rejection:
         _refuse(hint, body, size, rejection)
 
@@ -130,10 +167,10 @@ def _headers(rejection: Rejection) -> dict[str, str] | None:
     return None
 
 
-def _authenticate(body: bytes) -> Method:
+def _check(hint: CallbackKind, body: bytes, max_depth: int) -> tuple[Method, Callback]:
     header = request.headers.get("Authorization")
     try:
-        return authenticate(header, body, time.time(), get_credentials())
+        return check(hint, body, header, _ctype(), get_credentials(), max_depth)
     except Unsigned as failure:
         # Vonage's own fallback on an internal error: a 5xx makes it retry.
         current_app.logger.warning("an unsigned callback: answered 503 so that it is retried")
@@ -164,10 +201,10 @@ def _keep(hint: CallbackKind, body: bytes | None, size: int | None, rejection: R
             size,
             _ctype(),
             rejection,
-            _now(),
+            now(),
             budget_bytes=settings.rejects_kept_bytes_per_hour,
             # A delivery that proved it is Vonage's is kept whatever the budget.
-            always_keep=bool(g.get("callback_proven")),
+            always_keep=rejection.proven or bool(g.get("callback_proven")),
         )
     except DatabaseUnavailable:
         raise  # the caller decides: a retry may keep it
@@ -190,7 +227,7 @@ def _keep(hint: CallbackKind, body: bytes | None, size: int | None, rejection: R
 @bp.errorhandler(InternalServerError)
 def keep_failed_delivery(error: InternalServerError) -> Response:
     """Keep the body of a delivery the service failed on, so that a fix can replay it."""
-    hint = _HINTS.get(request.endpoint or "")
+    hint = HINTS.get(request.endpoint or "")
     if hint is not None:
         body = request.get_data(cache=True)
         try:

@@ -117,6 +117,25 @@ def test_samples_go_in_over_http_and_come_out_of_the_read_api(server: Server) ->
     )
 
 
+def test_a_chunked_callback_is_taken(server: Server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        body = json.dumps(payloads.status("m-chunked", "delivered", "2020-01-01T15:00:00Z"))
+        chunks = (part.encode() for part in (body[:20], body[20:]))  # no Content-Length
+        conn.request(
+            "POST",
+            "/webhooks/status",
+            body=chunks,
+            headers={"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        response = conn.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["status"] == "accepted"
+    finally:
+        conn.close()
+
+
 def test_a_chunked_body_over_the_limit_is_refused(server: Server) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
