@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -117,41 +117,30 @@ def test_samples_go_in_over_http_and_come_out_of_the_read_api(server: Server) ->
     )
 
 
-def test_a_chunked_callback_is_taken(server: Server) -> None:
+def _post_chunked(server: Server, path: str, chunks: Iterable[bytes]) -> tuple[int, Any]:
+    """POST a JSON body in chunks, without a Content-Length; the status and answer."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        body = json.dumps(payloads.status("m-chunked", "delivered", "2020-01-01T15:00:00Z"))
-        chunks = (part.encode() for part in (body[:20], body[20:]))  # no Content-Length
-        conn.request(
-            "POST",
-            "/webhooks/status",
-            body=chunks,
-            headers={"Content-Type": "application/json"},
-            encode_chunked=True,
-        )
+        headers = {"Content-Type": "application/json"}
+        conn.request("POST", path, body=chunks, headers=headers, encode_chunked=True)
         response = conn.getresponse()
-        assert response.status == 200
-        assert json.loads(response.read())["status"] == "accepted"
+        return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+def test_a_chunked_callback_is_taken(server: Server) -> None:
+    body = json.dumps(payloads.status("m-chunked", "delivered", "2020-01-01T15:00:00Z"))
+    code, answer = _post_chunked(
+        server, "/webhooks/status", [body[:20].encode(), body[20:].encode()]
+    )
+    assert (code, answer["status"]) == (200, "accepted")
 
 
 def test_a_chunked_body_over_the_limit_is_refused(server: Server) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        chunks = (b"x" * 65536 for _ in range(8))  # 512 KiB, no Content-Length
-        conn.request(
-            "POST",
-            "/webhooks/message-status",
-            body=chunks,
-            headers={"Content-Type": "application/json"},
-            encode_chunked=True,
-        )
-        response = conn.getresponse()
-        assert response.status == 413
-        assert json.loads(response.read())["code"] == 413
-    finally:
-        conn.close()
+    chunks = (b"x" * 65536 for _ in range(8))  # 512 KiB
+    code, answer = _post_chunked(server, "/webhooks/message-status", chunks)
+    assert (code, answer["code"]) == (413, 413)
     with psycopg.connect(database_url(server)) as db:
         kept = db.execute(
             "SELECT body IS NULL, body_size FROM rejected_callback WHERE reason = 'too_large'"
