@@ -226,7 +226,9 @@ def test_flasks_request_hooks_are_the_ones_the_fast_way_does_itself(
         "_echo_request_id",
         "_finish",
     ]
+    # None for the webhooks blueprint either (the dashboard's are its own).
     assert list(app.before_request_funcs) == [None, "dashboard"]
+    assert list(app.after_request_funcs) == [None]
     assert app.teardown_request_funcs == {}
     assert app.url_value_preprocessors == {}
     deployed = create_app({"database_url": clean_db})
