@@ -156,7 +156,14 @@ def _refuse(
             raise ApiError(503, message, rejection.errors, retry) from None
         # Nothing a retry would add (no body to keep, or already retried).
         current_app.logger.warning("could not keep a refused callback: %s", exc)
+    _count_refused(hint, rejection)  # only once it is the answer: a retried one is not yet
     raise ApiError.from_rejection(rejection, _headers(rejection)) from None
+
+
+def _count_refused(hint: CallbackKind, rejection: Rejection) -> None:
+    # Which API a refused body came from is not known (it may not even parse).
+    metrics.CALLBACKS.labels("unknown", hint.value, "rejected").inc()
+    metrics.REJECTS.labels(rejection.reason.value).inc()
 
 
 def _headers(rejection: Rejection) -> dict[str, str] | None:
@@ -185,9 +192,6 @@ def _check(hint: CallbackKind, body: bytes, max_depth: int) -> tuple[Method, Cal
 
 def _keep(hint: CallbackKind, body: bytes | None, size: int | None, rejection: Rejection) -> None:
     """Keep a refused delivery, best effort: only a database that cannot take it raises."""
-    # Which API a refused body came from is not known (it may not even parse).
-    metrics.CALLBACKS.labels("unknown", hint.value, "rejected").inc()
-    metrics.REJECTS.labels(rejection.reason.value).inc()
     # The reason only: bodies and credentials stay out of the logs.
     current_app.logger.info(
         "refused a callback: %s (%d)", rejection.reason.value, rejection.http_status
@@ -230,8 +234,10 @@ def keep_failed_delivery(error: InternalServerError) -> Response:
     hint = HINTS.get(request.endpoint or "")
     if hint is not None:
         body = request.get_data(cache=True)
+        failure = rejects.internal_error()
+        _count_refused(hint, failure)
         try:
-            _keep(hint, body, len(body), rejects.internal_error())
+            _keep(hint, body, len(body), failure)
         except DatabaseUnavailable as exc:
             # Answered 500 all the same: Vonage retries it.
             current_app.logger.warning("could not keep a failed delivery: %s", exc)

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from app import create_app, migrations
 from app.config import Settings
@@ -259,6 +260,12 @@ def test_a_refusal_that_cannot_be_kept_is_503_so_that_its_retry_is_kept(
     app = create_app({"database_url": url, "max_body_bytes": 4096})
     refused = payloads.status("m-refused", "no-such-status", "2020-01-01T15:00:00Z")
     not_json = payloads.status("m-not-json", "delivered", "2020-01-01T15:00:00Z")
+
+    def refusals(reason: str) -> float:
+        found = REGISTRY.get_sample_value("dispatch_ledger_rejects_total", {"reason": reason})
+        return found or 0.0
+
+    before = refusals("schema_violation")
     try:
         client = app.test_client()
         set_read_only(server_url, url, True)
@@ -273,10 +280,12 @@ def test_a_refusal_that_cannot_be_kept_is_503_so_that_its_retry_is_kept(
         # Too large to read: nothing a retry could keep, so the refusal stands.
         assert post(client, "status", b"x" * 5000).status_code == 413
         assert query(url, "SELECT count(*) FROM rejected_callback") == [(0,)]
+        assert refusals("schema_violation") == before  # not refused yet: to be retried
 
         set_read_only(server_url, url, False)
         answers = _until_taken(client, ("status", refused), within=5, every=0.05, taken=422)
         assert answers[-1] == 422, f"the retry not refused 5 s after writes came back: {answers}"
+        assert refusals("schema_violation") == before + 1
         assert post(client, "status", not_json, content_type="text/plain").status_code == 415
         assert query(
             url,
