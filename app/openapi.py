@@ -66,7 +66,8 @@ _ERRORS = {
     413: "Body too large",
     415: "Not application/json",
     422: "Does not match the Dispatch API reference",
-    502: "Dispatch refused the request, or could not be reached",
+    502: "Dispatch refused the request or could not be reached (nothing sent), or answered"
+    " 2xx without the workflow's id (it may have been sent: see the message)",
     503: "Database unavailable (a callback it would refuse too: it cannot be kept now), or a"
     " callback came unsigned while signatures are required; retry after Retry-After seconds"
     " (Vonage does)",
