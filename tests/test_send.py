@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
+from werkzeug.test import TestResponse
 
 from app import create_app, migrations
 from app.cli import main
@@ -27,6 +28,8 @@ from tests.conftest import OwnServer, fresh_database, query, set_read_only
 
 TOKEN = "an-api-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# Dispatch credentials the stand-in takes (Basic).
+BASIC = {"dispatch_api_key": "key", "dispatch_api_secret": "secret"}
 REQUEST = payloads.fixture("dispatch_request_failover.json")
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PEM = KEY.private_bytes(
@@ -101,16 +104,25 @@ def dispatch_api() -> Iterator[StandIn]:
     stand_in.server.server_close()
 
 
-def sender(clean_db: str, url: str, **credentials: str) -> Flask:
+def sender(clean_db: str, url: str, **credentials: Any) -> Flask:
     return create_app(
         {"database_url": clean_db, "api_token": TOKEN, "dispatch_api_url": url, **credentials}
     )
 
 
+def send_once(database_url: str, url: str, **settings: Any) -> TestResponse:
+    """POST the request once to a service sending to `url`; its answer."""
+    app = sender(database_url, url, **settings)
+    try:
+        return app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
+    finally:
+        get_db(app).close()
+
+
 @pytest.mark.parametrize(
     "credentials",
     [
-        {"dispatch_api_key": "key", "dispatch_api_secret": "secret"},
+        BASIC,
         {"dispatch_application_id": "app-1", "dispatch_private_key": PEM},
     ],
     ids=["basic", "jwt"],
@@ -145,20 +157,17 @@ def test_the_private_key_may_be_a_file(
 ) -> None:
     key_file = tmp_path / "private.key"
     key_file.write_text(PEM)
-    app = sender(
+    response = send_once(
         clean_db,
         dispatch_api.url,
         dispatch_application_id="app-1",
         dispatch_private_key=str(key_file),
     )
-    try:
-        assert app.test_client().post("/workflows", json=REQUEST, headers=AUTH).status_code == 202
-    finally:
-        get_db(app).close()
+    assert response.status_code == 202
 
 
 def test_an_invalid_workflow_is_never_sent(clean_db: str, dispatch_api: StandIn) -> None:
-    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
+    app = sender(clean_db, dispatch_api.url, **BASIC)
     try:
         bad = {**REQUEST, "workflow": REQUEST["workflow"][:1]}  # a lone message with a failover
         response = app.test_client().post("/workflows", json=bad, headers=AUTH)
@@ -173,25 +182,17 @@ def test_a_refusal_by_dispatch_is_a_502_and_nothing_is_recorded(
     clean_db: str, dispatch_api: StandIn, refusal: int
 ) -> None:
     dispatch_api.refuse_with = refusal
-    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
-    try:
-        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
-        assert response.status_code == 502
-        assert response.json["errors"] == {"dispatch_status": refusal}  # type: ignore[index]
-        assert f"Dispatch answered {refusal}" in response.json["message"]  # type: ignore[index]
-        assert query(clean_db, "SELECT count(*) FROM workflow_definition") == [(0,)]
-    finally:
-        get_db(app).close()
+    response = send_once(clean_db, dispatch_api.url, **BASIC)
+    assert response.status_code == 502
+    assert response.json["errors"] == {"dispatch_status": refusal}  # type: ignore[index]
+    assert f"Dispatch answered {refusal}" in response.json["message"]  # type: ignore[index]
+    assert query(clean_db, "SELECT count(*) FROM workflow_definition") == [(0,)]
 
 
 def test_unreachable_dispatch_is_a_502(clean_db: str) -> None:
-    app = sender(clean_db, "http://127.0.0.1:9", dispatch_api_key="key", dispatch_api_secret="s")
-    try:
-        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
-        assert response.status_code == 502
-        assert "could not be reached" in response.json["message"]  # type: ignore[index]
-    finally:
-        get_db(app).close()
+    response = send_once(clean_db, "http://127.0.0.1:9", **BASIC)
+    assert response.status_code == 502
+    assert "could not be reached" in response.json["message"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("answer", [{}, {"dispatch_uuid": ""}, {"dispatch_uuid": 7}])
@@ -200,17 +201,13 @@ def test_an_accepted_workflow_without_its_id_is_a_502_that_says_it_may_have_been
 ) -> None:
     # Dispatch answered 202, so it took the workflow: unlike a refusal, not one to resend.
     dispatch_api.accept_with = answer
-    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
-    try:
-        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
-        assert response.status_code == 502
-        assert response.json is not None
-        assert response.json["errors"] == {"dispatch_status": 202}
-        assert response.json["message"].startswith("Dispatch answered 202 without a dispatch_uuid")
-        assert "may have been sent. Do not send it again" in response.json["message"]
-        assert len(dispatch_api.received) == 1
-    finally:
-        get_db(app).close()
+    response = send_once(clean_db, dispatch_api.url, **BASIC)
+    assert response.status_code == 502
+    assert response.json is not None
+    assert response.json["errors"] == {"dispatch_status": 202}
+    assert response.json["message"].startswith("Dispatch answered 202 without a dispatch_uuid")
+    assert "may have been sent. Do not send it again" in response.json["message"]
+    assert len(dispatch_api.received) == 1
 
 
 def _hang_up() -> None:
@@ -226,40 +223,25 @@ def test_no_answer_from_dispatch_is_a_504_that_says_it_may_have_been_sent(
     # Unlike a refused connection (502, nothing sent), the request went out:
     # sending it again could send the messages twice.
     dispatch_api.before_answer = before_answer
-    app = sender(
-        clean_db,
-        dispatch_api.url,
-        dispatch_api_key="key",
-        dispatch_api_secret="secret",
-        dispatch_timeout_seconds=0.5,
-    )
-    try:
-        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
-        assert response.status_code == 504
-        assert response.json is not None
-        assert "may have been sent" in response.json["message"]
-        assert "Do not send it again" in response.json["message"]
-        assert len(dispatch_api.received) == 1
-        assert query(clean_db, "SELECT count(*) FROM workflow_definition") == [(0,)]
-    finally:
-        get_db(app).close()
+    response = send_once(clean_db, dispatch_api.url, **BASIC, dispatch_timeout_seconds=0.5)
+    assert response.status_code == 504
+    assert response.json is not None
+    assert "may have been sent" in response.json["message"]
+    assert "Do not send it again" in response.json["message"]
+    assert len(dispatch_api.received) == 1
+    assert query(clean_db, "SELECT count(*) FROM workflow_definition") == [(0,)]
 
 
 def test_sending_without_dispatch_credentials_says_what_to_set(clean_db: str) -> None:
-    app = sender(clean_db, "http://127.0.0.1:9")
-    try:
-        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
-        assert response.status_code == 503
-        assert "DISPATCH_API_KEY" in response.json["message"]  # type: ignore[index]
-    finally:
-        get_db(app).close()
+    response = send_once(clean_db, "http://127.0.0.1:9")
+    assert response.status_code == 503
+    assert "DISPATCH_API_KEY" in response.json["message"]  # type: ignore[index]
 
 
 def test_a_workflow_sent_but_not_recorded_is_202_and_says_not_to_send_it_again(
     own_server: OwnServer, dispatch_api: StandIn, tmp_path: Path
 ) -> None:
-    credentials = {"dispatch_api_key": "key", "dispatch_api_secret": "secret"}
-    app = sender(own_server.url, dispatch_api.url, **credentials)
+    app = sender(own_server.url, dispatch_api.url, **BASIC)
     # The database goes down while Vonage accepts the workflow.
     dispatch_api.before_answer = own_server.stop
     try:
@@ -309,13 +291,9 @@ def test_a_database_that_takes_no_writes_sends_nothing(
     url = fresh_database(server_url)
     migrations.migrate(url)
     set_read_only(server_url, url, True)
-    app = sender(url, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
-    try:
-        response = app.test_client().post("/workflows", json=REQUEST, headers=AUTH)
-        assert response.status_code == 503 and response.headers["Retry-After"]
-        assert dispatch_api.received == []
-    finally:
-        get_db(app).close()
+    response = send_once(url, dispatch_api.url, **BASIC)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert dispatch_api.received == []
 
 
 def test_the_send_command(clean_db: str, dispatch_api: StandIn, tmp_path: Path) -> None:
@@ -375,16 +353,14 @@ def test_a_scenario_header_reaches_the_stand_in_and_never_vonage(
 ) -> None:
     scenario = '{"channels": {"messenger": "fails"}}'
     headers = {**AUTH, "X-Emulator-Scenario": scenario}
-    app = sender(clean_db, dispatch_api.url, dispatch_api_key="key", dispatch_api_secret="secret")
+    app = sender(clean_db, dispatch_api.url, **BASIC)
     try:
         sent = app.test_client().post("/workflows", json=REQUEST, headers=headers)
         assert sent.status_code == 202, sent.json
         assert dispatch_api.scenarios == [scenario]
     finally:
         get_db(app).close()
-    real = sender(
-        clean_db, "https://api.nexmo.com", dispatch_api_key="key", dispatch_api_secret="secret"
-    )
+    real = sender(clean_db, "https://api.nexmo.com", **BASIC)
     try:
         refused = real.test_client().post("/workflows", json=REQUEST, headers=headers)
         assert refused.status_code == 400
