@@ -57,7 +57,9 @@ def _migrated_url(settings: Settings) -> str:
 @contextmanager
 def _database(settings: Settings) -> Iterator[Database]:
     """The configured (or embedded) database, with its schema, closed when the command is done."""
-    db = Database(_migrated_url(settings), settings)
+    command = click.get_current_context(silent=True)
+    role = command.info_name if command is not None and command.info_name else "command"
+    db = Database(_migrated_url(settings), settings, role)
     try:
         yield db
     finally:

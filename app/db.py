@@ -53,8 +53,13 @@ RENEW_SESSIONS_EVERY_SECONDS = 1.0
 class Database:
     """A pool per worker process, opened lazily after the server forks."""
 
-    def __init__(self, conninfo: str, settings: Settings) -> None:
+    def __init__(self, conninfo: str, settings: Settings, role: str = "web") -> None:
         self._conninfo = conninfo
+        # Who each session is, in pg_stat_activity and PostgreSQL's log (`%a`): the web
+        # processes, or the command (`apply` beside them). An application_name in
+        # DATABASE_URL is the operator's choice and wins.
+        named = "application_name" in psycopg.conninfo.conninfo_to_dict(conninfo)
+        self._application_name = None if named else f"dispatch-ledger {role}"
         self._settings = settings
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
@@ -84,7 +89,15 @@ class Database:
                     connection_class=Connection,
                     # A database that does not answer a connection attempt must
                     # not hold the pool's workers for the kernel's minutes.
-                    kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
+                    kwargs={
+                        "row_factory": dict_row,
+                        "connect_timeout": CONNECT_TIMEOUT,
+                        **(
+                            {"application_name": self._application_name}
+                            if self._application_name
+                            else {}
+                        ),
+                    },
                     min_size=self._settings.db_pool_min_size,
                     max_size=self._settings.db_pool_max_size,
                     timeout=self._settings.db_pool_timeout,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from packaging.specifiers import SpecifierSet
+from psycopg.conninfo import make_conninfo
 
 from app.config import Settings
 from tests import payloads
@@ -81,7 +82,9 @@ def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_
     env = {
         # The platform puts the installed packages' scripts on PATH.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
-        "DATABASE_URL": url,
+        # An application_name the operator chose is kept (the service names its
+        # sessions only when DATABASE_URL does not).
+        "DATABASE_URL": make_conninfo(url, application_name="ledger-prod"),
         "PORT": str(port),
     }
     processes = procfile()
@@ -109,6 +112,12 @@ def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_
         )
         assert (code, answer["status"]) == (200, "accepted")
         assert query(url, "SELECT count(*) FROM raw_callback") == [(1,)]
+        sessions = query(
+            url,
+            "SELECT DISTINCT application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        assert sessions == [("ledger-prod",)]
     finally:
         # The platform's stop: SIGTERM, then SIGKILL after 30 s.
         web.send_signal(signal.SIGTERM)

@@ -207,6 +207,23 @@ def test_one_applier_runs_beside_the_workers_at_the_lowest_cpu_priority(server: 
     assert time.monotonic() - captured < MAX_LAG
 
 
+def test_each_database_session_says_which_process_it_serves(server: Server) -> None:
+    # After a callback is taken and applied, the workers (the one that took it, at
+    # least) and the applier beside them have sessions open, named for an operator.
+    status = payloads.status("named-m", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-n")
+    assert server.post_json("/webhooks/message-status", status)[0] == 200
+    assert server.request("GET", "/messages/named-m?wait=10")[2]["pending_callbacks"] == 0
+    with psycopg.connect(database_url(server), application_name="test") as conn:
+        names = {
+            name
+            for (name,) in conn.execute(
+                "SELECT application_name FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        }
+    assert names == {"dispatch-ledger web", "dispatch-ledger apply"}
+
+
 def metric(server: Server, name: str, having: str = "") -> float:
     """A metric's value summed over its series (those whose labels include `having`),
     as whichever worker answers /metrics gives it."""
