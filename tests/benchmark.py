@@ -28,6 +28,10 @@ must be 0). Then sustained runs at fixed rates (10% and 70% of the
 receiver's; wrk sends on a fixed schedule, over four times the connections)
 sample the same lag, which should stay under 1 s, and read the service's
 captured-to-applied histogram.
+Each run also reports the longest time no connection got an answer and the
+slowest COMMIT PostgreSQL logged meanwhile (any session's): wrk corrects its
+percentiles for coordinated omission, so a single stall of the disk under
+the WAL, which every durable server waits for, moves p99 on its own.
 With --against COMMIT the service at that commit (a git worktree, on a
 database of its own migrated by that checkout) runs in every round too, so
 that a change is measured side by side with what it changes. Prints
@@ -38,6 +42,7 @@ machine, so nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import json
 import os
@@ -139,8 +144,14 @@ LUA = textwrap.dedent(
       return wrk.format("POST", "/webhooks/message-status", headers, status_body(d, m, s, n))
     end
 
+    -- Answers per 10 ms of wall-clock time (CLOCK_REALTIME: both threads agree),
+    -- merged in done() to find the longest time no connection got an answer.
+    answered = {}
     response = function(status, headers, body)
       if status >= 200 and status < 300 then ok = ok + 1 end
+      ffi.C.clock_gettime(0, clock)
+      local slot = math.floor(tonumber(clock.tv_sec) * 100 + tonumber(clock.tv_nsec) / 1e7)
+      answered[slot] = true
     end
 
     -- Called before each request of every connection: the wait until the
@@ -161,6 +172,20 @@ LUA = textwrap.dedent(
       local total = 0
       for _, thread in ipairs(threads) do total = total + thread:get("ok") end
       io.write(string.format("ACKNOWLEDGED %d\\n", total))
+      local slots, first, last = {}, nil, nil
+      for _, thread in ipairs(threads) do
+        for slot in pairs(thread:get("answered")) do
+          slots[slot] = true
+          if first == nil or slot < first then first = slot end
+          if last == nil or slot > last then last = slot end
+        end
+      end
+      local longest, run = 0, 0
+      for slot = first or 0, last or -1 do
+        if slots[slot] then run = 0 else run = run + 1 end
+        if run > longest then longest = run end
+      end
+      io.write(string.format("PAUSE %d\\n", longest * 10))
     end
     """
 )
@@ -230,6 +255,25 @@ class Result:
     server_cpu_ms: float = 0.0
     database_cpu_ms: float = 0.0
     wrk_cpu_ms: float = 0.0
+    pause_ms: int = 0  # see Load
+    slowest_commit_ms: float = 0.0  # any session's, during the run (see slowest_commit)
+    slowest_commit_by: str = ""
+
+    @classmethod
+    def of(cls, name: str, load: Load, pg_log: Path) -> Result:
+        commit_ms, by = slowest_commit(pg_log, load)
+        return cls(
+            name,
+            load.rps,
+            load.p50_ms,
+            load.p99_ms,
+            load.requests,
+            load.acknowledged,
+            load.non_2xx,
+            pause_ms=load.pause_ms,
+            slowest_commit_ms=commit_ms,
+            slowest_commit_by=by,
+        )
 
 
 def process_cpu(server_pid: int) -> dict[int, tuple[str, float]]:
@@ -325,6 +369,25 @@ def gunicorn(
     sys.exit(f"{target} did not start")
 
 
+@dataclass
+class Load:
+    """What wrk saw of one run."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    acknowledged: int
+    non_2xx: int
+    # The longest time in which no connection got an answer (10 ms steps). wrk corrects
+    # its percentiles for coordinated omission (each connection is counted as having
+    # sent at its usual pace while it waited), so one pause of a few hundred ms adds
+    # hundreds of slow samples: enough on its own to move p99 past 50 ms.
+    pause_ms: int
+    started: float  # wall-clock time (s) the run began and ended, to match PostgreSQL's log
+    ended: float
+
+
 def run_wrk(
     wrk: str,
     port: int,
@@ -333,8 +396,9 @@ def run_wrk(
     run_id: str,
     lua: Path,
     rate: float = 0.0,
-) -> tuple[float, float, float, int, int, int]:
+) -> Load:
     """Load a server; `rate` > 0 asks for that many requests a second in all, on a schedule."""
+    started = time.time()
     output = subprocess.run(
         [
             wrk,
@@ -353,6 +417,7 @@ def run_wrk(
         capture_output=True,
         text=True,
     ).stdout
+    ended = time.time()
 
     def latency(label: str) -> float:
         match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
@@ -360,28 +425,62 @@ def run_wrk(
         value, unit = float(match[1]), match[2]
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
-    requests = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
+    def number(pattern: str) -> str:
+        match = re.search(pattern, output)
+        assert match, output
+        return match[1]
+
     non_2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    acknowledged = int(re.search(r"ACKNOWLEDGED (\d+)", output)[1])  # type: ignore[index]
-    return (
-        rps,
-        latency("50"),
-        latency("99"),
-        requests,
-        acknowledged,
-        int(non_2xx_match[1]) if non_2xx_match else 0,
+    return Load(
+        rps=float(number(r"Requests/sec:\s+([\d.]+)")),
+        p50_ms=latency("50"),
+        p99_ms=latency("99"),
+        requests=int(number(r"(\d+) requests in")),
+        acknowledged=int(number(r"ACKNOWLEDGED (\d+)")),
+        non_2xx=int(non_2xx_match[1]) if non_2xx_match else 0,
+        pause_ms=int(number(r"PAUSE (\d+)")),
+        started=started,
+        ended=ended,
     )
 
 
+# PostgreSQL logs statements slower than this (set for the benchmark's own server).
+SLOW_MS = 50
+SLOW_COMMIT = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] (.*?) ?LOG:  duration: ([\d.]+) ms"
+    r"  (?:statement|execute [^:]*): COMMIT$",
+    re.MULTILINE,
+)
+
+
+def slowest_commit(pg_log: Path, load: Load) -> tuple[float, str]:
+    """The slowest COMMIT of any session during a run, in ms (0: none over SLOW_MS), and
+    whose it was (its application_name: the service names its sessions).
+
+    A COMMIT waits for its WAL to reach the disk; when the disk stalls, every commit
+    of every server on it waits, and no durable receiver can answer."""
+    slowest, whose = 0.0, ""
+    for stamp, name, ms in SLOW_COMMIT.findall(pg_log.read_text(errors="replace")):
+        at = datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.UTC).timestamp()
+        if load.started <= at <= load.ended + 1 and float(ms) > slowest:
+            # PostgreSQL writes "[unknown]" for a session that set no name (a receiver's).
+            unnamed = name in ("", "[unknown]")
+            slowest, whose = float(ms), "" if unnamed else name.removeprefix("dispatch-ledger ")
+    return slowest, whose
+
+
 @functools.cache
-def _waiting(url: str) -> str:
-    """Which raw callbacks are not applied yet, as a condition on raw_callback, in the
-    database's layout: queued (0013 on), or applied_at NULL (an --against checkout before).
-    Asked once per database: the lag sampler needs it four times a second under load."""
+def _queued(url: str) -> bool:
+    """Whether the database has the apply queue (0013 on); an --against checkout from before
+    marks a waiting callback with applied_at NULL instead. Asked once per database."""
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT to_regclass('apply_queue') IS NOT NULL").fetchone()
-    if row is not None and row[0]:
+    return row is not None and bool(row[0])
+
+
+def _waiting(url: str) -> str:
+    """Which raw callbacks are not applied yet, as a condition on raw_callback."""
+    if _queued(url):
         return "id IN (SELECT raw_callback_id FROM apply_queue)"
     return "applied_at IS NULL"
 
@@ -399,13 +498,23 @@ def stored(url: str, run_id: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def waiting_age(url: str) -> tuple[int, float]:
-    """Callbacks not applied yet, and the age in seconds of the oldest."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(received_at)), 0)"
-            f" FROM raw_callback WHERE {_waiting(url)}"
-        ).fetchone()
+def waiting_age(
+    url: str, conn: psycopg.Connection[tuple[object, ...]] | None = None
+) -> tuple[int, float]:
+    """Callbacks not applied yet, and the age in seconds of the oldest.
+
+    From the queue alone where there is one, as the service's own backlog query reads
+    it: joined to raw_callback, the count scanned the whole log, 40-110 ms a sample
+    (four a second) taken from the database the service was being measured on."""
+    source = "apply_queue" if _queued(url) else "raw_callback WHERE applied_at IS NULL"
+    query = (
+        f"SELECT count(*), coalesce(extract(epoch FROM now() - min(received_at)), 0) FROM {source}"
+    )
+    if conn is None:
+        with psycopg.connect(url, autocommit=True) as own:
+            row = own.execute(query).fetchone()
+    else:
+        row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0]), float(row[1])
 
@@ -457,9 +566,11 @@ class LagSampler:
 
     def _sample(self) -> None:
         assert self._url is not None
-        while not self._stop.is_set():
-            self.ages.append(waiting_age(self._url)[1])
-            self._stop.wait(0.25)
+        # One connection for all samples: a new one each time is a new server process.
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                self.ages.append(waiting_age(self._url, conn)[1])
+                self._stop.wait(0.25)
 
     @property
     def most(self) -> float | None:
@@ -479,10 +590,11 @@ class LagSampler:
 def drain(url: str, limit: float = 300.0) -> float:
     """Seconds until no callback waits to be applied."""
     started = time.monotonic()
-    while waiting_age(url)[0]:
-        if time.monotonic() - started > limit:
-            sys.exit("the appliers did not catch up in 5 minutes")
-        time.sleep(0.05)
+    with psycopg.connect(url, autocommit=True) as conn:
+        while waiting_age(url, conn)[0]:
+            if time.monotonic() - started > limit:
+                sys.exit("the appliers did not catch up in 5 minutes")
+            time.sleep(0.05)
     return time.monotonic() - started
 
 
@@ -511,6 +623,7 @@ def measure(
     args: argparse.Namespace,
     lua: Path,
     tag: str,
+    pg_log: Path,
 ) -> Result:
     port = free_port()
     if server.capture_only:
@@ -538,9 +651,7 @@ def measure(
         before = process_cpu(process.pid)
         wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with LagSampler(url if service else None) as lags:
-            rps, p50, p99, requests, acknowledged, non_2xx = run_wrk(
-                wrk, port, args.seconds, args.connections, run_id, lua
-            )
+            load = run_wrk(wrk, port, args.seconds, args.connections, run_id, lua)
         wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if server.capture_only:
             # The CPU of capturing alone; the applying runs after, elsewhere.
@@ -554,7 +665,8 @@ def measure(
     finally:
         process.terminate()
         process.wait(30)
-    result = Result(server.name, rps, p50, p99, requests, acknowledged, non_2xx)
+    result = Result.of(server.name, load, pg_log)
+    requests = load.requests
     wrk_seconds = (wrk_after.ru_utime + wrk_after.ru_stime) - (
         wrk_before.ru_utime + wrk_before.ru_stime
     )
@@ -567,8 +679,8 @@ def measure(
         # Every acknowledged callback must be stored and applied; more may be
         # stored than acknowledged (answered after wrk stopped counting).
         found, unapplied = stored(url, run_id)
-        result.lost = max(0, acknowledged - found) + unapplied
-        result.in_flight = max(0, found - acknowledged)
+        result.lost = max(0, load.acknowledged - found) + unapplied
+        result.in_flight = max(0, found - load.acknowledged)
         result.drain_seconds = drained
         result.lag_max = lags.most
     return result
@@ -581,6 +693,7 @@ def sustained(
     args: argparse.Namespace,
     lua: Path,
     rate: float,
+    pg_log: Path,
 ) -> tuple[Result, float, tuple[float, float, float]]:
     """The service at a fixed rate: the result, the applier's largest lag seen (s), and
     p50 and p99 of each callback's time from capture to apply (ms, from the service's
@@ -610,11 +723,17 @@ def sustained(
     finally:
         process.terminate()
         process.wait(30)
-    rps, p50, p99, requests, acknowledged, non_2xx = done
-    result = Result("the service, sustained", rps, p50, p99, requests, acknowledged, non_2xx)
+    result = Result.of("the service, sustained", done, pg_log)
     found, unapplied = stored(url, run_id)
-    result.lost = max(0, acknowledged - found) + unapplied
+    result.lost = max(0, done.acknowledged - found) + unapplied
     return result, sampled.most or 0.0, applied
+
+
+def _slow(result: Result) -> str:
+    """The slowest COMMIT, and whose if the service's or a receiver's (unnamed sessions)."""
+    if not result.slowest_commit_ms:
+        return f"<{SLOW_MS}"
+    return f"{result.slowest_commit_ms:.0f} ({result.slowest_commit_by or 'receiver'})"
 
 
 def _database_beside(url: str, name: str) -> str:
@@ -651,10 +770,17 @@ def main() -> None:
     (work / "receiver.py").write_text(RECEIVER_APP)
     url = embedded.start(work / "db")
     migrations.migrate(url)
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         setting = conn.execute("SHOW synchronous_commit").fetchone()
         conn.execute(RECEIVER_TABLE)
+        # Log slow statements, with times in UTC, to find the slow COMMITs of each run.
+        conn.execute(f"ALTER SYSTEM SET log_min_duration_statement = {SLOW_MS}")
+        conn.execute("ALTER SYSTEM SET log_timezone = 'UTC'")
+        conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %a '")
+        conn.execute("SELECT pg_reload_conf()")
     assert setting == ("on",), setting
+    pg_log = work / "db" / "pgdata" / "log"
+    assert pg_log.exists(), pg_log
     capture_url = _database_beside(url, "capture_alone")
     migrations.migrate(capture_url)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -704,7 +830,8 @@ def main() -> None:
         for n in range(args.rounds):
             tag = f"{n}x{int(time.time())}"
             found = [
-                measure(s, wrk, env, url, args, lua, f"{i}r{tag}") for i, s in enumerate(servers)
+                measure(s, wrk, env, url, args, lua, f"{i}r{tag}", pg_log)
+                for i, s in enumerate(servers)
             ]
             rounds.append(found)
     finally:
@@ -720,9 +847,10 @@ def main() -> None:
     print(
         "| round | server | callbacks/s | p50 ms | p99 ms | 2xx | non-2xx | lost"
         " | oldest unapplied during the load, at most (s) | applied all after (s)"
-        " | CPU ms/callback (gunicorn + PostgreSQL) |"
+        " | CPU ms/callback (gunicorn + PostgreSQL)"
+        " | longest pause in answers / slowest COMMIT (ms) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, found in enumerate(rounds, 1):
         for r in found:
             lost = "-" if r.lost is None else str(r.lost)
@@ -731,7 +859,8 @@ def main() -> None:
             print(
                 f"| {n} | {r.name} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
                 f" | {r.acknowledged:,} | {r.non_2xx} | {lost} | {lag} | {drained}"
-                f" | {r.server_cpu_ms:.2f} + {r.database_cpu_ms:.2f} |"
+                f" | {r.server_cpu_ms:.2f} + {r.database_cpu_ms:.2f}"
+                f" | {r.pause_ms} / {_slow(r)} |"
             )
     # Servers by their place in each round: [bare, sync, gthread, service, alone, against].
     receiver_rates = [max(found[1].rps, found[2].rps) for found in rounds]
@@ -768,12 +897,14 @@ def main() -> None:
     print()
     for share in () if args.no_sustained else (0.1, 0.7):
         rate = share * receiver_rate
-        held, lag, (p50, p99, worst) = sustained(wrk, env, url, args, lua, rate)
+        held, lag, (p50, p99, worst) = sustained(wrk, env, url, args, lua, rate, pg_log)
         held_runs.append(held)
         print(
             f"Sustained: asked {rate:,.0f}/s ({share:.0%} of the receiver's median), got"
             f" {held.rps:,.0f}/s ({held.rps / receiver_rate:.0%}), p50 {held.p50_ms:.1f} ms,"
-            f" p99 {held.p99_ms:.1f} ms; the oldest unapplied callback at most {lag:.2f} s old;"
+            f" p99 {held.p99_ms:.1f} ms (longest pause {held.pause_ms} ms, slowest COMMIT"
+            f" {_slow(held)} ms);"
+            f" the oldest unapplied callback at most {lag:.2f} s old;"
             f" captured to applied: p50 {p50:.0f} ms, p99 {p99:.0f} ms, all under {worst:.0f} ms;"
             f" lost {held.lost}."
         )
