@@ -58,8 +58,7 @@ class Database:
         # Who each session is, in pg_stat_activity and PostgreSQL's log (`%a`): the web
         # processes, or the command (`apply` beside them). An application_name in
         # DATABASE_URL is the operator's choice and wins.
-        named = "application_name" in psycopg.conninfo.conninfo_to_dict(conninfo)
-        self._application_name = None if named else f"dispatch-ledger {role}"
+        self._application_name = None if _names_itself(conninfo) else f"dispatch-ledger {role}"
         self._settings = settings
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
@@ -215,6 +214,15 @@ class Database:
                 self._pool.close()
             self._pool = None
             self._closed = True
+
+
+def _names_itself(conninfo: str) -> bool:
+    """Whether a conninfo sets application_name. One that cannot be parsed does not; the
+    connection attempt says what is wrong with it, as it always has."""
+    try:
+        return "application_name" in psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return False
 
 
 def _check_writable(conn: Connection) -> None:

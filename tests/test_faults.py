@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from app import create_app, migrations
 from app.config import Settings
+from app.db import Database, DatabaseUnavailable
 from app.extensions import get_db, get_settings
 from tests import payloads
 from tests.conftest import OwnServer, fresh_database, post, query, set_read_only, settle
@@ -293,3 +294,16 @@ def test_a_refusal_that_cannot_be_kept_is_503_so_that_its_retry_is_kept(
         ) == [("schema_violation", 422), ("unsupported_media_type", 415)]
     finally:
         get_db(app).close()
+
+
+def test_a_database_url_that_cannot_be_parsed_makes_the_database_unavailable_not_a_crash() -> None:
+    # The service names its sessions unless DATABASE_URL does (application_name); reading
+    # the URL for that must not turn a typo into a crash at start-up: it stays what it was,
+    # a database that cannot be reached (503 to Vonage, which retries).
+    url = "postgres:/missing-a-slash"
+    db = Database(url, Settings(database_url=url, db_pool_timeout=0.2))
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            db.run(lambda conn: conn.execute("SELECT 1"))
+    finally:
+        db.close()
