@@ -42,6 +42,7 @@ machine, so nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import json
@@ -239,14 +240,29 @@ RECEIVER_TABLE = (
 
 
 @dataclass
-class Result:
-    name: str
+class Load:
+    """What wrk saw of one run."""
+
     rps: float
     p50_ms: float
     p99_ms: float
     requests: int
     acknowledged: int
     non_2xx: int
+    # The longest time in which no connection got an answer (10 ms steps). wrk corrects
+    # its percentiles for coordinated omission (each connection is counted as having
+    # sent at its usual pace while it waited), so one pause of a few hundred ms adds
+    # hundreds of slow samples: enough on its own to move p99 past 50 ms.
+    pause_ms: int
+    started: float  # wall-clock time (s) the run began and ended, to match PostgreSQL's log
+    ended: float
+
+
+@dataclass
+class Result(Load):
+    """One server's run: what wrk saw, and what the benchmark found in the database."""
+
+    name: str
     lost: int | None = None
     in_flight: int | None = None  # stored, but answered after wrk stopped listening
     drain_seconds: float | None = None  # after the load, until every callback is applied
@@ -255,7 +271,6 @@ class Result:
     server_cpu_ms: float = 0.0
     database_cpu_ms: float = 0.0
     wrk_cpu_ms: float = 0.0
-    pause_ms: int = 0  # see Load
     slowest_commit_ms: float = 0.0  # any session's, during the run (see slowest_commit)
     slowest_commit_by: str = ""
 
@@ -263,14 +278,8 @@ class Result:
     def of(cls, name: str, load: Load, pg_log: Path) -> Result:
         commit_ms, by = slowest_commit(pg_log, load)
         return cls(
-            name,
-            load.rps,
-            load.p50_ms,
-            load.p99_ms,
-            load.requests,
-            load.acknowledged,
-            load.non_2xx,
-            pause_ms=load.pause_ms,
+            **dataclasses.asdict(load),
+            name=name,
             slowest_commit_ms=commit_ms,
             slowest_commit_by=by,
         )
@@ -367,25 +376,6 @@ def gunicorn(
             time.sleep(0.2)
     process.kill()
     sys.exit(f"{target} did not start")
-
-
-@dataclass
-class Load:
-    """What wrk saw of one run."""
-
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    acknowledged: int
-    non_2xx: int
-    # The longest time in which no connection got an answer (10 ms steps). wrk corrects
-    # its percentiles for coordinated omission (each connection is counted as having
-    # sent at its usual pace while it waited), so one pause of a few hundred ms adds
-    # hundreds of slow samples: enough on its own to move p99 past 50 ms.
-    pause_ms: int
-    started: float  # wall-clock time (s) the run began and ended, to match PostgreSQL's log
-    ended: float
 
 
 def run_wrk(
