@@ -29,9 +29,9 @@ receiver's; wrk sends on a fixed schedule, over four times the connections)
 sample the same lag, which should stay under 1 s, and read the service's
 captured-to-applied histogram.
 Each run also reports the longest time no connection got an answer and the
-slowest COMMIT PostgreSQL logged meanwhile (any session's): wrk corrects its
-percentiles for coordinated omission, so a single stall of the disk under
-the WAL, which every durable server waits for, moves p99 on its own.
+slowest commit of a probe committing every 20 ms on the same PostgreSQL: wrk
+corrects its percentiles for coordinated omission, so a single stall of the
+disk under the WAL, which every durable server waits for, moves p99 on its own.
 With --against COMMIT the service at that commit (a git worktree, on a
 database of its own migrated by that checkout) runs in every round too, so
 that a change is measured side by side with what it changes. Prints
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import json
 import os
@@ -254,8 +253,6 @@ class Load:
     # sent at its usual pace while it waited), so one pause of a few hundred ms adds
     # hundreds of slow samples: enough on its own to move p99 past 50 ms.
     pause_ms: int
-    started: float  # wall-clock time (s) the run began and ended, to match PostgreSQL's log
-    ended: float
 
 
 @dataclass
@@ -271,18 +268,11 @@ class Result(Load):
     server_cpu_ms: float = 0.0
     database_cpu_ms: float = 0.0
     wrk_cpu_ms: float = 0.0
-    slowest_commit_ms: float = 0.0  # any session's, during the run (see slowest_commit)
-    slowest_commit_by: str = ""
+    slowest_commit_ms: float = 0.0  # the commit probe's, during the run (see CommitProbe)
 
     @classmethod
-    def of(cls, name: str, load: Load, pg_log: Path) -> Result:
-        commit_ms, by = slowest_commit(pg_log, load)
-        return cls(
-            **dataclasses.asdict(load),
-            name=name,
-            slowest_commit_ms=commit_ms,
-            slowest_commit_by=by,
-        )
+    def of(cls, name: str, load: Load, probe: CommitProbe) -> Result:
+        return cls(**dataclasses.asdict(load), name=name, slowest_commit_ms=probe.slowest_ms)
 
 
 def process_cpu(server_pid: int) -> dict[int, tuple[str, float]]:
@@ -388,7 +378,6 @@ def run_wrk(
     rate: float = 0.0,
 ) -> Load:
     """Load a server; `rate` > 0 asks for that many requests a second in all, on a schedule."""
-    started = time.time()
     output = subprocess.run(
         [
             wrk,
@@ -407,7 +396,6 @@ def run_wrk(
         capture_output=True,
         text=True,
     ).stdout
-    ended = time.time()
 
     def latency(label: str) -> float:
         match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
@@ -429,34 +417,42 @@ def run_wrk(
         acknowledged=int(number(r"ACKNOWLEDGED (\d+)")),
         non_2xx=int(non_2xx_match[1]) if non_2xx_match else 0,
         pause_ms=int(number(r"PAUSE (\d+)")),
-        started=started,
-        ended=ended,
     )
 
 
-# PostgreSQL logs statements slower than this (set for the benchmark's own server).
-SLOW_MS = 50
-SLOW_COMMIT = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] (.*?) ?LOG:  duration: ([\d.]+) ms"
-    r"  (?:statement|execute [^:]*): COMMIT$",
-    re.MULTILINE,
-)
+class CommitProbe:
+    """Commits a transaction of its own on the benchmark's PostgreSQL every 20 ms while in
+    its block, and keeps the slowest commit's time (ms).
 
+    A commit waits for the WAL to reach the disk; while the disk stalls, every commit
+    of every server on it waits, and no durable receiver can answer. The probe sees a
+    stall whoever else is committing: PostgreSQL's own statement log does not time an
+    autocommit statement's commit (the service's captures), which happens at the
+    protocol's Sync after the statement is logged."""
 
-def slowest_commit(pg_log: Path, load: Load) -> tuple[float, str]:
-    """The slowest COMMIT of any session during a run, in ms (0: none over SLOW_MS), and
-    whose it was (its application_name: the service names its sessions).
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+        self.slowest_ms = 0.0
 
-    A COMMIT waits for its WAL to reach the disk; when the disk stalls, every commit
-    of every server on it waits, and no durable receiver can answer."""
-    slowest, whose = 0.0, ""
-    for stamp, name, ms in SLOW_COMMIT.findall(pg_log.read_text(errors="replace")):
-        at = datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.UTC).timestamp()
-        if load.started <= at <= load.ended + 1 and float(ms) > slowest:
-            # PostgreSQL writes "[unknown]" for a session that set no name (a receiver's).
-            unnamed = name in ("", "[unknown]")
-            slowest, whose = float(ms), "" if unnamed else name.removeprefix("dispatch-ledger ")
-    return slowest, whose
+    def _probe(self) -> None:
+        with psycopg.connect(self._url) as conn:
+            while not self._stop.is_set():
+                # A transaction id makes the commit write a commit record and flush it.
+                conn.execute("SELECT pg_current_xact_id()")
+                started = time.monotonic()
+                conn.commit()
+                self.slowest_ms = max(self.slowest_ms, (time.monotonic() - started) * 1000)
+                self._stop.wait(0.02)
+
+    def __enter__(self) -> CommitProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @functools.cache
@@ -613,7 +609,6 @@ def measure(
     args: argparse.Namespace,
     lua: Path,
     tag: str,
-    pg_log: Path,
 ) -> Result:
     port = free_port()
     if server.capture_only:
@@ -640,7 +635,7 @@ def measure(
         print(f"running: {server.name} ...", flush=True)
         before = process_cpu(process.pid)
         wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with LagSampler(url if service else None) as lags:
+        with LagSampler(url if service else None) as lags, CommitProbe(url) as probe:
             load = run_wrk(wrk, port, args.seconds, args.connections, run_id, lua)
         wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if server.capture_only:
@@ -655,7 +650,7 @@ def measure(
     finally:
         process.terminate()
         process.wait(30)
-    result = Result.of(server.name, load, pg_log)
+    result = Result.of(server.name, load, probe)
     requests = load.requests
     wrk_seconds = (wrk_after.ru_utime + wrk_after.ru_stime) - (
         wrk_before.ru_utime + wrk_before.ru_stime
@@ -683,7 +678,6 @@ def sustained(
     args: argparse.Namespace,
     lua: Path,
     rate: float,
-    pg_log: Path,
 ) -> tuple[Result, float, tuple[float, float, float]]:
     """The service at a fixed rate: the result, the applier's largest lag seen (s), and
     p50 and p99 of each callback's time from capture to apply (ms, from the service's
@@ -706,24 +700,17 @@ def sustained(
             flush=True,
         )
         delays = apply_delays(port)
-        with LagSampler(url) as sampled:
+        with LagSampler(url) as sampled, CommitProbe(url) as probe:
             done = run_wrk(wrk, port, args.seconds, connections, run_id, lua, rate)
         drain(url)
         applied = delay_quantiles(delays, apply_delays(port))
     finally:
         process.terminate()
         process.wait(30)
-    result = Result.of("the service, sustained", done, pg_log)
+    result = Result.of("the service, sustained", done, probe)
     found, unapplied = stored(url, run_id)
     result.lost = max(0, done.acknowledged - found) + unapplied
     return result, sampled.most or 0.0, applied
-
-
-def _slow(result: Result) -> str:
-    """The slowest COMMIT, and whose if the service's or a receiver's (unnamed sessions)."""
-    if not result.slowest_commit_ms:
-        return f"<{SLOW_MS}"
-    return f"{result.slowest_commit_ms:.0f} ({result.slowest_commit_by or 'receiver'})"
 
 
 def _database_beside(url: str, name: str) -> str:
@@ -763,14 +750,7 @@ def main() -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         setting = conn.execute("SHOW synchronous_commit").fetchone()
         conn.execute(RECEIVER_TABLE)
-        # Log slow statements, with times in UTC, to find the slow COMMITs of each run.
-        conn.execute(f"ALTER SYSTEM SET log_min_duration_statement = {SLOW_MS}")
-        conn.execute("ALTER SYSTEM SET log_timezone = 'UTC'")
-        conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %a '")
-        conn.execute("SELECT pg_reload_conf()")
     assert setting == ("on",), setting
-    pg_log = work / "db" / "pgdata" / "log"
-    assert pg_log.exists(), pg_log
     capture_url = _database_beside(url, "capture_alone")
     migrations.migrate(capture_url)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -820,8 +800,7 @@ def main() -> None:
         for n in range(args.rounds):
             tag = f"{n}x{int(time.time())}"
             found = [
-                measure(s, wrk, env, url, args, lua, f"{i}r{tag}", pg_log)
-                for i, s in enumerate(servers)
+                measure(s, wrk, env, url, args, lua, f"{i}r{tag}") for i, s in enumerate(servers)
             ]
             rounds.append(found)
     finally:
@@ -838,7 +817,7 @@ def main() -> None:
         "| round | server | callbacks/s | p50 ms | p99 ms | 2xx | non-2xx | lost"
         " | oldest unapplied during the load, at most (s) | applied all after (s)"
         " | CPU ms/callback (gunicorn + PostgreSQL)"
-        " | longest pause in answers / slowest COMMIT (ms) |"
+        " | longest pause in answers / slowest probe commit (ms) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, found in enumerate(rounds, 1):
@@ -850,7 +829,7 @@ def main() -> None:
                 f"| {n} | {r.name} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
                 f" | {r.acknowledged:,} | {r.non_2xx} | {lost} | {lag} | {drained}"
                 f" | {r.server_cpu_ms:.2f} + {r.database_cpu_ms:.2f}"
-                f" | {r.pause_ms} / {_slow(r)} |"
+                f" | {r.pause_ms} / {r.slowest_commit_ms:.0f} |"
             )
     # Servers by their place in each round: [bare, sync, gthread, service, alone, against].
     receiver_rates = [max(found[1].rps, found[2].rps) for found in rounds]
@@ -887,13 +866,13 @@ def main() -> None:
     print()
     for share in () if args.no_sustained else (0.1, 0.7):
         rate = share * receiver_rate
-        held, lag, (p50, p99, worst) = sustained(wrk, env, url, args, lua, rate, pg_log)
+        held, lag, (p50, p99, worst) = sustained(wrk, env, url, args, lua, rate)
         held_runs.append(held)
         print(
             f"Sustained: asked {rate:,.0f}/s ({share:.0%} of the receiver's median), got"
             f" {held.rps:,.0f}/s ({held.rps / receiver_rate:.0%}), p50 {held.p50_ms:.1f} ms,"
-            f" p99 {held.p99_ms:.1f} ms (longest pause {held.pause_ms} ms, slowest COMMIT"
-            f" {_slow(held)} ms);"
+            f" p99 {held.p99_ms:.1f} ms (longest pause {held.pause_ms} ms, slowest probe commit"
+            f" {held.slowest_commit_ms:.0f} ms);"
             f" the oldest unapplied callback at most {lag:.2f} s old;"
             f" captured to applied: p50 {p50:.0f} ms, p99 {p99:.0f} ms, all under {worst:.0f} ms;"
             f" lost {held.lost}."
