@@ -55,10 +55,7 @@ class Database:
 
     def __init__(self, conninfo: str, settings: Settings, role: str = "web") -> None:
         self._conninfo = conninfo
-        # Who each session is, in pg_stat_activity and PostgreSQL's log (`%a`): the web
-        # processes, or the command (`apply` beside them). An application_name in
-        # DATABASE_URL is the operator's choice and wins.
-        self._application_name = None if _names_itself(conninfo) else f"dispatch-ledger {role}"
+        self._role = role
         self._settings = settings
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
@@ -91,11 +88,11 @@ class Database:
                     kwargs={
                         "row_factory": dict_row,
                         "connect_timeout": CONNECT_TIMEOUT,
-                        **(
-                            {"application_name": self._application_name}
-                            if self._application_name
-                            else {}
-                        ),
+                        # Who each session is, in pg_stat_activity and PostgreSQL's
+                        # log: the web processes, or the command (`apply` beside
+                        # them). A fallback: an application_name in DATABASE_URL (or
+                        # PGAPPNAME) is the operator's choice, and libpq keeps it.
+                        "fallback_application_name": f"dispatch-ledger {self._role}",
                     },
                     min_size=self._settings.db_pool_min_size,
                     max_size=self._settings.db_pool_max_size,
@@ -214,15 +211,6 @@ class Database:
                 self._pool.close()
             self._pool = None
             self._closed = True
-
-
-def _names_itself(conninfo: str) -> bool:
-    """Whether a conninfo sets application_name. One that cannot be parsed does not; the
-    connection attempt says what is wrong with it, as it always has."""
-    try:
-        return "application_name" in psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return False
 
 
 def _check_writable(conn: Connection) -> None:

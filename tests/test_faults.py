@@ -297,9 +297,9 @@ def test_a_refusal_that_cannot_be_kept_is_503_so_that_its_retry_is_kept(
 
 
 def test_a_database_url_that_cannot_be_parsed_makes_the_database_unavailable_not_a_crash() -> None:
-    # The service names its sessions unless DATABASE_URL does (application_name); reading
-    # the URL for that must not turn a typo into a crash at start-up: it stays what it was,
-    # a database that cannot be reached (503 to Vonage, which retries).
+    # Naming the service's sessions (application_name) must not turn a typo in
+    # DATABASE_URL into a crash at start-up: it stays a database that cannot be reached
+    # (503 to Vonage, which retries).
     url = "postgres:/missing-a-slash"
     db = Database(url, Settings(database_url=url, db_pool_timeout=0.2))
     try:
