@@ -485,9 +485,7 @@ def stored(url: str, run_id: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def waiting_age(
-    url: str, conn: psycopg.Connection[tuple[object, ...]] | None = None
-) -> tuple[int, float]:
+def waiting_age(url: str, conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, float]:
     """Callbacks not applied yet, and the age in seconds of the oldest.
 
     From the queue alone where there is one, as the service's own backlog query reads
@@ -497,11 +495,7 @@ def waiting_age(
     query = (
         f"SELECT count(*), coalesce(extract(epoch FROM now() - min(received_at)), 0) FROM {source}"
     )
-    if conn is None:
-        with psycopg.connect(url, autocommit=True) as own:
-            row = own.execute(query).fetchone()
-    else:
-        row = conn.execute(query).fetchone()
+    row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0]), float(row[1])
 
@@ -757,7 +751,7 @@ def main() -> None:
     (work / "receiver.py").write_text(RECEIVER_APP)
     url = embedded.start(work / "db")
     migrations.migrate(url)
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url) as conn:
         setting = conn.execute("SHOW synchronous_commit").fetchone()
         conn.execute(RECEIVER_TABLE)
     assert setting == ("on",), setting
