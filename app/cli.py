@@ -395,9 +395,12 @@ def prune_raw(older_than_days: int) -> None:
 
     After it, `rebuild` refuses (it would lose what they said). Reads DATABASE_URL.
     """
-    deleted = operations.prune_raw(
-        _migrated_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
-    )
+    try:
+        deleted = operations.prune_raw(
+            _migrated_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
+        )
+    except operations.RawLogBusy as busy:
+        raise click.ClickException(f"nothing pruned: {busy}") from None
     click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
 
 

@@ -7,9 +7,37 @@ from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.rows import dict_row
 
+from app.db import Connection
 from app.migrations import ANALYST_GROUP, grant_analyst_group
 from app.queries import sql
+
+# The commands that rewrite the state (rebuild) or delete from the raw log
+# (prune-raw) exclude each other through this advisory lock: a rebuild that
+# ran while a prune was deleting rebuilt from part of the log, and what it
+# dropped was gone for good. Any constant will do; this one spells "dl_raw".
+RAW_LOG_LOCK = 0x646C5F726177
+
+
+class RawLogBusy(RuntimeError):
+    """Another command rewriting the state or pruning the raw log is running; nothing changed."""
+
+
+def hold_raw_log(conn: Connection, query: str = "hold_raw_log") -> None:
+    """Become the one command rewriting the state or pruning the log, or refuse at once.
+
+    `hold_raw_log` holds it for the session, `hold_raw_log_for_transaction`
+    until the transaction ends. Refusing beats waiting: an operator learns at
+    once why, and a scheduled prune is simply tried again on its next run.
+    """
+    row = conn.execute(sql(query), {"key": RAW_LOG_LOCK}).fetchone()
+    if row is None or not row["held"]:
+        raise RawLogBusy(
+            "another rebuild or prune-raw is running on this database;"
+            " try again once it has finished"
+        )
+
 
 _ROLE_NAME = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 
@@ -52,14 +80,31 @@ def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 
 
     The current state (workflows, messages, decisions, disagreements) is kept:
     only the raw copies go, so the state can no longer be rebuilt from them.
+    The prune is recorded in the transaction of its first deletion: no raw
+    callback is ever gone without the record that makes `rebuild` refuse,
+    whenever this is stopped. Raises RawLogBusy while a rebuild runs.
     """
     cutoff = now - older_than
-    deleted = _delete_in_batches(conninfo, "prune_raw_batch", {"cutoff": cutoff}, batch)
-    if deleted:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            params = {"now": now, "cutoff": cutoff, "deleted": deleted}
-            conn.execute(sql("record_raw_log_prune"), params)
-    return deleted
+    deleted = 0
+    record: int | None = None
+    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+        hold_raw_log(conn)
+        while True:
+            # Short transactions, so that a large prune never holds many row locks at once.
+            with conn.transaction():
+                count = conn.execute(
+                    sql("prune_raw_batch"), {"cutoff": cutoff, "batch": batch}
+                ).rowcount
+                if count and record is None:
+                    params = {"now": now, "cutoff": cutoff, "deleted": count}
+                    row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
+                    assert row is not None  # INSERT ... RETURNING
+                    record = row["id"]
+                elif count:
+                    conn.execute(sql("count_raw_log_prune"), {"id": record, "deleted": count})
+            deleted += count
+            if count < batch:
+                return deleted
 
 
 def prune_rejects(

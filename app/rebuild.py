@@ -25,7 +25,7 @@ from marshmallow import ValidationError
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
-from app import decide
+from app import decide, operations
 from app.apply import Captured, fold
 from app.db import Connection, adapt_times
 from app.definitions import load_definition
@@ -77,6 +77,11 @@ def rebuild(conninfo: str, max_depth: int, *, skip_invalid: bool = False) -> Reb
 
 
 def _prepare(conn: Connection) -> None:
+    # First, so that no prune starts or goes on between the check and the end.
+    try:
+        operations.hold_raw_log(conn, "hold_raw_log_for_transaction")
+    except operations.RawLogBusy as busy:
+        raise RebuildRefused(str(busy)) from None
     pruned = conn.execute(sql("raw_log_pruned")).fetchone()
     if pruned is not None and pruned["cutoff"] is not None:
         raise RebuildRefused(

@@ -7,10 +7,13 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from app import create_app, decide, operations, rebuild, state
 from app.db import Database
@@ -152,6 +155,95 @@ def test_a_rebuild_refuses_once_raw_callbacks_were_pruned(db: Database, clean_db
     with pytest.raises(rebuild.RebuildRefused, match="pruned"):
         rebuild.rebuild(clean_db, 32)
     assert snapshot(clean_db) == before
+
+
+def _wait_for_a_blocked_delete(url: str) -> None:
+    """Until a session waits on a row lock in `DELETE FROM raw_callback`."""
+    for _ in range(1000):
+        if query(
+            url,
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'DELETE FROM raw_callback%%'",
+        ):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the prune never reached the held row")
+
+
+def test_a_rebuild_refuses_while_a_prune_is_half_way_and_nothing_is_lost(
+    db: Database, clean_db: str
+) -> None:
+    _workload(db)
+    before = snapshot(clean_db)
+    ids = [row[0] for row in query(clean_db, "SELECT id FROM raw_callback ORDER BY id")]
+    pruned: list[int] = []
+    # A reader holds a row of the prune's second batch, as the hostile run did:
+    # the prune has deleted its first batch and waits mid-way.
+    with psycopg.connect(clean_db) as holder:
+        holder.execute("SELECT FROM raw_callback WHERE id = %s FOR UPDATE", (ids[15],))
+        pruning = threading.Thread(
+            target=lambda: pruned.append(
+                operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2), 10)
+            )
+        )
+        pruning.start()
+        _wait_for_a_blocked_delete(clean_db)
+        assert query(clean_db, "SELECT count(*) FROM raw_callback")[0][0] == len(ids) - 10
+        with pytest.raises(rebuild.RebuildRefused, match="prune-raw is running"):
+            rebuild.rebuild(clean_db, 32)
+        assert snapshot(clean_db) == before
+        holder.rollback()
+    pruning.join(30)
+    assert pruned == [len(ids)]
+    # Once it is done, a rebuild refuses for the pruned log, and the state stays whole.
+    with pytest.raises(rebuild.RebuildRefused, match="pruned"):
+        rebuild.rebuild(clean_db, 32)
+    assert snapshot(clean_db) == before
+
+
+def test_a_prune_refuses_while_a_rebuild_runs(
+    db: Database, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
+    before = snapshot(clean_db)
+    paused, release = threading.Event(), threading.Event()
+    real = rebuild._apply_callbacks
+
+    def slow(*args: Any) -> None:
+        paused.set()
+        assert release.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(rebuild, "_apply_callbacks", slow)
+    worker = threading.Thread(target=rebuild.rebuild, args=(clean_db, 32))
+    worker.start()
+    try:
+        assert paused.wait(10)
+        with pytest.raises(operations.RawLogBusy):
+            operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2))
+        assert query(clean_db, "SELECT count(*) FROM raw_callback")[0][0] == 7
+        assert query(clean_db, "SELECT count(*) FROM raw_log_prune")[0][0] == 0
+    finally:
+        release.set()
+        worker.join(10)
+    assert snapshot(clean_db) == before
+    # Afterwards the prune goes ahead.
+    assert operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2)) == 7
+
+
+def test_a_prune_stopped_after_its_first_batch_is_recorded(db: Database, clean_db: str) -> None:
+    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
+    # The second batch fails (a held row and a lock timeout stand for a kill).
+    with psycopg.connect(clean_db) as holder:
+        ids = [row[0] for row in query(clean_db, "SELECT id FROM raw_callback ORDER BY id")]
+        holder.execute("SELECT FROM raw_callback WHERE id = %s FOR UPDATE", (ids[3],))
+        timeout_url = make_conninfo(clean_db, options="-c lock_timeout=200")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            operations.prune_raw(timeout_url, timedelta(days=1), NOW + timedelta(days=2), 3)
+    assert query(clean_db, "SELECT count(*) FROM raw_callback")[0][0] == 4
+    assert query(clean_db, "SELECT deleted FROM raw_log_prune") == [(3,)]
+    with pytest.raises(rebuild.RebuildRefused, match="pruned"):
+        rebuild.rebuild(clean_db, 32)
 
 
 def test_a_callback_that_arrives_during_a_rebuild_is_answered_and_applied_on_top(

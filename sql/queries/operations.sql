@@ -7,6 +7,14 @@ DELETE FROM raw_callback
                ORDER BY id
                LIMIT %(batch)s);
 
+-- name: hold_raw_log
+-- Try to become the one command that rewrites the state or deletes from the raw log, for this session.
+SELECT pg_try_advisory_lock(%(key)s) AS held;
+
+-- name: hold_raw_log_for_transaction
+-- The same exclusion, for this transaction only (a rebuild is one transaction).
+SELECT pg_try_advisory_xact_lock(%(key)s) AS held;
+
 -- name: prune_rejects_batch
 -- Delete up to `batch` rejects last received before the cutoff: resolved ones, and unresolved ones only when asked.
 DELETE FROM rejected_callback

@@ -3,8 +3,13 @@
 SELECT max(cutoff) AS cutoff FROM raw_log_prune;
 
 -- name: record_raw_log_prune
--- Note that raw callbacks before a cutoff were deleted (a rebuild would lose what they said).
-INSERT INTO raw_log_prune (pruned_at, cutoff, deleted) VALUES (%(now)s, %(cutoff)s, %(deleted)s);
+-- Note that raw callbacks before a cutoff are being deleted (a rebuild would lose what they said).
+INSERT INTO raw_log_prune (pruned_at, cutoff, deleted) VALUES (%(now)s, %(cutoff)s, %(deleted)s)
+RETURNING id;
+
+-- name: count_raw_log_prune
+-- Add a later batch's deletions to a prune's record.
+UPDATE raw_log_prune SET deleted = deleted + %(deleted)s WHERE id = %(id)s;
 
 -- name: lock_for_rebuild
 -- Keep appliers and definitions off the state until the rebuild commits (readers and captures go on).
