@@ -148,8 +148,12 @@ class Party:
         return (self.type, self.id or "", self.number or "")
 
     def describe(self) -> str:
-        parts = [self.type, self.id or "-", self.number or "-"]
-        return "/".join(parts)
+        """What a conflict says of this party: its type and which fields it has, never
+        their values. A number or a Messenger id is a person's; no read document
+        (the read API, the dashboard, the analysts' views) may show one."""
+        has_id = "an id" if self.id else "no id"
+        has_number = "a number" if self.number else "no number"
+        return f"a party of type {self.type} with {has_id} and {has_number} (values not shown)"
 
 
 @dataclass(frozen=True)
