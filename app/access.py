@@ -34,12 +34,25 @@ def require_api_token() -> None:
         raise ApiError(401, "A valid API token is required.", headers=_CHALLENGE)
 
 
-def require_read_access() -> None:
-    """With READ_API_TOKEN set, reading workflows, messages and metrics needs it (or API_TOKEN).
+def has_read_access() -> bool:
+    """Whether this request may read workflows, messages and metrics (Settings.read_tokens)."""
+    tokens = get_settings().read_tokens()
+    return tokens is None or _bearer_is(*tokens)
 
-    Unset, the read API is open, as its contract has it: its documents carry
-    ids, statuses and costs, never numbers or texts.
+
+def require_read_access() -> None:
+    """Reading workflows, messages and metrics: open locally, a token on a deployment.
+
+    The documents carry ids, statuses, costs, error reasons and the sender's
+    client_ref (never numbers or texts): a business's traffic, not for anyone
+    who finds the URL.
     """
-    settings = get_settings()
-    if settings.read_api_token and not _bearer_is(settings.read_api_token, settings.api_token):
-        raise ApiError(401, "A valid read token is required.", headers=_CHALLENGE)
+    if has_read_access():
+        return
+    if get_settings().read_tokens() == ():
+        raise ApiError(
+            403,
+            "The read API is closed: set READ_API_TOKEN (or API_TOKEN) to read with it,"
+            " or READ_API_OPEN=true to open it to anyone.",
+        )
+    raise ApiError(401, "A valid read token is required.", headers=_CHALLENGE)

@@ -133,6 +133,7 @@ def serve(port: int | None, workers: int | None) -> None:
     Ctrl-C (or SIGTERM) stops it, and the embedded PostgreSQL with it.
     """
     settings = Settings.from_env()
+    settings.refuse_to_serve_open()
     env = dict(os.environ)
     if port is not None:
         env["PORT"] = str(port)
@@ -142,6 +143,14 @@ def serve(port: int | None, workers: int | None) -> None:
     url = _database_url(settings)
     migrations.migrate(url)
     env["DATABASE_URL"] = url
+    if not settings.database_url:
+        # Local: open, as the quick start promises (Settings.deployed).
+        env["EMBEDDED_DATABASE"] = "true"
+        click.echo(
+            "open for local use: callbacks are not authenticated and the read API needs no"
+            " token; a deployment (DATABASE_URL set) is closed until you open it"
+            " (README: Security)"
+        )
     command = [
         sys.executable,
         "-m",

@@ -60,8 +60,17 @@ class Settings:
     # account's behalf, and definitions hold numbers and texts.
     api_token: str | None = field(default=None, repr=False)
     # Bearer token for reading workflows, messages and /metrics (API_TOKEN
-    # works too); unset, those stay open, as the read API's contract has it.
+    # works too). Unset on a deployment, those need API_TOKEN, or are closed
+    # (see read_tokens).
     read_api_token: str | None = field(default=None, repr=False)
+    # A deployment is closed until its owner opens it (DESIGN.md: Closed by
+    # default): these two open it on purpose, each for one thing.
+    allow_unsigned_callbacks: bool = False
+    read_api_open: bool = False
+    # Set by `dispatch-ledger serve` for the gunicorn it runs on the embedded
+    # PostgreSQL: a local service on the developer's machine, open as the
+    # quick start promises (and says so when it starts).
+    embedded_database: bool = False
     # HTTP Basic password for /dashboard; unset, the dashboard is off.
     dashboard_password: str | None = field(default=None, repr=False)
     # How late a failover or a final report may be before it is listed as overdue.
@@ -186,6 +195,34 @@ class Settings:
     def authenticates(self) -> bool:
         """Whether callbacks must prove they come from Vonage."""
         return bool(self.vonage_signature_secret or self.webhook_basic_user)
+
+    @property
+    def deployed(self) -> bool:
+        """A deployment: DATABASE_URL names the operator's database, not the embedded one."""
+        return self.database_url is not None and not self.embedded_database
+
+    def refuse_to_serve_open(self) -> None:
+        """A deployment answers anyone's callbacks only when its owner said so (one line)."""
+        if self.deployed and not self.authenticates and not self.allow_unsigned_callbacks:
+            raise ConfigError(
+                "refusing to serve: DATABASE_URL is set but callbacks cannot be authenticated;"
+                " set VONAGE_SIGNATURE_SECRET (or WEBHOOK_BASIC_USER and"
+                " WEBHOOK_BASIC_PASSWORD), or ALLOW_UNSIGNED_CALLBACKS=true to accept anyone's"
+            )
+
+    def read_tokens(self) -> tuple[str, ...] | None:
+        """The bearer tokens that open the read API and /metrics; None: open to anyone.
+
+        An empty tuple: closed to everyone (a deployment that set no token).
+        A READ_API_TOKEN is always required once set; otherwise the embedded
+        quick start and READ_API_OPEN=true are open, and a deployment takes
+        its owner's API_TOKEN or nothing.
+        """
+        if self.read_api_token:
+            return tuple(t for t in (self.read_api_token, self.api_token) if t)
+        if self.read_api_open or not self.deployed:
+            return None
+        return (self.api_token,) if self.api_token else ()
 
 
 def _convert(name: str, raw: str, parse: Callable[[str], Any]) -> Any:

@@ -27,6 +27,8 @@ class NotConfigured(RuntimeError):
 
 
 def init_app(app: Flask, settings: Settings) -> None:
+    # Under any WSGI server, not only the Procfile's gunicorn.
+    settings.refuse_to_serve_open()
     app.extensions[_SETTINGS] = settings
     if settings.database_url is None:
         raise NotConfigured(
@@ -68,6 +70,11 @@ def init_app(app: Flask, settings: Settings) -> None:
             "!!! CALLBACKS ARE NOT AUTHENTICATED: anyone who finds the webhook URLs can post "
             "to them. Set VONAGE_SIGNATURE_SECRET (or WEBHOOK_BASIC_USER and "
             "WEBHOOK_BASIC_PASSWORD) in production. !!!"
+        )
+    if settings.read_tokens() is None:
+        app.logger.warning(
+            "the read API (/workflows, /messages, /metrics) is open to anyone%s",
+            "" if settings.deployed else ": a local service, for local use only",
         )
 
 

@@ -9,8 +9,11 @@ import tempfile
 from app.applier_process import ApplierBeside, forget_metrics
 from app.config import Settings, listen_address
 
-# The service's settings, read (and checked) once: a bad one stops gunicorn here.
+# The service's settings, read (and checked) once: a bad one stops gunicorn
+# here, with its one line ("Error: ..."), and so does a deployment that would
+# take anyone's callbacks (Settings.refuse_to_serve_open).
 _settings = Settings.from_env()
+_settings.refuse_to_serve_open()
 
 bind = "{}:{}".format(*listen_address(os.environ))
 

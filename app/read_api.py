@@ -11,7 +11,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request
 
 from app import backlog, readmodel
-from app.access import require_read_access
+from app.access import has_read_access, require_read_access
 from app.applier_process import runs_beside
 from app.db import Connection
 from app.errors import ApiError
@@ -121,10 +121,13 @@ def readyz() -> Response:
 
     A backlog does not make the process unready: it still captures, which is
     what Vonage needs. The applier's state is reported for operators.
+
+    Open, as platforms and load balancers probe it without credentials; the
+    backlog's counts and the applier's last error only to those who may read
+    (Settings.read_tokens): how much traffic a business has is its own.
     """
     db = get_db()
     db.check_writable()  # else nothing could be captured
-    found = backlog.summary(db)
     applier = get_applier()
     if runs_beside():
         in_process = "beside"
@@ -135,8 +138,11 @@ def readyz() -> Response:
     document: dict[str, Any] = {
         "status": "ok",
         "database": "ok",
-        "applier": {"in_process": in_process, **found.document(datetime.now(UTC))},
+        "applier": {"in_process": in_process},
     }
+    if not has_read_access():
+        return jsonify(document)
+    document["applier"].update(backlog.summary(db).document(datetime.now(UTC)))
     if applier is not None and applier.last_error:
         document["applier"]["last_error"] = applier.last_error
     return jsonify(document)

@@ -29,6 +29,13 @@ from app.db import Database
 from app.extensions import get_db
 from app.intake import Callback
 
+# The suite's apps and servers stand for the local quick start's, open as it
+# is; the tests of what a deployment closes (test_closed_by_default.py) set
+# these themselves. Set here, before any Settings is read, and so inherited
+# by every server a test starts.
+os.environ["ALLOW_UNSIGNED_CALLBACKS"] = "true"
+os.environ["READ_API_OPEN"] = "true"
+
 # freezegun moves Python's clock for the service; the pool and the driver keep
 # the real one, or their timeouts would never expire while time stands still.
 freezegun.configure(extend_ignore_list=["psycopg_pool", "psycopg"])

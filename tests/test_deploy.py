@@ -2,7 +2,8 @@
 
 A platform runs `release:` once per deploy, then `web:` with $PORT set, both
 through a shell, with the app's environment and nothing else: here only
-PATH, DATABASE_URL and PORT. It stops a web process with SIGTERM and kills
+PATH, DATABASE_URL, PORT and the signature secret (a deployment is closed
+until its owner opens it: test_closed_by_default). It stops a web process with SIGTERM and kills
 it 30 seconds later.
 """
 
@@ -24,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 from app.config import Settings
 from tests import payloads
 from tests.conftest import fresh_database, query
+from tests.signing import SECRET, bearer
 from tests.test_e2e import ROOT, Server, free_port
 from tests.test_emulated_e2e import wait_until
 
@@ -76,7 +78,9 @@ def test_the_buildpack_installs_this_project_editable(tmp_path: Path) -> None:
     assert SpecifierSet(supported).contains(pinned + ".0")
 
 
-def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_path: Path) -> None:
+def test_a_deploy_needs_only_the_procfile_database_url_and_the_secret(
+    server_url: str, tmp_path: Path
+) -> None:
     url = fresh_database(server_url, "dl_deploy")
     port = free_port()
     env = {
@@ -86,6 +90,7 @@ def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_
         # sessions only when DATABASE_URL does not).
         "DATABASE_URL": make_conninfo(url, application_name="ledger-prod"),
         "PORT": str(port),
+        "VONAGE_SIGNATURE_SECRET": SECRET,
     }
     processes = procfile()
 
@@ -107,11 +112,17 @@ def test_a_deploy_needs_only_the_procfile_and_database_url(server_url: str, tmp_
     try:
         server = Server(port, web, tmp_path)
         wait_until(lambda: server.request("GET", "/readyz")[0] == 200, web, log)
-        code, _, answer = server.post_json(
-            "/webhooks/message-status", payloads.fixture("message_status_sample.json")
+        body = json.dumps(payloads.fixture("message_status_sample.json")).encode()
+        code, _, answer = server.request(
+            "POST",
+            "/webhooks/message-status",
+            body,
+            {**bearer(body), "Content-Type": "application/json"},
         )
         assert (code, answer["status"]) == (200, "accepted")
         assert query(url, "SELECT count(*) FROM raw_callback") == [(1,)]
+        # Nobody reads it without a token: none was set.
+        assert server.request("GET", "/workflows")[0] == 403
         sessions = query(
             url,
             "SELECT DISTINCT application_name FROM pg_stat_activity"
