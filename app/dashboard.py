@@ -14,7 +14,7 @@ from app import backlog, readmodel, workflows
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.queries import sql
-from app.times import display, iso
+from app.times import display, iso, plus
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -257,7 +257,8 @@ def _timeline_rows(document: dict[str, Any]) -> dict[str, Any]:
     ticks = [
         {
             "x": AXIS_LEFT + AXIS_WIDTH * i / (TICKS - 1),
-            "at": start + (end - start) * i / (TICKS - 1),
+            # times.plus: a tick past 9999-12-31 in UTC has no UTC form in Python.
+            "at": plus(start, (end - start) * i / (TICKS - 1)) or end,
         }
         for i in range(TICKS)
     ]

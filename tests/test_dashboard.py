@@ -317,3 +317,15 @@ def test_an_outcome_overdue_workflow_is_on_the_dashboard_with_its_reason(dash: F
         "step 1 was submitted at 2020-01-01T00:00:00Z and has neither succeeded nor failed"
         in overdue
     )
+
+
+def test_the_timeline_draws_an_event_past_the_last_utc_year(dash: FlaskClient) -> None:
+    # 9999-12-31T23:59:59-01:00 is 10000-01-01T00:59:59Z: PostgreSQL keeps it,
+    # Python's datetime has no UTC form for it. The JSON API shows it; so must the page.
+    late = payloads.status("m-late", "delivered", "9999-12-31T23:59:59-01:00", dispatch_uuid="d-1")
+    assert post(dash, "message-status", late).status_code == 200
+    assert dash.get("/workflows/d-1").status_code == 200
+    page = dash.get("/dashboard/workflows/d-1", headers=AUTH)
+    assert page.status_code == 200, page.get_data(as_text=True)[:500]
+    # The axis ends at the event, written where Python can write it (app.times).
+    assert "9999-12-31T01:00:59-23:59</text>" in page.get_data(as_text=True)
