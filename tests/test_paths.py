@@ -72,7 +72,9 @@ def test_any_id_in_any_path_is_answered_in_the_envelope_never_500(
         assert response.json is not None and response.json["code"] == response.status_code
 
 
-@pytest.mark.parametrize("ident", ["/0", "a/b", "a//b/", "ünï cödé ✓"])
+@pytest.mark.parametrize(
+    "ident", ["/0", "a/b", "a//b/", "ünï cödé ✓", "a/definition", "/definition", "a%2Fb"]
+)
 def test_every_id_a_callback_can_carry_is_readable(app: Flask, ident: str) -> None:
     client = app.test_client()
     status = {"message_uuid": ident, "timestamp": "2020-01-01T14:00:00Z", "status": "submitted"}
