@@ -259,6 +259,19 @@ def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
         sys.exit(1)
 
 
+def _wait_for_the_database(settings: Settings, pause: float = 5.0) -> None:
+    """Until the database answers with this code's schema, saying so every `pause` seconds."""
+    import time
+
+    while True:
+        try:
+            _migrated_url(settings)
+            return
+        except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+            click.echo(f"{_database_problem(exc)}: trying again in {pause:g} s", err=True)
+            time.sleep(pause)
+
+
 def _seed_or_new(seed: int | None) -> int:
     """The seed asked for, or a new one for this run.
 
@@ -578,6 +591,10 @@ def apply_command(
     settings = Settings.from_env()
     if niceness is not None:
         set_niceness(niceness)
+    if not once:
+        # A worker outlives outages: started while PostgreSQL is down (the
+        # platform restarts both, in any order), it waits instead of exiting.
+        _wait_for_the_database(settings)
     with _database(settings) as db:
         if once:
             summary = apply_waiting(

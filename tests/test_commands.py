@@ -3,16 +3,24 @@ what each command reads, the version; run as the operator would, in a subprocess
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import fresh_database, set_read_only
+from app.capture import Delivery, capture
+from app.config import Settings
+from app.db import Database
+from app.intake import CallbackKind, read
+from tests import payloads
+from tests.conftest import OwnServer, fresh_database, query, set_read_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -199,3 +207,38 @@ def test_serve_with_a_port_that_is_not_a_number_says_so() -> None:
     done = run("serve", env={"PORT": "eighty"})
     assert (done.returncode, "Traceback" in done.stderr) == (1, False)
     assert "PORT='eighty' is not a port number" in done.stderr
+
+
+def test_an_applier_started_while_postgresql_is_down_waits_for_it(own_server: OwnServer) -> None:
+    # As a platform starts a `worker:` while its database restarts.
+    own_server.stop()
+    env = {**os.environ, "DATABASE_URL": own_server.url}
+    applier = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "apply"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert applier.stderr is not None
+        said = applier.stderr.readline()
+        assert said.startswith("cannot reach the database"), said
+        assert said.rstrip().endswith("trying again in 5 s"), said
+        assert applier.poll() is None  # still there
+        own_server.start()
+        db = Database(own_server.url, Settings(database_url=own_server.url))
+        try:
+            body = json.dumps(payloads.fixture("message_status_sample.json")).encode()
+            callback = read(CallbackKind.MESSAGE_STATUS, body, 32)
+            capture(db, Delivery(callback, "application/json", datetime.now(UTC)))
+        finally:
+            db.close()
+        deadline = time.monotonic() + 30
+        while query(own_server.url, "SELECT count(*) FROM message") != [(1,)]:
+            assert time.monotonic() < deadline, "never applied"
+            assert applier.poll() is None, applier.stderr.read()
+            time.sleep(0.1)
+    finally:
+        applier.terminate()
+        applier.communicate(timeout=10)
