@@ -245,8 +245,10 @@ class MessageState:
     # Earliest event time seen for each status (a repeated status keeps its
     # first occurrence, which is what "delivered at" means).
     status_times: Mapping[MessageStatus, datetime] = field(default_factory=dict)
-    # The status the final report gave this message; it has no event time.
-    reported_status: MessageStatus | None = None
+    # Every status a final report gave this message (two reports may disagree);
+    # they have no event time. A set, not the highest: a `rejected` reported
+    # after a `read` is a contradiction whichever report came first.
+    reported_statuses: frozenset[MessageStatus] = frozenset()
     usage: Money | None = None
     error: ErrorInfo | None = None
     error_at: datetime | None = None
@@ -254,6 +256,11 @@ class MessageState:
     item_number: int | None = None
     items_total: int | None = None
     client_ref: str | None = None
+
+    @property
+    def reported_status(self) -> MessageStatus | None:
+        """The status the final reports give this message: the highest by precedence."""
+        return max(self.reported_statuses, key=_rank, default=None)
 
     @property
     def status(self) -> MessageStatus | None:
@@ -273,9 +280,7 @@ class MessageState:
     @property
     def contradictions(self) -> frozenset[MessageStatus]:
         """Failure statuses recorded beside a success (the success stands)."""
-        seen = set(self.status_times)
-        if self.reported_status is not None:
-            seen.add(self.reported_status)
+        seen = set(self.status_times) | self.reported_statuses
         return frozenset(seen & FAILURE) if seen & SUCCESS else frozenset()
 
 
@@ -293,6 +298,11 @@ class Transition(Generic[S]):
 
     state: S
     discrepancies: tuple[Discrepancy, ...] = ()
+
+
+def _rank(status: MessageStatus) -> tuple[int, str]:
+    """Precedence, then the name: a total order, so that a pick never depends on arrival."""
+    return (PRECEDENCE[status], status.value)
 
 
 def current_status(
@@ -450,13 +460,9 @@ def apply_reported_message(
     _check_subject("reported message", state.message_uuid, reported.message_uuid)
     joiner = _Joiner("message", state.message_uuid)
 
-    reported_status = state.reported_status
+    reported_statuses = state.reported_statuses
     if reported.status is not None:
-        reported_status = (
-            reported.status
-            if reported_status is None
-            else max(reported_status, reported.status, key=lambda s: (PRECEDENCE[s], s.value))
-        )
+        reported_statuses = reported_statuses | {reported.status}
     new = replace(
         state,
         dispatch_uuid=joiner.join(
@@ -464,7 +470,7 @@ def apply_reported_message(
         ),
         channel=joiner.join("channel_conflict", state.channel, reported.channel, _str_key, _same),
         api=joiner.join("api_conflict", state.api, Api.DISPATCH, _str_key, _same, keep="max"),
-        reported_status=reported_status,
+        reported_statuses=reported_statuses,
         usage=joiner.join(
             "price_conflict", state.usage, reported.usage, _money_key, Money.describe, keep="max"
         ),

@@ -57,7 +57,7 @@ def message_from_row(row: Mapping[str, Any]) -> MessageState:
         to=_party(row, "to"),
         from_=_party(row, "from"),
         status_times=times,
-        reported_status=_STATUSES[row["reported_status"]] if row["reported_status"] else None,
+        reported_statuses=frozenset(_STATUSES[s] for s in row["reported_statuses"] or ()),
         usage=Money(row["price"], row["currency"]) if row["price"] is not None else None,
         error=error,
         error_at=row["error_at"],
@@ -80,6 +80,12 @@ def message_params(state: MessageState) -> dict[str, Any]:
         "first_event_at": state.first_event_at,
         "delivery_reached_at": state.delivery_reached_at,
         "reported_status": str(state.reported_status) if state.reported_status else None,
+        # An array's text form: the statement casts each element to text[].
+        "reported_statuses": (
+            "{" + ",".join(sorted(state.reported_statuses)) + "}"
+            if state.reported_statuses
+            else None
+        ),
         "price": usage.amount if usage else None,
         "currency": usage.currency if usage else None,
         "error_code": error.code if error else None,

@@ -218,7 +218,8 @@ def test_a_late_delivery_missing_from_the_report_total_is_explained() -> None:
     viber = msg("m2", VB, "0.0200", submitted=s(2), delivered=s(900))  # after the report
     sms = msg("m3", SMS, "0.0333", submitted=s(302), delivered=s(310))
     listed = [
-        MessageState(**{**m.__dict__, "reported_status": m.status}) for m in (messenger, viber, sms)
+        MessageState(**{**m.__dict__, "reported_statuses": frozenset({m.status})})
+        for m in (messenger, viber, sms)
     ]
     decision, findings = evaluate(THREE, listed, report(ReportedStatus.COMPLETED, s(311), "0.0433"))
     assert decision.status is DispatchStatus.COMPLETED

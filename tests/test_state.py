@@ -331,3 +331,57 @@ def test_any_events_in_any_order_give_the_same_message_state(
     rng.shuffle(shuffled)
     doubled = shuffled + shuffled[: len(shuffled) // 2]
     assert run(events) == run(shuffled) == run(doubled)
+
+
+def test_final_reports_that_disagree_give_the_same_discrepancies_in_any_order() -> None:
+    # The hostile run: a `delivered` status, and two final reports listing the
+    # message as `rejected` and as `read`. Whichever report came first, both
+    # the contradiction and the reports' conflict are recorded.
+    delivered = StatusEvent("m", S.DELIVERED, at(1), dispatch_uuid="d")
+    rejected = FinalReport(
+        "d", ReportedStatus.ERROR, at(5), messages=(ReportedMessage("m", status=S.REJECTED),)
+    )
+    read = FinalReport(
+        "d", ReportedStatus.COMPLETED, at(6), messages=(ReportedMessage("m", status=S.READ),)
+    )
+    orders = itertools.permutations([delivered, rejected, read])
+    first, *others = [fold(list(order)) for order in orders]
+    assert all(other == first for other in others)
+    messages, _, found = first
+    assert messages["m"].status is S.READ
+    assert {d.kind for d in found} == {"status_contradiction", "final_report_conflict"}
+
+
+reported_messages = st.builds(
+    ReportedMessage,
+    # Mostly the message the status events are about, so that reports disagree about it.
+    message_uuid=st.sampled_from(["m", "m", "m", "n"]),
+    channel=st.none() | st.sampled_from(list(Channel)),
+    status=st.none() | statuses,
+    usage=st.none() | money,
+)
+final_reports = st.builds(
+    FinalReport,
+    dispatch_uuid=st.just("d-1"),
+    status=st.sampled_from(list(ReportedStatus)),
+    occurred_at=moments,
+    template=st.none() | st.just("failover"),
+    usage=st.none() | money,
+    messages=st.lists(
+        reported_messages, min_size=1, max_size=2, unique_by=lambda r: r.message_uuid
+    ).map(tuple),
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.lists(status_events | final_reports, min_size=1, max_size=8),
+    st.randoms(use_true_random=False),
+)
+def test_any_statuses_and_disagreeing_final_reports_in_any_order_give_the_same_state(
+    events: list[StatusEvent | FinalReport], rng: random.Random
+) -> None:
+    shuffled = list(events)
+    rng.shuffle(shuffled)
+    doubled = shuffled + shuffled[: len(shuffled) // 2]
+    assert fold(events) == fold(shuffled) == fold(doubled)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -64,6 +65,45 @@ def test_arrival_order_and_duplicates_do_not_change_the_stored_state(client: Fla
     assert [(d["kind"], d["detail"]) for d in workflow["discrepancies"]] == [
         ("usage_mismatch", "final report total 0.02 EUR; computed 0.0433 EUR")
     ]
+
+
+def test_final_reports_that_disagree_are_stored_the_same_in_any_order(
+    client: FlaskClient,
+) -> None:
+    # A delivered message that one final report lists as rejected and another as read.
+    base: list[payloads.Delivery] = [
+        (
+            "message-status",
+            payloads.status("m-1", "delivered", "2020-01-01T14:00:05Z", dispatch_uuid="d-1"),
+        ),
+        (
+            "final-report",
+            payloads.final_report(
+                "d-1",
+                "error",
+                "2020-01-01T14:05:00Z",
+                [{"message_uuid": "m-1", "status": "rejected"}],
+            ),
+        ),
+        (
+            "final-report",
+            payloads.final_report(
+                "d-1",
+                "completed",
+                "2020-01-01T14:06:00Z",
+                [{"message_uuid": "m-1", "status": "read"}],
+            ),
+        ),
+    ]
+    documents = set()
+    for n, order in enumerate(itertools.permutations(range(3))):
+        tag = f"r{n}"
+        for kind, payload in (renamed(base, tag)[i] for i in order):
+            assert post(client, kind, payload).status_code == 200
+        documents.add(normalized(client.get(f"/workflows/d-{tag}").json, tag))
+    assert len(documents) == 1
+    kinds = {d["kind"] for d in json.loads(documents.pop())["discrepancies"]}
+    assert {"status_contradiction", "final_report_conflict"} <= kinds
 
 
 def _deliver_all(db: Database, deliveries: list[payloads.Delivery], threads: int) -> list[str]:

@@ -43,15 +43,16 @@ SELECT md5(w.dispatch_uuid || '/' || c.k)::uuid::text, w.source, w.request, w.st
 -- Their messages, under the copied workflow.
 INSERT INTO message (message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type,
                      from_id, from_number, status, submitted_at, delivered_at, read_at,
-                     rejected_at, undeliverable_at, reported_status, price, currency,
-                     error_code, error_reason, error_at, first_received_at, updated_at,
+                     rejected_at, undeliverable_at, reported_status, reported_statuses, price,
+                     currency, error_code, error_reason, error_at, first_received_at, updated_at,
                      first_event_at, delivery_reached_at, api, item_number, items_total,
                      client_ref)
 SELECT md5(m.message_uuid || '/' || c.k)::uuid::text,
        md5(m.dispatch_uuid || '/' || c.k)::uuid::text, m.channel, m.to_type, m.to_id,
        m.to_number, m.from_type, m.from_id, m.from_number, m.status, m.submitted_at - c.back,
        m.delivered_at - c.back, m.read_at - c.back, m.rejected_at - c.back,
-       m.undeliverable_at - c.back, m.reported_status, m.price, m.currency, m.error_code,
+       m.undeliverable_at - c.back, m.reported_status, m.reported_statuses, m.price, m.currency,
+       m.error_code,
        m.error_reason, m.error_at - c.back, m.first_received_at - c.back, m.updated_at - c.back,
        m.first_event_at - c.back, m.delivery_reached_at - c.back, m.api, m.item_number,
        m.items_total, m.client_ref

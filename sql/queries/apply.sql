@@ -115,8 +115,8 @@ ON CONFLICT ON CONSTRAINT message_pkey DO NOTHING;
 -- Read messages' rows, locked in id order until commit.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
        from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
-       items_total, client_ref
+       reported_status, reported_statuses, price, currency, error_code, error_reason, error_at,
+       api, item_number, items_total, client_ref
   FROM message
  WHERE message_uuid = ANY(%(ids)b)
  ORDER BY message_uuid COLLATE "C"
@@ -157,8 +157,8 @@ UPDATE dispatch d
 -- The messages of locked workflows, each workflow's in the order they were sent.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
        from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
-       items_total, client_ref
+       reported_status, reported_statuses, price, currency, error_code, error_reason, error_at,
+       api, item_number, items_total, client_ref
   FROM message
  WHERE dispatch_uuid = ANY(%(ids)b)
  ORDER BY dispatch_uuid, first_event_at NULLS LAST, message_uuid;
@@ -206,6 +206,7 @@ UPDATE message m
        rejected_at = v.rejected_at,
        undeliverable_at = v.undeliverable_at,
        reported_status = v.reported_status,
+       reported_statuses = v.reported_statuses::text[],
        price = v.price,
        currency = v.currency,
        error_code = v.error_code,
@@ -223,15 +224,15 @@ UPDATE message m
               %(delivery_reached_at)b::timestamptz[], %(submitted_at)b::timestamptz[],
               %(delivered_at)b::timestamptz[], %(read_at)b::timestamptz[],
               %(rejected_at)b::timestamptz[], %(undeliverable_at)b::timestamptz[],
-              %(reported_status)b::text[], %(price)b::numeric[], %(currency)b::text[],
-              %(error_code)b::integer[], %(error_reason)b::text[], %(error_at)b::timestamptz[],
+              %(reported_status)b::text[], %(reported_statuses)b::text[],
+              %(price)b::numeric[], %(currency)b::text[], %(error_code)b::integer[], %(error_reason)b::text[], %(error_at)b::timestamptz[],
               %(api)b::text[], %(item_number)b::integer[], %(items_total)b::integer[],
               %(client_ref)b::text[], %(received_at)b::timestamptz[])
        AS v(message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type,
             from_id, from_number, status, first_event_at, delivery_reached_at, submitted_at,
-            delivered_at, read_at, rejected_at, undeliverable_at, reported_status, price,
-            currency, error_code, error_reason, error_at, api, item_number, items_total,
-            client_ref, received_at)
+            delivered_at, read_at, rejected_at, undeliverable_at, reported_status,
+            reported_statuses, price, currency, error_code, error_reason, error_at, api,
+            item_number, items_total, client_ref, received_at)
  WHERE m.message_uuid = v.message_uuid;
 
 -- name: insert_discrepancies

@@ -9,8 +9,8 @@ SELECT dispatch_uuid, template, status, reported_status, reported_at, reported_p
 -- One message's row.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
        from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
-       reported_status, price, currency, error_code, error_reason, error_at, api, item_number,
-       items_total, client_ref
+       reported_status, reported_statuses, price, currency, error_code, error_reason, error_at,
+       api, item_number, items_total, client_ref
   FROM message
  WHERE message_uuid = %(message_uuid)s;
 
