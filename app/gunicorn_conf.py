@@ -26,7 +26,15 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # stopped the service. psycopg 3 cooperates with gevent by itself (3.1.14+),
 # so a request waiting on PostgreSQL lets the others run. Connections to the
 # database are still at most DB_POOL_MAX_SIZE per process.
-worker_class = "gevent"
+#
+# Each worker holds at most worker_connections; gevent's own worker then
+# stops accepting, and 2,000 idle or half-sent connections left every
+# callback unanswered. This one (app/web_worker.py) gives a request's head and
+# body GUNICORN_READ_TIMEOUT (10 s: Vonage and the router send a request
+# whole, in milliseconds) and, when a worker holds nine in ten of its
+# connections, closes the one that has waited longest for a request or its
+# body to make room for each new one.
+worker_class = "app.web_worker.SheddingGeventWorker"
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 
 # A request must finish well under the router's 30 s limit; a worker stuck

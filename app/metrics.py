@@ -46,6 +46,13 @@ REJECTS_DROPPED = Counter(
     " spent.",
     ["reason"],
 )
+CONNECTIONS_CLOSED = Counter(
+    "dispatch_ledger_connections_closed_total",
+    "Connections the web server closed before answering, by reason: shed (a full worker made"
+    " room for a new connection), read_timeout (a request's head or body did not arrive within"
+    " GUNICORN_READ_TIMEOUT), idle_timeout (no next request within GUNICORN_KEEPALIVE).",
+    ["reason"],
+)
 APPLIED = Counter(
     "dispatch_ledger_callbacks_applied_total",
     "Captured callbacks applied to workflows and messages by this service's appliers.",

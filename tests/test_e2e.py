@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,13 @@ class Server:
         )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("serve")
+@contextmanager
+def serving(data_dir: Path, **settings: str) -> Iterator[Server]:
+    """`dispatch-ledger serve` on a free port of loopback, ready; stopped as a platform stops it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(DATA_DIR=str(data_dir), WEB_CONCURRENCY="2", HOST="127.0.0.1")
-    env.update(APPLY_MAX_LAG_SECONDS=str(MAX_LAG))
+    env.update(APPLY_MAX_LAG_SECONDS=str(MAX_LAG), **settings)
     log = (data_dir / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
@@ -77,26 +78,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     srv = Server(port, process, data_dir)
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            if srv.request("GET", "/readyz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError((data_dir / "serve.log").read_text())
-        time.sleep(0.2)
-    yield srv
-    if process.poll() is None:
-        # As a platform stops it: SIGKILL would orphan gunicorn (serve's child).
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    log.close()
+    try:
+        while True:
+            try:
+                if srv.request("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait(10)
+                raise RuntimeError((data_dir / "serve.log").read_text())
+            time.sleep(0.2)
+        yield srv
+    finally:
+        if process.poll() is None:
+            # As a platform stops it: SIGKILL would orphan gunicorn (serve's child).
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("serve")) as srv:
+        yield srv
 
 
 def test_samples_go_in_over_http_and_come_out_of_the_read_api(server: Server) -> None:
