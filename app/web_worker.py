@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, cast
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from app.config import Settings
+
 
 class Shed(Exception):
     """Raised in a waiting connection's greenlet to close it and make room."""
@@ -66,7 +68,7 @@ class SheddingGeventWorker(GeventWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeout = read_timeout()
-        self.max_body = int(os.environ.get("MAX_BODY_BYTES", str(256 * 1024)))
+        self.max_body = Settings.from_env().max_body_bytes
         self.shed_above = max(int(self.worker_connections * SHED_ABOVE), 1)
         self.open = 0
         # Greenlets of connections waiting for a request or its body, longest first.

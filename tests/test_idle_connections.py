@@ -10,6 +10,7 @@ connections each, as deployed) with 3,000 such connections open.
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 import time
@@ -161,3 +162,19 @@ def test_an_incomplete_request_times_out_and_an_idle_connection_stays(server: Se
     assert b"200 OK" in idle.recv(4096)
     idle.close()
     assert closed_counts(server).get("read_timeout", 0) >= before + 3
+
+
+def test_a_client_that_waits_for_100_continue_is_told_to_send_its_body(server: Server) -> None:
+    # The worker reads the body before the application: it must first say
+    # "100 Continue" to a client that asked, or the client waits out the deadline.
+    body = json.dumps(payloads.status("m-expect", "submitted", "2020-01-01T14:00:00Z")).encode()
+    sock = connect(server.port)
+    sock.sendall(
+        b"POST /webhooks/status HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n")
+    sock.sendall(body)
+    answer = sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer
