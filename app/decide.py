@@ -54,7 +54,10 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> Tally:
     findings: dict[str, tuple[datetime, list[tuple[str, str]]]] = {}
     for c in deciding:
         uuid = c.state.dispatch_uuid
-        decision, found = evaluate(c.locked.definition, messages[uuid], c.state.report, c.state.api)
+        candidates, totals = messages[uuid]
+        decision, found = evaluate(
+            c.locked.definition, candidates, c.state.report, c.state.api, totals
+        )
         decided = _columns(decision)
         if decided != c.locked.decided:  # an unchanged decision is not written again
             decisions[uuid] = decided

@@ -11,15 +11,17 @@ the present is left to the caller, who passes the time in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
 from app import times
 from app.state import (
     FAILURE,
+    MAX_ITEMS,
     Api,
     Channel,
     DispatchStatus,
@@ -32,6 +34,36 @@ from app.state import (
 )
 
 DecidedBy = Literal["definition", "final_report", "callbacks"]
+
+# A workflow has at most this many steps: Dispatch's definitions
+# (definitions.MAX_STEPS) and the Messages API's items (state.MAX_ITEMS) alike.
+# So of a workflow's messages only a few can hold a step: the first of each
+# item number, and the first this many of each channel (`assign`). Those are
+# all a decision reads (storage.workflows_messages), whatever else the
+# workflow holds: deciding costs the same for 3 messages and for 10,000.
+MOST_STEPS = MAX_ITEMS
+# Messages a finding lists by name; the rest are counted.
+LISTED = 10
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a decision needs to know of all of a workflow's messages, not only those it reads."""
+
+    messages: int  # how many the workflow holds
+    usage: Mapping[str, Decimal]  # every message's price summed, per currency, exactly
+    items: int  # the most items any of them claims, up to MAX_ITEMS (0: none)
+
+    @classmethod
+    def of(cls, messages: Sequence[MessageState]) -> Totals:
+        """When the messages given are all there are."""
+        claims = [
+            n
+            for m in messages
+            for n in (m.items_total, m.item_number)
+            if n is not None and n <= MAX_ITEMS
+        ]
+        return cls(len(messages), computed_usage(messages), max(claims, default=0))
 
 
 class Outcome(StrEnum):
@@ -122,6 +154,18 @@ def failed_at(message: MessageState) -> datetime | None:
     return min(found) if found else None
 
 
+def sent_order(message: MessageState) -> tuple[bool, datetime, str]:
+    """The order messages were sent in: by their first event, then id (never seen: last).
+
+    storage.workflows_messages orders its rows the same way, in SQL.
+    """
+    return (
+        message.first_event_at is None,
+        message.first_event_at or datetime.min,
+        message.message_uuid,
+    )
+
+
 def assign(
     definition: Definition, messages: Iterable[MessageState]
 ) -> tuple[dict[int, MessageState], list[MessageState]]:
@@ -130,14 +174,7 @@ def assign(
     A Messages API item says which it is (`item_number`). Otherwise the n-th
     message seen on a channel (by event time) is the n-th step on that channel.
     """
-    ordered = sorted(
-        messages,
-        key=lambda m: (
-            m.first_event_at is None,
-            m.first_event_at or datetime.min,
-            m.message_uuid,
-        ),
-    )
+    ordered = sorted(messages, key=sent_order)
     assigned: dict[int, MessageState] = {}
     unmatched: list[MessageState] = []
     rest: list[MessageState] = []
@@ -162,19 +199,25 @@ def assign(
     return assigned, unmatched
 
 
-def items_definition(messages: Sequence[MessageState]) -> Definition | None:
+def items_definition(messages: Sequence[MessageState], claimed: int = 0) -> Definition | None:
     """A Messages API failover workflow's steps as its items show them, without a definition.
 
     As many steps as the items say there are (`items_total`, or the highest
-    item seen), each on its item's channel where that item has been seen.
+    item seen; `claimed`, the most any message of the workflow claims), each
+    on its item's channel where that item has been seen. A claim past
+    MAX_ITEMS makes no step (state.MAX_ITEMS; it is a discrepancy).
     """
-    numbered = [m for m in messages if m.item_number is not None]
+    numbered = [m for m in messages if m.item_number is not None and m.item_number <= MAX_ITEMS]
     totals = [m.items_total for m in messages if m.items_total is not None]
-    count = max([*totals, *(m.item_number or 0 for m in numbered)], default=0)
+    count = max(
+        [*(t for t in totals if t <= MAX_ITEMS), *(m.item_number or 0 for m in numbered), claimed],
+        default=0,
+    )
     if count == 0:
         return None
     channels: dict[int, Channel | None] = {}
-    for m in sorted(numbered, key=lambda m: m.message_uuid):
+    # Each item's channel is that of its first message: the one `assign` gives its step.
+    for m in sorted(numbered, key=sent_order):
         channels.setdefault(m.item_number or 0, m.channel)
     return Definition(tuple(Step(channels.get(n)) for n in range(1, count + 1)), Api.MESSAGES)
 
@@ -305,19 +348,26 @@ def evaluate(
     messages: Sequence[MessageState],
     report: Report | None,
     api: Api | None = Api.DISPATCH,
+    totals: Totals | None = None,
 ) -> tuple[Decision, list[Finding]]:
     """The workflow's status, and every way the final report disagrees with the callbacks.
 
     By the definition where there is one; a Messages API workflow without
     one, by its items (each says its place); else by the final report; else
     pending, decided by nobody (the service does not guess).
+
+    `messages` holds at least every message that can hold a step (see
+    MOST_STEPS); `totals` says what all of them add up to, when there are more.
     """
+    totals = totals or Totals.of(messages)
     if definition is None and api is Api.MESSAGES:
-        by_items = items_definition(messages)
+        by_items = items_definition(messages, totals.items)
         if by_items is not None:
             return _walk(by_items, messages, "callbacks"), []
     walked = _walk(definition, messages, "definition") if definition is not None else None
-    findings = _reconcile(walked, definition, report, messages) if report is not None else []
+    findings = (
+        _reconcile(walked, definition, report, messages, totals) if report is not None else []
+    )
     if walked is None:
         if report is None:
             return Decision(DispatchStatus.PENDING, None), findings
@@ -433,6 +483,7 @@ def _reconcile(
     definition: Definition | None,
     report: Report,
     messages: Sequence[MessageState],
+    totals: Totals,
 ) -> list[Finding]:
     findings: list[Finding] = []
     if walked is not None and definition is not None:
@@ -453,7 +504,7 @@ def _reconcile(
                 )
             )
         _, unmatched = assign(definition, messages)
-        for message in unmatched:
+        for message in unmatched[:LISTED]:
             findings.append(
                 Finding(
                     "unexpected_message",
@@ -461,7 +512,15 @@ def _reconcile(
                     "matches no step of the definition",
                 )
             )
-    findings.extend(_usage_findings(report, messages))
+        # Those not read could hold no step either.
+        more = len(unmatched[LISTED:]) + totals.messages - len(messages)
+        if more:
+            findings.append(
+                Finding(
+                    "unexpected_message", f"{more} more messages match no step of the definition"
+                )
+            )
+    findings.extend(_usage_findings(report, messages, totals))
     return findings
 
 
@@ -477,10 +536,12 @@ def _why(decision: Decision) -> str:
     return "no step succeeded"  # pragma: no cover - a terminal walk has a reason
 
 
-def _usage_findings(report: Report, messages: Sequence[MessageState]) -> list[Finding]:
+def _usage_findings(
+    report: Report, messages: Sequence[MessageState], totals: Totals
+) -> list[Finding]:
     if report.usage is None:
         return []
-    computed = computed_usage(messages)
+    computed = totals.usage
     # Nothing charged and a total of 0 are the same cost.
     reported = {report.usage.currency: report.usage.amount}
     if {c: a for c, a in computed.items() if a} == {c: a for c, a in reported.items() if a}:
@@ -504,7 +565,11 @@ def _usage_findings(report: Report, messages: Sequence[MessageState]) -> list[Fi
     )
     detail = f"final report total {report.usage.describe()}; computed {computed_text}"
     if causes:
-        detail += "; " + "; ".join(causes)
+        detail += "; " + "; ".join(causes[:LISTED])
+    if causes[LISTED:]:
+        detail += f"; and {len(causes[LISTED:])} more such messages"
+    if unread := totals.messages - len(messages):
+        detail += f"; {unread} more messages of the workflow not examined"
     return [Finding("usage_mismatch", detail)]
 
 

@@ -13,7 +13,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from app.failover import Definition, Step
 from app.schemas import WholeNumber
-from app.state import MESSAGES_CHANNELS, Api, Channel
+from app.state import MAX_ITEMS, MESSAGES_CHANNELS, Api, Channel
 
 CHANNELS = [c.value for c in MESSAGES_CHANNELS]
 # What each channel can carry, and the longest text it takes.
@@ -44,7 +44,6 @@ TTL_RANGES = {
 }
 # Message types whose content is a file Vonage fetches.
 MEDIA = frozenset({"image", "audio", "video", "file", "vcard"})
-MAX_ITEMS = 10  # the first message and up to 9 to fail over to
 CLIENT_REF_LENGTH = 100
 WEBHOOK_VERSIONS = ["v0.1", "v1"]
 

@@ -155,23 +155,80 @@ _READ_SECURITY: list[dict[str, list[str]]] = [{}, {"readToken": []}, {"apiToken"
 _READ_REFUSED = {401: "A valid read token is required (READ_API_TOKEN is set)"}
 
 
-def _read(name: str, summary: str) -> dict[str, Any]:
+def _read(
+    name: str,
+    summary: str,
+    document: dict[str, Any] | None = None,
+    query: list[dict[str, Any]] | None = None,
+    errors: tuple[int, ...] = (401, 404, 503),
+) -> dict[str, Any]:
     return {
         "get": {
             "summary": summary,
             "security": _READ_SECURITY,
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}},
+                *(query or []),
             ],
             "responses": {
                 "200": {
                     "description": summary,
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "content": {"application/json": {"schema": document or {"type": "object"}}},
                 },
-                **_errors(401, 404, 503, described=_READ_REFUSED),
+                **_errors(*errors, described=_READ_REFUSED),
             },
         }
     }
+
+
+# A workflow's messages come a page at a time (readmodel.MESSAGES_PAGE in its
+# document), so that no document grows with what a workflow claims to hold.
+_NEXT_PAGE = {
+    "type": ["string", "null"],
+    "description": "The path of the next page of messages (GET /workflows/{dispatch_uuid}"
+    "/messages?after=...), or null when there are no more",
+}
+_WORKFLOW_DOCUMENT = {
+    "type": "object",
+    "description": "One workflow. Its messages are paged: `messages` holds the first 100 in the"
+    " order they were sent, `messages_total` says how many there are, `messages_next` where the"
+    " rest are. `discrepancies` lists the first 100 of `discrepancies_total`.",
+    "required": ["dispatch_uuid", "messages", "messages_total", "messages_next"],
+    "properties": {
+        "dispatch_uuid": {"type": "string"},
+        "messages": {"type": "array", "maxItems": 100, "items": {"type": "object"}},
+        "messages_total": {"type": "integer", "minimum": 0},
+        "messages_next": _NEXT_PAGE,
+        "discrepancies": {"type": "array", "items": {"type": "object"}},
+        "discrepancies_total": {"type": "integer", "minimum": 0},
+    },
+}
+_MESSAGES_PAGE = {
+    "type": "object",
+    "description": "A page of a workflow's messages, in the order they were sent.",
+    "required": ["dispatch_uuid", "messages", "messages_total", "next"],
+    "properties": {
+        "dispatch_uuid": {"type": "string"},
+        "messages": {"type": "array", "maxItems": 1000, "items": {"type": "object"}},
+        "messages_total": {"type": "integer", "minimum": 0},
+        "next": _NEXT_PAGE,
+    },
+}
+_PAGE_QUERY = [
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The last message of the previous page (its message_uuid)",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+]
 
 
 # A workflow is sent or recorded from either API's request, told apart by
@@ -469,7 +526,20 @@ def document() -> dict[str, Any]:
         "/webhooks/final-report",
         operations=_webhook("Callback", "Receive any Dispatch callback (as the report URL)"),
     )
-    spec.path("/workflows/{dispatch_uuid}", operations=_read("dispatch_uuid", "One workflow"))
+    spec.path(
+        "/workflows/{dispatch_uuid}",
+        operations=_read("dispatch_uuid", "One workflow", _WORKFLOW_DOCUMENT),
+    )
+    spec.path(
+        "/workflows/{dispatch_uuid}/messages",
+        operations=_read(
+            "dispatch_uuid",
+            "A page of one workflow's messages",
+            _MESSAGES_PAGE,
+            _PAGE_QUERY,
+            (400, 401, 404, 503),
+        ),
+    )
     spec.path("/messages/{message_uuid}", operations=_read("message_uuid", "One message"))
     spec.path("/workflows", operations=_workflows())
     spec.path("/workflows/{dispatch_uuid}/definition", operations=_definition())

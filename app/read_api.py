@@ -36,6 +36,35 @@ def get_workflow(dispatch_uuid: str) -> Response:
     return _answer("workflow", dispatch_uuid, readmodel.read_workflow, "dispatch_uuid")
 
 
+@bp.get("/workflows/<id:dispatch_uuid>/messages")
+def get_workflow_messages(dispatch_uuid: str) -> Response:
+    """A page of one workflow's messages in the order they were sent (its document holds the
+    first, and `messages_next` names this page): ?after=<message_uuid>&limit=N."""
+    require_read_access()
+    after = request.args.get("after") or None
+    limit = _limit()
+    try:
+        page = get_db().run(lambda conn: readmodel.read_messages(conn, dispatch_uuid, after, limit))
+    except readmodel.NotInWorkflow:
+        # Not found, as a path is: the page it names does not exist.
+        raise ApiError(
+            404, f"{after!r} is not a message of this workflow.", {"after": ["Not found."]}
+        ) from None
+    if page is None:
+        raise ApiError(404, f"No workflow with dispatch_uuid {dispatch_uuid!r} has been seen.")
+    return jsonify(page)
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", str(readmodel.MESSAGES_PAGE))
+    most = readmodel.MOST_MESSAGES_PAGE
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+        raise ApiError(
+            400, f"limit must be a whole number from 1 to {most}.", {"limit": ["Out of range."]}
+        )
+    return int(raw)
+
+
 @bp.get("/messages/<id:message_uuid>")
 def get_message(message_uuid: str) -> Response:
     """One message with its workflow's dispatch_uuid."""

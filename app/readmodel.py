@@ -5,14 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from app import storage
 from app.db import Connection, Database
 from app.definitions import definition_from_steps
 from app.failover import StepResult, evaluate
 from app.queries import sql
-from app.state import MessageState, Money, computed_usage
+from app.state import MessageState, Money
 from app.times import iso
+
+# Messages in a workflow's document, and on a page of GET /workflows/<id>/messages by default.
+MESSAGES_PAGE = 100
+# The most a page may ask for.
+MOST_MESSAGES_PAGE = 1000
+# Discrepancies listed in a workflow's document.
+DISCREPANCIES_LISTED = 100
 
 
 def usage_document(totals: Mapping[str, Decimal]) -> dict[str, str]:
@@ -68,7 +76,7 @@ def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None
     if row is None:
         return None
     dispatch = storage.dispatch_from_row(row)
-    messages = storage.workflows_messages(conn, [dispatch_uuid])[dispatch_uuid]
+    candidates, totals = storage.workflows_messages(conn, [dispatch_uuid])[dispatch_uuid]
     report = dispatch.report
     decided = conn.execute(sql("get_decision"), params).fetchone()
     assert decided is not None  # same row as above
@@ -79,7 +87,11 @@ def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None
     )
     # The steps are worked out again rather than stored: the same pure walk
     # that made the stored decision, over the same rows.
-    decision, _ = evaluate(definition, messages, report, dispatch.api)
+    decision, _ = evaluate(definition, candidates, report, dispatch.api, totals)
+    page = messages_page(conn, dispatch_uuid, None, MESSAGES_PAGE)
+    discrepancies = conn.execute(
+        sql("get_dispatch_discrepancies"), {**params, "limit": DISCREPANCIES_LISTED}
+    ).fetchall()
     pending = row["status"] == "pending"
     current = (
         decision.steps[decision.current_step - 1]
@@ -110,13 +122,60 @@ def read_workflow(conn: Connection, dispatch_uuid: str) -> dict[str, Any] | None
         "winning_step": decided["winning_step"],
         "reported_status": report.status.value if report else None,
         "reported_at": iso(report.occurred_at) if report else None,
-        "usage": usage_document(computed_usage(messages)),
+        "usage": usage_document(totals.usage),
         "reported_usage": _money(report.usage) if report else None,
         "definition": decided["definition_source"],
         "steps": [_step_document(s) for s in decision.steps] if decision.steps else None,
-        "messages": [message_document(m) for m in messages],
-        "discrepancies": reconciliation
-        + _discrepancies(conn.execute(sql("get_dispatch_discrepancies"), params).fetchall()),
+        # A page of them, in the order sent: a workflow's document stays bounded
+        # however many messages claim to be in it. `messages_next` reads on.
+        "messages": page["messages"],
+        "messages_total": totals.messages,
+        "messages_next": page["next"],
+        "discrepancies": reconciliation + _discrepancies(discrepancies),
+        # The first DISCREPANCIES_LISTED are listed (each message's are at /messages/<id>).
+        "discrepancies_total": len(reconciliation)
+        + (discrepancies[0]["total"] if discrepancies else 0),
+    }
+
+
+def messages_page(
+    conn: Connection, dispatch_uuid: str, after: str | None, limit: int
+) -> dict[str, Any]:
+    """Up to `limit` of a workflow's messages in the order sent, after message `after`, and the
+    path of the next page (None at the end)."""
+    rows = conn.execute(
+        sql("workflow_messages_page"),
+        {"dispatch_uuid": dispatch_uuid, "after": after, "limit": limit + 1},
+    ).fetchall()
+    messages = [message_document(storage.message_from_row(row)) for row in rows[:limit]]
+    following = None
+    if len(rows) > limit:
+        following = (
+            f"/workflows/{quote(dispatch_uuid, safe='')}/messages"
+            f"?after={quote(messages[-1]['message_uuid'], safe='')}&limit={limit}"
+        )
+    return {"messages": messages, "next": following}
+
+
+class NotInWorkflow(ValueError):
+    """A page was asked for after a message that is not the workflow's."""
+
+
+def read_messages(
+    conn: Connection, dispatch_uuid: str, after: str | None, limit: int
+) -> dict[str, Any] | None:
+    """GET /workflows/<id>/messages: a page of a workflow's messages; None for no such workflow."""
+    params = {"dispatch_uuid": dispatch_uuid, "message_uuid": after}
+    if conn.execute(sql("get_dispatch"), params).fetchone() is None:
+        return None
+    if after is not None and conn.execute(sql("is_workflow_message"), params).fetchone() is None:
+        raise NotInWorkflow(after)
+    total = conn.execute(sql("count_workflow_messages"), params).fetchone()
+    assert total is not None  # an aggregate
+    return {
+        "dispatch_uuid": dispatch_uuid,
+        "messages_total": total["messages"],
+        **messages_page(conn, dispatch_uuid, after, limit),
     }
 
 

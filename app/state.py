@@ -97,6 +97,13 @@ PRECEDENCE: Mapping[MessageStatus, int] = {
     MessageStatus.READ: 3,
 }
 SUCCESS = frozenset({MessageStatus.DELIVERED, MessageStatus.READ})
+
+# A Messages API failover workflow has at most this many items: the message and
+# up to nine failover messages. A status that claims a place beyond it is kept
+# and its claim recorded as a discrepancy, but it never makes a step: one
+# 300-byte callback claiming "items_total": "10000" made a workflow of 10,000
+# steps. (Refusing it would make Vonage drop the callback for good.)
+MAX_ITEMS = 10
 FAILURE = frozenset({MessageStatus.REJECTED, MessageStatus.UNDELIVERABLE})
 
 
@@ -449,7 +456,19 @@ def apply_status(state: MessageState | None, event: StatusEvent) -> Transition[M
             "client_ref_conflict", state.client_ref, event.client_ref, _str_key, _same
         ),
     )
-    return Transition(new, tuple(joiner.found) + _contradictions(new))
+    return Transition(new, tuple(joiner.found) + _contradictions(new) + _beyond_items(event))
+
+
+def _beyond_items(event: StatusEvent) -> tuple[Discrepancy, ...]:
+    """A claimed place past MAX_ITEMS: recorded, never a step (failover.items_definition)."""
+    claims = [n for n in (event.item_number, event.items_total) if n is not None]
+    if not claims or max(claims) <= MAX_ITEMS:
+        return ()
+    detail = (
+        f"claims item {event.item_number or '?'} of {event.items_total or '?'}; a Messages API"
+        f" failover workflow has at most {MAX_ITEMS} items, so this claim makes no step"
+    )
+    return (Discrepancy("message", event.message_uuid, "items_beyond_limit", detail),)
 
 
 def apply_reported_message(

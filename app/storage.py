@@ -12,7 +12,7 @@ from psycopg.rows import DictRow
 
 from app.db import Connection, jsonb
 from app.definitions import definition_from_steps, steps_document
-from app.failover import Definition
+from app.failover import MOST_STEPS, Definition, Totals
 from app.queries import sql
 from app.state import (
     Api,
@@ -333,13 +333,27 @@ def refresh_rollups(conn: Connection, dispatch_uuids: Iterable[str]) -> None:
 
 def workflows_messages(
     conn: Connection, dispatch_uuids: Iterable[str]
-) -> dict[str, list[MessageState]]:
-    """Each locked workflow's messages in the order they were sent."""
-    found: dict[str, list[MessageState]] = {uuid: [] for uuid in dispatch_uuids}
-    rows = conn.execute(sql("workflows_messages"), {"ids": sorted(found)}).fetchall()
-    for row in rows:
+) -> dict[str, tuple[list[MessageState], Totals]]:
+    """Each locked workflow's messages that can hold a step, in the order they were sent, and
+    what all of its messages add up to: what deciding it reads, however many it holds."""
+    ids = sorted(set(dispatch_uuids))
+    params = {"ids": ids, "steps": MOST_STEPS}
+    # Both go in one round trip (pipeline mode, in a unit of work).
+    candidates = conn.execute(sql("workflows_messages"), params)
+    totals = conn.execute(sql("workflows_totals"), params)
+    found: dict[str, list[MessageState]] = {uuid: [] for uuid in ids}
+    for row in candidates.fetchall():
         found[row["dispatch_uuid"]].append(message_from_row(row))
-    return found
+    summed = {
+        row["dispatch_uuid"]: Totals(
+            row["messages"],
+            dict(zip(row["currencies"] or (), row["totals"] or (), strict=True)),
+            row["items"],
+        )
+        for row in totals.fetchall()
+    }
+    none = Totals(0, {}, 0)
+    return {uuid: (messages, summed.get(uuid, none)) for uuid, messages in found.items()}
 
 
 def format_decimal(value: Decimal) -> str:

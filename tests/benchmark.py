@@ -759,6 +759,9 @@ def main() -> None:
     migrations.migrate(capture_url)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {"WEB_CONCURRENCY": str(args.workers), "DATABASE_URL": url}
+    # Unsigned callbacks, as every run before: a deployment opened on purpose
+    # (closed by default since 2026-12; a JWT check is not what is measured).
+    env |= {"ALLOW_UNSIGNED_CALLBACKS": "true", "READ_API_OPEN": "true"}
 
     bare = Server("bare ceiling (parse JSON only)", work, "bare:app", [])
     receivers = [

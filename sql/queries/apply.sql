@@ -154,14 +154,43 @@ UPDATE dispatch d
         r.last_event_at, r.items_total);
 
 -- name: workflows_messages
--- The messages of locked workflows, each workflow's in the order they were sent.
+-- Of locked workflows, the messages that can hold a step (failover.MOST_STEPS), in the order sent.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
        from_number, submitted_at, delivered_at, read_at, rejected_at, undeliverable_at,
        reported_status, reported_statuses, price, currency, error_code, error_reason, error_at,
        api, item_number, items_total, client_ref
-  FROM message
- WHERE dispatch_uuid = ANY(%(ids)b)
+  FROM (SELECT m.*,
+               -- A step takes the first message of its item number, or the n-th of
+               -- its channel: failover.assign's order (by event time, then id).
+               row_number() OVER (
+                   PARTITION BY m.dispatch_uuid, m.item_number,
+                                CASE WHEN m.item_number IS NULL THEN m.channel END
+                   ORDER BY m.first_event_at NULLS LAST, m.message_uuid COLLATE "C") AS place
+          FROM message m
+         WHERE m.dispatch_uuid = ANY(%(ids)b)) m
+ WHERE (m.item_number IS NULL AND m.place <= %(steps)s)
+    OR (m.item_number BETWEEN 1 AND %(steps)s AND m.place = 1)
  ORDER BY dispatch_uuid, first_event_at NULLS LAST, message_uuid;
+
+-- name: workflows_totals
+-- Of locked workflows, what all their messages add up to (failover.Totals): how many, prices per currency, items claimed.
+WITH priced AS (
+    SELECT dispatch_uuid, currency, sum(price) AS total
+      FROM message
+     WHERE dispatch_uuid = ANY(%(ids)b) AND price IS NOT NULL
+     GROUP BY dispatch_uuid, currency
+)
+SELECT m.dispatch_uuid,
+       count(*) AS messages,
+       coalesce(greatest(max(m.items_total) FILTER (WHERE m.items_total <= %(steps)s),
+                         max(m.item_number) FILTER (WHERE m.item_number <= %(steps)s)), 0) AS items,
+       (SELECT array_agg(p.currency ORDER BY p.currency) FROM priced p
+         WHERE p.dispatch_uuid = m.dispatch_uuid) AS currencies,
+       (SELECT array_agg(p.total ORDER BY p.currency) FROM priced p
+         WHERE p.dispatch_uuid = m.dispatch_uuid) AS totals
+  FROM message m
+ WHERE m.dispatch_uuid = ANY(%(ids)b)
+ GROUP BY m.dispatch_uuid;
 
 -- name: clear_reconciliation
 -- Forget workflows' disagreements before writing the current ones.

@@ -15,13 +15,38 @@ SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_typ
  WHERE message_uuid = %(message_uuid)s;
 
 -- name: get_dispatch_discrepancies
--- Contradictions found in a workflow and in its messages.
-SELECT d.subject, d.subject_id, d.kind, d.detail
+-- Contradictions found in a workflow and in its messages: the first `limit`, and how many in all.
+SELECT d.subject, d.subject_id, d.kind, d.detail, count(*) OVER () AS total
   FROM discrepancy d
  WHERE (d.subject = 'dispatch' AND d.subject_id = %(dispatch_uuid)s)
     OR (d.subject = 'message' AND d.subject_id IN (
            SELECT m.message_uuid FROM message m WHERE m.dispatch_uuid = %(dispatch_uuid)s))
- ORDER BY d.subject, d.subject_id, d.kind, d.detail;
+ ORDER BY d.subject, d.subject_id, d.kind, d.detail
+ LIMIT %(limit)s;
+
+-- name: workflow_messages_page
+-- A page of one workflow's messages in the order they were sent (failover.sent_order), after the message named.
+SELECT m.message_uuid, m.dispatch_uuid, m.channel, m.to_type, m.to_id, m.to_number, m.from_type,
+       m.from_id, m.from_number, m.submitted_at, m.delivered_at, m.read_at, m.rejected_at,
+       m.undeliverable_at, m.reported_status, m.reported_statuses, m.price, m.currency,
+       m.error_code, m.error_reason, m.error_at, m.api, m.item_number, m.items_total, m.client_ref
+  FROM message m
+ WHERE m.dispatch_uuid = %(dispatch_uuid)s
+   AND (%(after)s::text IS NULL
+        OR (coalesce(m.first_event_at, 'infinity'), m.message_uuid COLLATE "C")
+           > (SELECT coalesce(a.first_event_at, 'infinity'), a.message_uuid COLLATE "C"
+                FROM message a
+               WHERE a.message_uuid = %(after)s AND a.dispatch_uuid = %(dispatch_uuid)s))
+ ORDER BY coalesce(m.first_event_at, 'infinity'), m.message_uuid COLLATE "C"
+ LIMIT %(limit)s;
+
+-- name: count_workflow_messages
+-- How many messages a workflow holds.
+SELECT count(*) AS messages FROM message WHERE dispatch_uuid = %(dispatch_uuid)s;
+
+-- name: is_workflow_message
+-- Whether a message belongs to a workflow (a page's `after`).
+SELECT 1 FROM message WHERE message_uuid = %(message_uuid)s AND dispatch_uuid = %(dispatch_uuid)s;
 
 -- name: get_message_discrepancies
 -- Contradictions found in one message.
