@@ -29,8 +29,6 @@ from app.db import NO_WRITES, Database, DatabaseUnavailable
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused, DispatchUnanswered
 from app.intake import Rejection
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 def _database_url(settings: Settings) -> str:
     """DATABASE_URL, or the embedded PostgreSQL started under DATA_DIR."""
@@ -157,9 +155,9 @@ def serve(port: int | None, workers: int | None) -> None:
         "gunicorn",
         "--config",
         "python:app.gunicorn_conf",
-        "--chdir",
-        str(PROJECT_ROOT),
-        "wsgi:app",
+        # The package's own factory, not the checkout's wsgi.py (the
+        # Procfile's): an installed wheel has no wsgi.py, and runs anywhere.
+        "app:create_app()",
     ]
     if settings.database_url:
         # Nothing to look after: gunicorn takes this process over.

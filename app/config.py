@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from app.locations import default_data_dir
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
@@ -27,9 +29,8 @@ class Settings:
 
     # None means: start the embedded PostgreSQL under data_dir.
     database_url: str | None = None
-    # One place whatever the current directory (a command run from another
-    # folder joins the same server): beside the code, in the checkout.
-    data_dir: Path = Path(__file__).resolve().parent.parent / ".dispatch-ledger"
+    # A checkout's .dispatch-ledger/, else the user's data directory (app.locations).
+    data_dir: Path = field(default_factory=default_data_dir)
     # Bodies above this are refused with 413 before they are read.
     max_body_bytes: int = 256 * 1024
     # Dispatch payloads nest four levels deep; anything far deeper is hostile.

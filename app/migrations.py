@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql as pgsql
 
-from app.queries import SQL_DIR
+from app.locations import SQL_DIR
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = SQL_DIR / "migrations"
@@ -51,9 +51,14 @@ class Migration:
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migrations on disk, in order; refuses gaps and duplicates."""
+    """The migrations on disk, in order; refuses none at all, gaps and duplicates."""
     found: list[Migration] = []
-    for path in sorted(directory.glob("*.sql")):
+    paths = sorted(directory.glob("*.sql"))
+    if not paths:
+        # An install without its SQL files once said "database is up to date"
+        # and did nothing: no schema is never what this code expects.
+        raise MigrationError(f"no migration files in {directory}: this install is incomplete")
+    for path in paths:
         match = _FILENAME.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: expected NNNN_name.sql")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from pathlib import Path
 
-# sql/ sits beside app/ at the top of the project (the service runs from a
-# checkout or an editable install, as on Heroku-style platforms).
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+from app.locations import SQL_DIR
+
 QUERIES_DIR = SQL_DIR / "queries"
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 

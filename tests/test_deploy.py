@@ -57,8 +57,8 @@ def test_the_manifest_offers_only_settings_the_service_reads() -> None:
 
 def test_the_buildpack_installs_this_project_editable(tmp_path: Path) -> None:
     # Heroku's Python buildpack installs from requirements.txt (it does not
-    # install from pyproject.toml alone). Editable, so `dispatch-ledger migrate`
-    # in the release phase finds sql/ beside app/.
+    # install from pyproject.toml alone). Editable, so that the commands run the
+    # code of the folder the Procfile's wsgi.py imports (requirements.txt says why).
     report = tmp_path / "report.json"
     pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet"]
     subprocess.run(

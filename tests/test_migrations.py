@@ -93,3 +93,11 @@ def test_misnumbered_migrations_are_refused(tmp_path: Path, names: list[str]) ->
         (tmp_path / name).write_text("SELECT 1;")
     with pytest.raises(MigrationError):
         discover(tmp_path)
+
+
+def test_no_migration_files_is_an_error_not_up_to_date(server_url: str, tmp_path: Path) -> None:
+    # An install without its SQL files once said "database is up to date" and did nothing.
+    url = fresh_database(server_url)
+    with pytest.raises(MigrationError, match="no migration files"):
+        migrate(url, tmp_path)
+    assert query(url, "SELECT to_regclass('schema_migration')") == [(None,)]
