@@ -44,13 +44,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     metrics.init_app(app)
 
-    from app import dashboard, openapi, read_api, webhooks, workflow_api
+    from app import dashboard, metrics_view, openapi, read_api, webhooks, workflow_api
 
+    metrics_view.init_app(app)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(read_api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(workflow_api.bp)
     app.register_blueprint(dashboard.bp)
+    errors.answer_with_pages(app, "/dashboard", dashboard.error_page)
     from app import webhooks_fast
 
     webhooks_fast.install(app)

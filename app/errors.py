@@ -1,8 +1,9 @@
 """One JSON error envelope, {code, status, message, errors}, for every API error response
-(the dashboard, read by people, answers its errors with pages: app.dashboard.error_page)."""
+(the dashboard, read by people, answers its errors with pages: answer_with_pages)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -58,17 +59,25 @@ def handle_http_exception(error: HTTPException) -> Response:
         message = "The server failed to handle the request."
     else:
         message = error.description or ""
-    if request.path == "/dashboard" or request.path.startswith("/dashboard/"):
-        # People read the dashboard: its errors are pages (routing's 404s too).
-        from app.dashboard import error_page
-
-        return error_page(error)
+    pages: dict[str, Callable[[HTTPException], Response]] = current_app.extensions.get(_PAGES, {})
+    for prefix, page in pages.items():
+        if request.path == prefix or request.path.startswith(prefix + "/"):
+            # People read these: their errors are pages (routing's 404s too).
+            return page(error)
     response = envelope(code, message, getattr(error, "errors", None))
     # Keep headers such as Allow (405) that Werkzeug's exception carries.
     for name, value in error.get_headers():
         if name.lower() != "content-type":
             response.headers[name] = value
     return response
+
+
+_PAGES = "dispatch_ledger.error_pages"
+
+
+def answer_with_pages(app: Flask, prefix: str, page: Callable[[HTTPException], Response]) -> None:
+    """Errors under `prefix` (the dashboard's) are answered by `page`, not the JSON envelope."""
+    app.extensions.setdefault(_PAGES, {})[prefix] = page
 
 
 def handle_database_unavailable(error: DatabaseUnavailable) -> Response:
