@@ -28,6 +28,7 @@ from app.config import ConfigError, Settings, listen_address
 from app.db import NO_WRITES, Database, DatabaseUnavailable
 from app.dispatch_client import DispatchNotConfigured, DispatchRefused, DispatchUnanswered
 from app.intake import Rejection
+from app.overdue import list_overdue
 
 
 def _database_url(settings: Settings) -> str:
@@ -244,7 +245,7 @@ def overdue(grace: int | None, as_json: bool, fail_if_any: bool) -> None:
     allowed = grace if grace is not None else settings.overdue_grace_seconds
     timeout = settings.last_step_timeout_seconds
     with _database(settings) as db:
-        found = workflows.overdue(db, datetime.now(UTC), allowed, 10_000, timeout)
+        found = list_overdue(db, datetime.now(UTC), allowed, 10_000, timeout)
     for item in found:
         doc = item.document()
         if as_json:

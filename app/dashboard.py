@@ -10,9 +10,10 @@ from flask import Blueprint, Response, redirect, render_template, request, url_f
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from app import backlog, readmodel, workflows
+from app import backlog, readmodel
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
+from app.overdue import list_overdue
 from app.queries import sql
 from app.times import display, iso, plus
 
@@ -117,7 +118,7 @@ def overview() -> str:
         )
     )
     settings = get_settings()
-    overdue = workflows.overdue(
+    overdue = list_overdue(
         db, now, settings.overdue_grace_seconds, 20, settings.last_step_timeout_seconds
     )
     return render_template(

@@ -17,11 +17,12 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
-from app import backlog, workflows
+from app import backlog
 from app.access import require_read_access
 from app.db import DatabaseUnavailable
 from app.extensions import get_db, get_settings
 from app.metrics import observe_pool
+from app.overdue import overdue_counts
 
 
 def metrics_view() -> Response:
@@ -73,7 +74,7 @@ OVERDUE_KINDS = ("failover_overdue", "outcome_overdue", "final_report_overdue")
 def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
     """Overdue workflows by API and kind, as `dispatch-ledger overdue` lists them (0s included)."""
     settings = get_settings()
-    counts = workflows.overdue_counts(
+    counts = overdue_counts(
         db,
         datetime.now(UTC),
         settings.overdue_grace_seconds,

@@ -13,6 +13,7 @@ from app.dispatch_client import DispatchNotConfigured, DispatchRefused, Dispatch
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.intake import Rejection
+from app.overdue import list_overdue
 from app.queries import sql
 from app.times import iso
 
@@ -118,7 +119,7 @@ def list_workflows() -> Response:
     if overdue == "true":
         now = datetime.now(UTC)
         timeout = get_settings().last_step_timeout_seconds
-        listed = [o.document() for o in workflows.overdue(db, now, grace, limit, timeout)]
+        listed = [o.document() for o in list_overdue(db, now, grace, limit, timeout)]
         return jsonify(
             workflows=listed, as_of=iso(now), grace_seconds=grace, last_step_timeout_seconds=timeout
         )

@@ -13,9 +13,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
 
-from app import messages_request, workflows
+from app import messages_request
 from app.extensions import get_db
 from app.intake import CallbackKind, Rejection, kind_of, read
+from app.overdue import list_overdue
 from tests import payloads
 from tests.conftest import TABLES, post, query
 
@@ -219,12 +220,12 @@ def test_a_rejected_item_with_no_next_one_is_pending_then_overdue(
     assert (doc["status"], doc["current_step"]["step"], doc["due_at"]) == ("pending", 2, T1)
     db = get_db(app)
     at = datetime(2026, 3, 1, 9, 6, tzinfo=UTC)  # 6 minutes on: past a 5-minute grace
-    found = workflows.overdue(db, at, 300, 10, 86_400)
+    found = list_overdue(db, at, 300, 10, 86_400)
     assert [(o.dispatch_uuid, o.kind, o.api) for o in found] == [
         (W, "failover_overdue", "messages")
     ]
     assert "item 2 was due when the item before it failed" in found[0].reason
-    assert workflows.overdue(db, at, 600, 10, 86_400) == []
+    assert list_overdue(db, at, 600, 10, 86_400) == []
 
 
 def test_an_item_without_an_outcome_is_overdue_after_the_timeout(
@@ -236,10 +237,10 @@ def test_an_item_without_an_outcome_is_overdue_after_the_timeout(
     assert doc["awaiting_since"] == T2
     db = get_db(app)
     day_later = datetime(2026, 3, 2, 9, 0, 3, tzinfo=UTC)
-    found = workflows.overdue(db, day_later, 300, 10, 86_400)
+    found = list_overdue(db, day_later, 300, 10, 86_400)
     assert [(o.kind, o.current_step) for o in found] == [("outcome_overdue", 2)]
     assert found[0].reason.startswith("item 2 was submitted at 2026-03-01T09:00:02Z")
-    assert workflows.overdue(db, day_later, 300, 10, 2 * 86_400) == []
+    assert list_overdue(db, day_later, 300, 10, 2 * 86_400) == []
 
 
 def test_no_final_report_is_ever_overdue_for_a_messages_workflow(
@@ -247,7 +248,7 @@ def test_no_final_report_is_ever_overdue_for_a_messages_workflow(
 ) -> None:
     send_all(client, RCS_REJECTED_SMS_DELIVERED)
     far = datetime(2027, 1, 1, tzinfo=UTC)
-    assert workflows.overdue(get_db(app), far, 0, 10, 1) == []
+    assert list_overdue(get_db(app), far, 0, 10, 1) == []
 
 
 def test_a_status_without_a_workflow_is_a_plain_message(client: FlaskClient, clean_db: str) -> None:
