@@ -44,7 +44,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     metrics.init_app(app)
 
-    from app import dashboard, metrics_view, openapi, read_api, webhooks, workflow_api
+    from app.read import dashboard, metrics_view, openapi, read_api
+    from app.receive import webhooks
+    from app.send import workflow_api
 
     metrics_view.init_app(app)
     app.register_blueprint(webhooks.bp)
@@ -53,7 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(workflow_api.bp)
     app.register_blueprint(dashboard.bp)
     errors.answer_with_pages(app, "/dashboard", dashboard.error_page)
-    from app import webhooks_fast
+    from app.receive import webhooks_fast
 
     webhooks_fast.install(app)
     return app

@@ -90,7 +90,7 @@ class Settings:
     dispatch_private_key: str | None = field(default=None, repr=False)
     dispatch_timeout_seconds: float = 10.0
     # The web dyno applies captured callbacks: under gunicorn one applier
-    # process beside the workers (app/applier_process.py), under any other
+    # process beside the workers (app/pipeline/applier_process.py), under any other
     # server a thread in each process. Turn it off when separate
     # `dispatch-ledger apply` processes do it.
     apply_in_web: bool = True

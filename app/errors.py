@@ -9,8 +9,8 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from app.db import DatabaseUnavailable
-from app.intake import Rejection
+from app.spec.intake import Rejection
+from app.store.db import DatabaseUnavailable
 
 
 class ApiError(HTTPException):

@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 from flask import Flask, current_app
 
-from app.applier_process import runs_beside, waker
-from app.apply import BackgroundApplier
-from app.auth import Credentials
-from app.capture import Delivery, GroupCommit, Receipt, capture
 from app.config import Settings
-from app.db import Database
-from app.state import FinalReport, StatusEvent
+from app.model.state import FinalReport, StatusEvent
+from app.pipeline.applier_process import runs_beside, waker
+from app.pipeline.apply import BackgroundApplier
+from app.pipeline.capture import Delivery, GroupCommit, Receipt, capture
+from app.receive.auth import Credentials
+from app.store.db import Database
 
 _SETTINGS = "dispatch_ledger.settings"
 _DB = "dispatch_ledger.db"

@@ -6,8 +6,8 @@ import logging
 import os
 import tempfile
 
-from app.applier_process import ApplierBeside, forget_metrics
 from app.config import Settings, listen_address
+from app.pipeline.applier_process import ApplierBeside, forget_metrics
 
 # The service's settings, read (and checked) once: a bad one stops gunicorn
 # here, with its one line ("Error: ..."), and so does a deployment that would
@@ -72,7 +72,7 @@ if _OWN_METRICS_DIR:
 
 # The applier: one process beside the workers, at a lower CPU priority, so
 # that under a burst the requests get the cores and the applier catches up
-# after (app/applier_process.py). Started once the master is ready, before it
+# after (app/pipeline/applier_process.py). Started once the master is ready, before it
 # forks the workers, which then leave applying to it.
 _applier: ApplierBeside | None = None
 

@@ -1,5 +1,5 @@
 """The service's Prometheus metrics, summed over all gunicorn workers (multiprocess mode);
-served by app.metrics_view.
+served by app.read.metrics_view.
 
 gunicorn's config points PROMETHEUS_MULTIPROC_DIR at a folder before the
 workers start, so each worker writes its numbers there and any worker can
@@ -100,7 +100,7 @@ POOL = Gauge(
 
 
 def count_changes(tally: Any) -> None:
-    """Count what a committed batch changed (an app.tally.Tally)."""
+    """Count what a committed batch changed (an app.pipeline.tally.Tally)."""
     for (api, channel, event), n in tally.messages.items():
         MESSAGES.labels(api, channel, event).inc(n)
     for (api, channel), n in tally.failovers.items():

@@ -21,7 +21,7 @@ from flask import Flask, request
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import PathConverter
 
-from app.schemas import is_id
+from app.spec.schemas import is_id
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

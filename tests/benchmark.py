@@ -64,7 +64,7 @@ from pathlib import Path
 
 import psycopg
 
-from app import embedded, migrations
+from app.store import embedded, migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_THREADS = 2

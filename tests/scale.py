@@ -32,10 +32,10 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app import embedded, migrations, operations, queries
 from app.config import Settings
-from app.db import Database
-from app.generate import generate
+from app.emulator.generate import generate
+from app.store import embedded, migrations, operations, queries
+from app.store.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "sql" / "README.md"

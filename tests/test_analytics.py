@@ -23,15 +23,17 @@ from freezegun import freeze_time
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from app import create_app, decide, migrations, operations, storage
+from app import create_app
 from app.cli import main
 from app.config import Settings
-from app.db import Database
-from app.definitions import load_definition
+from app.emulator.generate import KINDS, generate, workflows
 from app.extensions import get_db
-from app.generate import KINDS, generate, workflows
-from app.intake import read
-from app.migrations import VIEWS_DIR, apply_views
+from app.pipeline import decide
+from app.spec.definitions import load_definition
+from app.spec.intake import read
+from app.store import migrations, operations, storage
+from app.store.db import Database
+from app.store.migrations import VIEWS_DIR, apply_views
 from tests import payloads, scale
 from tests.conftest import deliver, fresh_database, post, query
 
@@ -448,7 +450,7 @@ def test_the_views_and_the_read_api_give_each_message_the_same_answer(
     clean_db: str, db: Database
 ) -> None:
     """One rule, one place: the funnel counts what GET /messages says, by the same first day."""
-    from app.generate import generate
+    from app.emulator.generate import generate
 
     generate(db, 40, seed=11, days=5, now=datetime(2026, 3, 10, tzinfo=UTC))
     app = create_app({"database_url": clean_db})
@@ -498,9 +500,9 @@ def test_the_views_and_the_read_api_give_each_message_the_same_answer(
 
 
 def test_metrics_and_views_name_channels_alike(clean_db: str) -> None:
-    """The one-name mapping stands in SQL (the views) and in app/tally.py (the metrics)."""
-    from app.state import Channel
-    from app.tally import channel_name
+    """The one-name mapping stands in SQL (the views) and in app/pipeline/tally.py (the metrics)."""
+    from app.model.state import Channel
+    from app.pipeline.tally import channel_name
 
     for channel in Channel:
         assert query(clean_db, "SELECT analytics.channel_name(%s)", channel.value) == [

@@ -17,9 +17,10 @@ import psutil
 import psycopg
 import pytest
 
-from app import applier_process, create_app
-from app.applier_process import BESIDE, ApplierBeside, Wakes, runs_beside, waker
+from app import create_app
 from app.extensions import get_db
+from app.pipeline import applier_process
+from app.pipeline.applier_process import BESIDE, ApplierBeside, Wakes, runs_beside, waker
 from tests import payloads
 from tests.conftest import query
 
@@ -90,7 +91,7 @@ def test_niceness_is_only_ever_lowered() -> None:
         [
             sys.executable,
             "-c",
-            "import os; from app.applier_process import set_niceness;"
+            "import os; from app.pipeline.applier_process import set_niceness;"
             " set_niceness(7); set_niceness(3); print(os.getpriority(os.PRIO_PROCESS, 0))",
         ],
         cwd=ROOT,

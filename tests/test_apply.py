@@ -22,15 +22,17 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import apply, create_app, read_api, rebuild
-from app.capture import Delivery, capture
+from app import create_app
 from app.cli import main
 from app.config import Settings
-from app.db import Database
 from app.extensions import get_db
-from app.intake import read
-from app.migrations import MIGRATIONS_DIR, migrate
-from app.queries import sql
+from app.pipeline import apply, rebuild
+from app.pipeline.capture import Delivery, capture
+from app.read import read_api
+from app.spec.intake import read
+from app.store.db import Database
+from app.store.migrations import MIGRATIONS_DIR, migrate
+from app.store.queries import sql
 from tests import payloads
 from tests.conftest import fresh_database, query
 from tests.test_e2e import ROOT

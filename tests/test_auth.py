@@ -10,7 +10,7 @@ import jwt
 import pytest
 from freezegun import freeze_time
 
-from app.auth import AuthFailure, Credentials, authenticate
+from app.receive.auth import AuthFailure, Credentials, authenticate
 from tests.signing import OLD_SECRET, SECRET, token
 
 BODY = b'{"message_uuid": "m", "status": "submitted"}'

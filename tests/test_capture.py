@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from app import capture
-from app.capture import Delivery, GroupCommit, Receipt
 from app.config import Settings
-from app.db import Connection, Database
-from app.intake import CallbackKind, read
+from app.pipeline import capture
+from app.pipeline.capture import Delivery, GroupCommit, Receipt
+from app.spec.intake import CallbackKind, read
+from app.store.db import Connection, Database
 from tests import payloads
 from tests.conftest import query
 

@@ -134,7 +134,7 @@ class Senders:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[OwnServer]:
-    from app import migrations
+    from app.store import migrations
 
     server = OwnServer(tmp_path / "db")
     migrations.migrate(server.url)

@@ -15,10 +15,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app.capture import Delivery, capture
 from app.config import Settings
-from app.db import Database
-from app.intake import CallbackKind, read
+from app.pipeline.capture import Delivery, capture
+from app.spec.intake import CallbackKind, read
+from app.store.db import Database
 from tests import payloads
 from tests.conftest import OwnServer, fresh_database, query, set_read_only
 

@@ -18,10 +18,11 @@ from flask.testing import FlaskClient
 from freezegun import freeze_time
 from PIL import Image
 
-from app import apply, create_app
-from app.dashboard import COLOURS
+from app import create_app
 from app.extensions import get_db
-from app.times import iso
+from app.model.times import iso
+from app.pipeline import apply
+from app.read.dashboard import COLOURS
 from tests import payloads
 from tests.conftest import post
 
@@ -269,7 +270,7 @@ def test_chromium_draws_a_messages_api_workflow(dash: FlaskClient, tmp_path: Pat
 
 
 def test_dots_a_second_apart_are_drawn_on_lanes_not_on_each_other() -> None:
-    from app.dashboard import DOT_SPACING, _timeline_rows
+    from app.read.dashboard import DOT_SPACING, _timeline_rows
 
     statuses = {
         "submitted": "2026-03-01T09:00:00Z",
@@ -327,5 +328,5 @@ def test_the_timeline_draws_an_event_past_the_last_utc_year(dash: FlaskClient) -
     assert dash.get("/workflows/d-1").status_code == 200
     page = dash.get("/dashboard/workflows/d-1", headers=AUTH)
     assert page.status_code == 200, page.get_data(as_text=True)[:500]
-    # The axis ends at the event, written where Python can write it (app.times).
+    # The axis ends at the event, written where Python can write it (app.model.times).
     assert "9999-12-31T01:00:59-23:59</text>" in page.get_data(as_text=True)

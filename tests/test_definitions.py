@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from app.definitions import load_definition
-from app.state import Channel, MessageStatus
+from app.model.state import Channel, MessageStatus
+from app.spec.definitions import load_definition
 from tests import payloads
 
 VALID = payloads.fixture("dispatch_request_failover.json")

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from app.config import Settings
-from app.dispatch_client import authorization
 from app.emulator import server as emulator_server
 from app.emulator.plan import Behavior, Faults, Scenario, plan, plan_messages
 from app.emulator.server import EmulatorConfig, create_emulator
+from app.send.dispatch_client import authorization
 from tests import payloads
 from tests.test_e2e import Server, free_port
 from tests.test_emulated_e2e import start, wait_until
@@ -330,7 +330,7 @@ def test_messages_plans_fail_over_on_failure_only(
 
 
 def test_messages_statuses_are_valid_and_spelled_as_asked() -> None:
-    from app.intake import CallbackKind, read
+    from app.spec.intake import CallbackKind, read
 
     scenario = Scenario(channels={"rcs": B.FAILS}, faults=Faults(duplicates=0.5, reorder=5))
     for spelling, names in (

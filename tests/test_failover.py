@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from app.failover import Definition, Outcome, Step, assign, evaluate
-from app.state import (
+from app.model.failover import Definition, Outcome, Step, assign, evaluate
+from app.model.state import (
     Channel,
     DispatchStatus,
     MessageState,

@@ -13,10 +13,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
-from app import create_app, migrations
+from app import create_app
 from app.config import Settings
-from app.db import Database, DatabaseUnavailable
 from app.extensions import get_db, get_settings
+from app.store import migrations
+from app.store.db import Database, DatabaseUnavailable
 from tests import payloads
 from tests.conftest import OwnServer, fresh_database, post, query, set_read_only, settle
 

@@ -15,8 +15,13 @@ from schemathesis.checks import CHECKS
 
 from app import create_app
 from app.extensions import get_db
-from app.intake import CallbackKind, Rejection, read
-from app.schemas import CallbackSchema, load_final_report, load_message_status, load_messages_status
+from app.spec.intake import CallbackKind, Rejection, read
+from app.spec.schemas import (
+    CallbackSchema,
+    load_final_report,
+    load_message_status,
+    load_messages_status,
+)
 from tests import payloads
 
 TOKEN = "a-fuzzing-token"
@@ -211,7 +216,7 @@ def test_any_bytes_are_read_or_refused_with_a_4xx(body: bytes) -> None:
 @functools.cache
 def _callbacks() -> st.SearchStrategy[Any]:
     """Bodies drawn from /openapi.json's own schema of a callback (either kind)."""
-    from app.openapi import document
+    from app.read.openapi import document
 
     operation = schemathesis.openapi.from_dict(document())["/webhooks/status"]["POST"]
     return operation.as_strategy().map(lambda case: case.body)

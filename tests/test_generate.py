@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from click.testing import CliRunner
 
 from app.cli import main
-from app.db import Database
-from app.generate import MIXES, generate, workflows
+from app.emulator.generate import MIXES, generate, workflows
+from app.store.db import Database
 from tests.conftest import query
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -51,7 +51,7 @@ def test_the_same_seed_makes_the_same_callbacks_in_every_process() -> None:
     # depend on that (sets of channel names once did).
     script = (
         "import hashlib, json; from datetime import UTC, datetime;"
-        "from app.generate import workflows;"
+        "from app.emulator.generate import workflows;"
         "w = list(workflows(20, 4, 7, datetime(2026, 3, 1, tzinfo=UTC), 'long'));"
         "print(hashlib.sha256(json.dumps(w, sort_keys=True).encode()).hexdigest())"
     )

@@ -12,13 +12,14 @@ import psycopg
 from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 
-from app import definitions, storage
-from app.capture import Delivery, capture
-from app.db import Database
-from app.definitions import load_definition
-from app.failover import MOST_STEPS, evaluate
-from app.intake import CallbackKind, read
-from app.state import MAX_ITEMS, Api, MessageState, computed_usage
+from app.model.failover import MOST_STEPS, evaluate
+from app.model.state import MAX_ITEMS, Api, MessageState, computed_usage
+from app.pipeline.capture import Delivery, capture
+from app.spec import definitions
+from app.spec.definitions import load_definition
+from app.spec.intake import CallbackKind, read
+from app.store import storage
+from app.store.db import Database
 from tests import payloads
 from tests.conftest import post, settle
 from tests.test_state_in_db import KINDS

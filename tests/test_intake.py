@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import intake
-from app.intake import (
+from app.spec import intake
+from app.spec.intake import (
     CallbackKind,
     Reason,
     Rejection,

@@ -13,10 +13,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
 
-from app import messages_request
 from app.extensions import get_db
-from app.intake import CallbackKind, Rejection, kind_of, read
-from app.overdue import list_overdue
+from app.read.overdue import list_overdue
+from app.spec import messages_request
+from app.spec.intake import CallbackKind, Rejection, kind_of, read
 from tests import payloads
 from tests.conftest import TABLES, post, query
 
@@ -440,7 +440,7 @@ def test_the_analysts_comparison_of_the_two_apis(client: FlaskClient, clean_db: 
     """The example questions of sql/README.md that compare the APIs, on one of each."""
     from datetime import timedelta
 
-    from app.times import iso
+    from app.model.times import iso
     from tests import scale
 
     day = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.migrations import MIGRATIONS_DIR, MigrationError, discover, migrate
+from app.store.migrations import MIGRATIONS_DIR, MigrationError, discover, migrate
 from tests.conftest import fresh_database, query
 
 

@@ -12,8 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, migrations
+from app import create_app
 from app.extensions import get_db
+from app.store import migrations
 from tests import payloads
 from tests.conftest import fresh_database, post, query
 

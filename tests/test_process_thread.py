@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.process_thread import ProcessThread
+from app.pipeline.process_thread import ProcessThread
 
 
 def test_it_starts_once_and_again_after_its_death() -> None:

@@ -15,12 +15,15 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from app import create_app, decide, operations, rebuild, state
-from app.db import Database
-from app.definitions import load_definition
+from app import create_app
+from app.emulator.generate import workflows
 from app.extensions import get_db
-from app.generate import workflows
-from app.messages_request import load_failover_request
+from app.model import state
+from app.pipeline import decide, rebuild
+from app.spec.definitions import load_definition
+from app.spec.messages_request import load_failover_request
+from app.store import operations
+from app.store.db import Database
 from tests import payloads
 from tests.conftest import query
 from tests.test_e2e import ROOT

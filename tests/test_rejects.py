@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from app import create_app, rejects
-from app.auth import Credentials
-from app.capture import Delivery
-from app.db import Database
+from app import create_app
 from app.extensions import get_db
+from app.pipeline.capture import Delivery
+from app.receive import rejects
+from app.receive.auth import Credentials
+from app.store.db import Database
 from tests import payloads
 from tests.conftest import post, query
 from tests.signing import SECRET, bearer

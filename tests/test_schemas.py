@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from app.schemas import load_final_report, load_message_status
-from app.state import Channel, ErrorInfo, MessageStatus, Money, Party, ReportedStatus
+from app.model.state import Channel, ErrorInfo, MessageStatus, Money, Party, ReportedStatus
+from app.spec.schemas import load_final_report, load_message_status
 from tests import payloads
 
 SAMPLE_STATUS = payloads.fixture("message_status_sample.json")

@@ -20,9 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from app import create_app, migrations
+from app import create_app
 from app.cli import main
 from app.extensions import get_db
+from app.store import migrations
 from tests import payloads
 from tests.conftest import OwnServer, fresh_database, query, set_read_only
 

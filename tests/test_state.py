@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.intake import CallbackKind, read
-from app.state import (
+from app.model.state import (
     PRECEDENCE,
     Api,
     Channel,
@@ -35,6 +34,7 @@ from app.state import (
     computed_usage,
     current_status,
 )
+from app.spec.intake import CallbackKind, read
 from tests import payloads
 
 T0 = datetime(2020, 1, 1, 14, 0, tzinfo=UTC)

@@ -15,10 +15,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, decide, readmodel
-from app.db import Database
-from app.definitions import load_definition
-from app.intake import CallbackKind, read
+from app import create_app
+from app.pipeline import decide
+from app.read import readmodel
+from app.spec.definitions import load_definition
+from app.spec.intake import CallbackKind, read
+from app.store.db import Database
 from tests import payloads
 from tests.conftest import deliver, post, query
 

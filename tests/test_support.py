@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError, Settings
-from app.queries import QUERIES_DIR, UnknownQuery, parse, sql
+from app.store.queries import QUERIES_DIR, UnknownQuery, parse, sql
 
 
 def test_settings_come_from_the_environment_typed() -> None:

@@ -10,10 +10,12 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from app import capture, create_app, rejects
-from app.auth import Credentials
-from app.db import Database
+from app import create_app
 from app.extensions import get_db
+from app.pipeline import capture
+from app.receive import rejects
+from app.receive.auth import Credentials
+from app.store.db import Database
 from tests import payloads
 from tests.conftest import post, query
 

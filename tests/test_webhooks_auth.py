@@ -12,10 +12,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, rejects
-from app.auth import Credentials
-from app.db import Database
+from app import create_app
 from app.extensions import get_db
+from app.receive import rejects
+from app.receive.auth import Credentials
+from app.store.db import Database
 from tests import payloads
 from tests.conftest import query, settle
 from tests.signing import OLD_SECRET, SECRET, bearer, token

@@ -15,9 +15,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
-from app import applier_process, create_app
+from app import create_app
 from app.extensions import get_applier, get_db
-from app.webhooks_fast import FastWebhooks
+from app.pipeline import applier_process
+from app.receive.webhooks_fast import FastWebhooks
 from tests import payloads
 from tests.conftest import post, query
 from tests.signing import SECRET, bearer
@@ -217,7 +218,7 @@ def test_the_first_callback_starts_the_workers_own_applier(
 def test_flasks_request_hooks_are_the_ones_the_fast_way_does_itself(
     app: Flask, clean_db: str
 ) -> None:
-    """A new hook must be done by app.webhooks_fast too (or that URL left to Flask)."""
+    """A new hook must be done by app.receive.webhooks_fast too (or that URL left to Flask)."""
     assert [f.__qualname__ for f in app.before_request_funcs[None]] == [
         "_assign_request_id",  # the request id: logs.request_id
         "_start",  # the latency histogram: metrics.observe_latency

@@ -17,7 +17,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from app.times import iso
+from app.model.times import iso
 
 
 class Behavior(StrEnum):

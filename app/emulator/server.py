@@ -26,9 +26,9 @@ import jwt
 from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 
-from app.definitions import load_definition
 from app.emulator.plan import Delivery, Plan, Scenario, plan, plan_messages, started_for
-from app.messages_request import load_failover_request
+from app.spec.definitions import load_definition
+from app.spec.messages_request import load_failover_request
 
 log = logging.getLogger(__name__)
 # Either API's planner: (request, scenario, seed, started) -> the callbacks to send.

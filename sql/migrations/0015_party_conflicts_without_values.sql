@@ -1,7 +1,7 @@
 -- 0015: a conflict between two reports of a message's `to` or `from` said the
 -- other party's number and id ("also reported: unknown/-/447700900456"), and
 -- the read API showed it. It now says only which fields that party had
--- (app/state.py, Party.describe); the details already recorded are said so
+-- (app/model/state.py, Party.describe); the details already recorded are said so
 -- too. Two details that become one are kept once.
 CREATE TEMP TABLE party_conflict_shape ON COMMIT DROP AS
 SELECT d.id, d.subject, d.subject_id, d.kind,

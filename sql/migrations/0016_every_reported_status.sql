@@ -3,7 +3,7 @@
 -- Two final reports can list one message as `rejected` and as `read`. Only
 -- the highest was kept, so a `rejected` that came after a `read` was never
 -- seen, and whether the message's contradiction was recorded depended on the
--- order the reports arrived in. The set is kept now (app/state.py,
+-- order the reports arrived in. The set is kept now (app/model/state.py,
 -- MessageState.reported_statuses); `reported_status` stays the highest.
 -- What earlier reports said below the highest is not known for rows written
 -- before this: `dispatch-ledger rebuild` finds it again from the raw log.

@@ -1,5 +1,5 @@
 -- name: insert_raw_callbacks
--- Store accepted callbacks, one VALUES row each ({rows}: app.capture repeats the row); returns the rows it inserted, not those already stored.
+-- Store accepted callbacks, one VALUES row each ({rows}: app.pipeline.capture repeats the row); returns the rows it inserted, not those already stored.
 INSERT INTO raw_callback (kind, dedup_key, body, payload, content_type, message_uuid,
                           dispatch_uuid, event_at, received_at, last_received_at)
 VALUES {rows}

@@ -1,0 +1,138 @@
+"""Where workflows are decided: from their definitions, messages and final reports.
+
+The decision itself is pure (`failover.evaluate`); this module runs it for
+workflows whose rows the caller has locked, after whatever changed them, and
+writes what was decided and what each final report disagrees with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from app.model.failover import Decision, Definition, evaluate
+from app.model.state import Api, DispatchState, apply_link
+from app.pipeline.tally import Tally
+from app.spec.intake import Reason, Rejection
+from app.store import storage
+from app.store.db import Connection
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A locked workflow to decide again, as it stands in this transaction."""
+
+    locked: storage.LockedDispatch
+    # Its state after this transaction's own transitions (a final report).
+    state: DispatchState
+    # The latest receive time of what changed it: when its findings were recorded.
+    at: datetime
+
+
+def decide(conn: Connection, changed: Sequence[Changed]) -> Tally:
+    """Decide locked workflows again from everything known, and reconcile their final reports.
+
+    Returns what changed, for the metrics (counted once the caller commits).
+    """
+    tally = Tally()
+    # Without a definition or a report there is nothing to decide from: still
+    # pending, decided by nobody.
+    # A Messages API workflow's items say where each stands.
+    deciding = [
+        c
+        for c in changed
+        if c.locked.definition is not None or c.state.report or c.state.api is Api.MESSAGES
+    ]
+    if not deciding:
+        return tally
+    # Stable while the workflows' rows are locked: every writer of their
+    # messages locks them first. One query for all of them.
+    messages = storage.workflows_messages(conn, [c.state.dispatch_uuid for c in deciding])
+    decisions: dict[str, tuple[Any, ...]] = {}
+    findings: dict[str, tuple[datetime, list[tuple[str, str]]]] = {}
+    for c in deciding:
+        uuid = c.state.dispatch_uuid
+        candidates, totals = messages[uuid]
+        decision, found = evaluate(
+            c.locked.definition, candidates, c.state.report, c.state.api, totals
+        )
+        decided = _columns(decision)
+        if decided != c.locked.decided:  # an unchanged decision is not written again
+            decisions[uuid] = decided
+            old = dict(zip(storage.DECISION_COLUMNS, c.locked.decided, strict=True))
+            api = (c.state.api or Api.DISPATCH).value
+            tally.decision_changed(
+                api, old["status"], old["current_step"], old["decided_by"], decision
+            )
+        if c.state.report is not None:  # findings exist only once there is a report
+            findings[uuid] = (c.at, [(finding.kind, finding.detail) for finding in found])
+    # Queued (units of work run in pipeline mode): they go with the commit.
+    storage.save_decisions(conn, decisions)
+    storage.save_reconciliations(conn, findings)
+    return tally
+
+
+def _columns(decision: Decision) -> tuple[Any, ...]:
+    """A decision as the columns it is stored in (storage.DECISION_COLUMNS)."""
+    winner = decision.winning_step
+    channel = decision.steps[winner - 1].step.channel if winner is not None else None
+    return (
+        decision.status.value,
+        decision.decided_by,
+        decision.current_step,
+        decision.due_at,
+        decision.decided_at,
+        winner,
+        channel.value if channel else None,
+        decision.awaiting_since,
+    )
+
+
+def messages_changed(conn: Connection, changed: Sequence[Changed]) -> Tally:
+    """Locked workflows' messages changed in this transaction: recount them, decide them again.
+
+    Both, always together: a message that joins or leaves a workflow changes
+    its rollups (steps, channels, cost, which the analytics views read instead
+    of aggregating every message) and can change its decision.
+    """
+    storage.refresh_rollups(conn, [c.state.dispatch_uuid for c in changed])
+    return decide(conn, changed)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A definition stored: whether it is the workflow's first, and what deciding by it changed."""
+
+    created: bool
+    changed: Tally  # for the metrics, counted once the caller commits
+
+
+def record_definition(
+    conn: Connection,
+    dispatch_uuid: str,
+    request: Any,
+    definition: Definition,
+    source: str,
+    now: datetime,
+) -> Recorded:
+    """Store a workflow's definition and decide the workflow by it."""
+    locked = storage.lock_dispatch(conn, dispatch_uuid, now)
+    link = apply_link(locked.state, dispatch_uuid, definition.api)
+    if link.discrepancies:  # a definition is refused rather than recorded as a conflict
+        raise Rejection(
+            409,
+            Reason.SCHEMA_VIOLATION,
+            f"{dispatch_uuid!r} is a workflow of the {locked.state.api} API; this definition "
+            f"is for the {definition.api} API.",
+        )
+    created = locked.definition is None
+    state = link.state
+    if state != locked.state:
+        storage.save_dispatches(conn, [storage.SavedDispatch(state, now, None)])
+    storage.store_definition(conn, dispatch_uuid, request, definition, source, now)
+    changed = decide(
+        conn, [Changed(replace(locked, definition=definition, state=state), state, now)]
+    )
+    return Recorded(created, changed)

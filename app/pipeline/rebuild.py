@@ -1,0 +1,144 @@
+"""Rebuild every derived table from the raw log and the definitions (`dispatch-ledger rebuild`).
+
+The raw callbacks and the recorded definitions are the source of truth;
+workflows, messages, decisions, discrepancies, reconciliation and rollups are
+derived from them. A rebuild empties the derived tables and applies every
+definition and every raw callback again with today's code, so that a fixed
+rule reaches old data. The joins make the order irrelevant: the result is
+the state incremental application gave, or would have given under today's
+rules.
+
+It runs in one transaction: readers see the old state until it commits.
+Callbacks keep being captured and answered meanwhile; appliers wait for the
+rebuild and then apply them on top. A callback captured but not yet applied
+when the rebuild began may be applied by both: the joins are idempotent, so
+that changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from marshmallow import ValidationError
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from app.model.state import Api
+from app.pipeline import decide
+from app.pipeline.apply import Captured, fold
+from app.spec.definitions import load_definition
+from app.spec.intake import CallbackKind, Rejection, read
+from app.spec.messages_request import load_failover_request
+from app.store import operations
+from app.store.db import Connection, adapt_times
+from app.store.queries import sql
+
+PAGE = 1000
+
+
+class RebuildRefused(RuntimeError):
+    """A rebuild would lose or misstate something; nothing was changed. The message says what."""
+
+
+@dataclass
+class RebuildSummary:
+    definitions: int = 0
+    callbacks: int = 0
+    # Raw callbacks today's checks refuse, left out (with --skip-invalid): id, reason.
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def rebuild(conninfo: str, max_depth: int, *, skip_invalid: bool = False) -> RebuildSummary:
+    """Empty the derived tables and apply every definition and raw callback again, atomically."""
+    started = time.monotonic()
+    summary = RebuildSummary()
+    with psycopg.connect(conninfo, row_factory=dict_row) as conn:
+        adapt_times(conn)
+        conn.commit()
+        try:
+            with conn.transaction():
+                _prepare(conn)
+                # Pipeline mode, as every unit of work here: statements whose
+                # results are not read go with the next round trip. _prepare's
+                # blocks of several statements cannot run in it. Callbacks are
+                # folded a page at a time, as the applier folds its batches.
+                with conn.pipeline():
+                    _apply_definitions(conn, summary)
+                    _apply_callbacks(conn, max_depth, skip_invalid, summary)
+        except pg_errors.LockNotAvailable:
+            # lock_for_rebuild waits 30 s for in-flight transactions to finish.
+            raise RebuildRefused(
+                "the state stayed locked for 30 s (a long transaction?); try again"
+            ) from None
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _prepare(conn: Connection) -> None:
+    # First, so that no prune starts or goes on between the check and the end.
+    try:
+        operations.hold_raw_log(conn, "hold_raw_log_for_transaction")
+    except operations.RawLogBusy as busy:
+        raise RebuildRefused(str(busy)) from None
+    pruned = conn.execute(sql("raw_log_pruned")).fetchone()
+    if pruned is not None and pruned["cutoff"] is not None:
+        raise RebuildRefused(
+            f"raw callbacks received before {pruned['cutoff'].isoformat()} were pruned"
+            " (prune-raw): a rebuild would forget what they said"
+        )
+    conn.execute(sql("lock_for_rebuild"))
+    conn.execute(sql("clear_state_for_rebuild"))
+
+
+def _apply_definitions(conn: Connection, summary: RebuildSummary) -> None:
+    for row in conn.execute(sql("definitions_to_rebuild")).fetchall():
+        try:
+            request = row["request"]
+            definition = (
+                load_failover_request(request)
+                if row["api"] == Api.MESSAGES
+                else load_definition(request)
+            )
+        except ValidationError as exc:
+            # A definition is the only copy of what was sent: never dropped.
+            raise RebuildRefused(
+                f"the definition of workflow {row['dispatch_uuid']!r} fails today's rules"
+                f" ({exc.messages}); nothing was changed"
+            ) from None
+        decide.record_definition(
+            conn,
+            row["dispatch_uuid"],
+            row["request"],
+            definition,
+            row["source"],
+            row["recorded_at"],
+        )
+        summary.definitions += 1
+
+
+def _apply_callbacks(
+    conn: Connection, max_depth: int, skip_invalid: bool, summary: RebuildSummary
+) -> None:
+    after_id = 0
+    while page := conn.execute(
+        sql("raw_callbacks_page"), {"after_id": after_id, "limit": PAGE}
+    ).fetchall():
+        captured = []
+        for row in page:
+            after_id = row["id"]
+            try:
+                callback = read(CallbackKind(row["kind"]), bytes(row["body"]), max_depth)
+            except Rejection as rejection:
+                if not skip_invalid:
+                    raise RebuildRefused(
+                        f"raw callback {row['id']} fails today's checks ({rejection.message});"
+                        " nothing was changed (--skip-invalid leaves such callbacks out)"
+                    ) from None
+                summary.skipped.append((row["id"], rejection.message))
+                continue
+            captured.append(Captured(row["id"], callback.event, row["received_at"]))
+        fold(conn, captured)
+        summary.callbacks += len(captured)

@@ -1,0 +1,100 @@
+"""GET /metrics: the counters of every gunicorn worker (app.metrics), and the database's
+backlog and overdue workflows read at each scrape, in Prometheus's text format."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY as PROCESS_REGISTRY
+
+from app.access import require_read_access
+from app.extensions import get_db, get_settings
+from app.metrics import observe_pool
+from app.read.overdue import overdue_counts
+from app.store import backlog
+from app.store.db import DatabaseUnavailable
+
+
+def metrics_view() -> Response:
+    """The metrics of every worker, in Prometheus's text format."""
+    require_read_access()
+
+    db = get_db()
+    observe_pool(db.pool_stats())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = PROCESS_REGISTRY
+    body = generate_latest(registry)
+    # The backlog is the database's, not a process's: read at each scrape;
+    # left out while the database is unreachable, which is when the other
+    # metrics matter most.
+    try:
+        found = backlog.summary(db)
+    except DatabaseUnavailable:
+        return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    shared = CollectorRegistry()
+    _overdue_gauge(db, shared)
+    for name, doc, value in (
+        (
+            "dispatch_ledger_callbacks_waiting",
+            "Captured callbacks not applied yet (failed ones apart).",
+            found.waiting,
+        ),
+        (
+            "dispatch_ledger_callbacks_failed",
+            "Captured callbacks that failed to apply and wait for a retry"
+            " (dispatch-ledger status lists them).",
+            found.failed,
+        ),
+        (
+            "dispatch_ledger_oldest_unapplied_callback_age_seconds",
+            "Seconds since the oldest captured callback not applied yet was received (0: none).",
+            found.oldest_age(datetime.now(UTC)),
+        ),
+    ):
+        Gauge(name, doc, registry=shared).set(value)
+    return Response(body + generate_latest(shared), mimetype=CONTENT_TYPE_LATEST)
+
+
+OVERDUE_KINDS = ("failover_overdue", "outcome_overdue", "final_report_overdue")
+
+
+def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
+    """Overdue workflows by API and kind, as `dispatch-ledger overdue` lists them (0s included)."""
+    settings = get_settings()
+    counts = overdue_counts(
+        db,
+        datetime.now(UTC),
+        settings.overdue_grace_seconds,
+        settings.last_step_timeout_seconds,
+    )
+    gauge = Gauge(
+        "dispatch_ledger_workflows_overdue",
+        "Workflows overdue now, by API and kind (failover_overdue, outcome_overdue,"
+        " final_report_overdue), with OVERDUE_GRACE_SECONDS and LAST_STEP_TIMEOUT_SECONDS.",
+        ["api", "kind"],
+        registry=registry,
+    )
+    for api in ("dispatch", "messages"):
+        for kind in OVERDUE_KINDS:
+            gauge.labels(api, kind).set(0)
+    for (workflow_api, kind), count in counts.items():
+        gauge.labels(workflow_api or "dispatch", kind).inc(count)
+
+
+def init_app(app: Flask) -> None:
+    # On the application, not a blueprint: its endpoint stays `metrics`, the
+    # label its requests are counted under (dispatch_ledger_request_seconds).
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])

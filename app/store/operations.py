@@ -1,0 +1,136 @@
+"""Operator tasks: read-only analyst logins, and pruning old raw callbacks and rejects."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.rows import dict_row
+
+from app.store.db import Connection
+from app.store.migrations import ANALYST_GROUP, grant_analyst_group
+from app.store.queries import sql
+
+# The commands that rewrite the state (rebuild) or delete from the raw log
+# (prune-raw) exclude each other through this advisory lock: a rebuild that
+# ran while a prune was deleting rebuilt from part of the log, and what it
+# dropped was gone for good. Any constant will do; this one spells "dl_raw".
+RAW_LOG_LOCK = 0x646C5F726177
+
+
+class RawLogBusy(RuntimeError):
+    """Another command rewriting the state or pruning the raw log is running; nothing changed."""
+
+
+def hold_raw_log(conn: Connection, query: str = "hold_raw_log") -> None:
+    """Become the one command rewriting the state or pruning the log, or refuse at once.
+
+    `hold_raw_log` holds it for the session, `hold_raw_log_for_transaction`
+    until the transaction ends. Refusing beats waiting: an operator learns at
+    once why, and a scheduled prune is simply tried again on its next run.
+    """
+    row = conn.execute(sql(query), {"key": RAW_LOG_LOCK}).fetchone()
+    if row is None or not row["held"]:
+        raise RawLogBusy(
+            "another rebuild or prune-raw is running on this database;"
+            " try again once it has finished"
+        )
+
+
+_ROLE_NAME = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
+
+
+def create_analyst(conninfo: str, name: str, password: str | None) -> None:
+    """A login that can read the analytics views and nothing else (idempotent)."""
+    if not _ROLE_NAME.match(name):
+        raise ValueError("a role name is lower-case letters, digits and _, 1 to 63 long")
+    role, group = pgsql.Identifier(name), pgsql.Identifier(ANALYST_GROUP)
+    secret = (
+        pgsql.SQL(" PASSWORD {}").format(pgsql.Literal(password)) if password else pgsql.SQL("")
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
+        if not conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", (ANALYST_GROUP,)
+        ).fetchone():
+            conn.execute(pgsql.SQL("CREATE ROLE {} NOLOGIN").format(group))
+        grant_analyst_group(conn)
+        verb = (
+            "ALTER"
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            else "CREATE"
+        )
+        conn.execute(pgsql.SQL(verb + " ROLE {} LOGIN{}").format(role, secret))
+        conn.execute(pgsql.SQL("GRANT {} TO {}").format(group, role))
+        database = conn.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        conn.execute(
+            pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                pgsql.Identifier(str(database[0])), role
+            )
+        )
+        # PostgreSQL 14 still lets every role create objects in public; an
+        # analyst must not (15 and later already refuse it).
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+
+
+def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 10_000) -> int:
+    """Delete raw callbacks received before now - older_than, in batches; returns how many.
+
+    The current state (workflows, messages, decisions, disagreements) is kept:
+    only the raw copies go, so the state can no longer be rebuilt from them.
+    The prune is recorded in the transaction of its first deletion: no raw
+    callback is ever gone without the record that makes `rebuild` refuse,
+    whenever this is stopped. Raises RawLogBusy while a rebuild runs.
+    """
+    cutoff = now - older_than
+    deleted = 0
+    record: int | None = None
+    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+        hold_raw_log(conn)
+        while True:
+            # Short transactions, so that a large prune never holds many row locks at once.
+            with conn.transaction():
+                count = conn.execute(
+                    sql("prune_raw_batch"), {"cutoff": cutoff, "batch": batch}
+                ).rowcount
+                if count and record is None:
+                    params = {"now": now, "cutoff": cutoff, "deleted": count}
+                    row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
+                    assert row is not None  # INSERT ... RETURNING
+                    record = row["id"]
+                elif count:
+                    conn.execute(sql("count_raw_log_prune"), {"id": record, "deleted": count})
+            deleted += count
+            if count < batch:
+                return deleted
+
+
+def prune_rejects(
+    conninfo: str,
+    older_than: timedelta,
+    now: datetime,
+    unresolved: bool = False,
+    batch: int = 10_000,
+) -> int:
+    """Delete kept rejects last received before now - older_than; returns how many.
+
+    Resolved rejects (recovered by reprocess-rejects, so stored as raw
+    callbacks) go by default. Unresolved ones are the only copy of what was
+    refused, so they go only when asked: after a flood of junk, for example.
+    """
+    params = {"cutoff": now - older_than, "unresolved": unresolved}
+    return _delete_in_batches(conninfo, "prune_rejects_batch", params, batch)
+
+
+def _delete_in_batches(conninfo: str, query: str, params: dict[str, object], batch: int) -> int:
+    # Short transactions, so that a large prune never holds many row locks at once.
+    deleted = 0
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while True:
+            with conn.transaction():
+                count = conn.execute(sql(query), {**params, "batch": batch}).rowcount
+            deleted += count
+            if count < batch:
+                return deleted
