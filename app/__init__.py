@@ -1,4 +1,21 @@
-"""dispatch-ledger: the webhook service for Vonage Dispatch callbacks."""
+"""dispatch-ledger: the webhook service for Vonage Dispatch and the Messages API's failover.
+
+The path of a callback, one package a step (each __init__ says what it holds
+and what it may import; tests/test_layout.py checks it):
+
+    receive   the webhook URLs: checks, then capture           (app/receive)
+    pipeline  capture, apply in batches, decide                (app/pipeline)
+    store     PostgreSQL: pool, named SQL, rows, migrations    (app/store)
+    read      read API, dashboard, /openapi.json, /metrics     (app/read)
+    send      definitions recorded or sent to Vonage           (app/send)
+    spec      the API reference's shapes, checked              (app/spec)
+    model     the pure state machine and failover rules        (app/model)
+    cli, emulator   the commands; the local stand-in
+
+Here at the top: create_app, and what every part shares (config, locations,
+extensions, errors, access, metrics, logs, paths, and gunicorn's settings and
+worker).
+"""
 
 from __future__ import annotations
 

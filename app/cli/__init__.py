@@ -1,4 +1,7 @@
-"""The `dispatch-ledger` command: serve, migrate, reprocess-rejects."""
+"""The `dispatch-ledger` command: serve, migrate, apply, rebuild and every operator's task.
+
+The top of the layout: it may import any package.
+"""
 
 from __future__ import annotations
 
