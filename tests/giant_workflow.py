@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import payloads
-from tests.test_e2e import Server, serving
+from tests.servers import Server, serving
 
 CONNECTIONS = 8
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import ROOT
+
 RULES = ROOT / "deploy" / "alerts.yml"
 
 

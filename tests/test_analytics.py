@@ -36,8 +36,9 @@ from app.store.db import Database
 from app.store.migrations import VIEWS_DIR, apply_views
 from tests import payloads, scale
 from tests.conftest import deliver, fresh_database, post, query
+from tests.servers import ROOT
 
-README = Path(__file__).resolve().parent.parent / "sql" / "README.md"
+README = ROOT / "sql" / "README.md"
 VIEWS = [
     "dispatch_summary",
     "channel_funnel_daily",

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import psycopg
@@ -23,8 +22,7 @@ from app.pipeline import applier_process
 from app.pipeline.applier_process import BESIDE, ApplierBeside, Wakes, runs_beside, waker
 from tests import payloads
 from tests.conftest import query
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import ROOT
 
 
 @pytest.fixture

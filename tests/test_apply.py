@@ -35,7 +35,7 @@ from app.store.migrations import MIGRATIONS_DIR, migrate
 from app.store.queries import sql
 from tests import payloads
 from tests.conftest import fresh_database, query
-from tests.test_e2e import ROOT
+from tests.servers import ROOT
 from tests.test_rebuild import snapshot, workload
 from tests.test_state_in_db import KINDS
 

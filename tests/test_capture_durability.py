@@ -24,7 +24,7 @@ import pytest
 
 from tests import payloads
 from tests.conftest import OwnServer, query
-from tests.test_e2e import ROOT, free_port
+from tests.servers import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ from app.config import ConfigError, Settings
 from app.extensions import get_db
 from tests import payloads
 from tests.conftest import post, settle
+from tests.servers import ROOT
 from tests.signing import SECRET, bearer
-from tests.test_e2e import ROOT
 
 SAMPLE = payloads.fixture("message_status_sample.json")
 WORKFLOW = f"/workflows/{SAMPLE['_links']['workflow']['dispatch_uuid']}"

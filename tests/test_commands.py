@@ -21,8 +21,7 @@ from app.spec.intake import CallbackKind, read
 from app.store.db import Database
 from tests import payloads
 from tests.conftest import OwnServer, fresh_database, query, set_read_only
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import ROOT
 
 
 def run(

@@ -25,9 +25,8 @@ from psycopg.conninfo import make_conninfo
 from app.config import Settings
 from tests import payloads
 from tests.conftest import fresh_database, query
+from tests.servers import ROOT, Server, free_port, wait_until
 from tests.signing import SECRET, bearer
-from tests.test_e2e import ROOT, Server, free_port
-from tests.test_emulated_e2e import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -22,85 +16,9 @@ import psycopg
 import pytest
 
 from tests import payloads
+from tests.servers import MAX_LAG, Server, serving
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
-MAX_LAG = 3  # APPLY_MAX_LAG_SECONDS of the server under test
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    def __init__(self, port: int, process: subprocess.Popen[bytes], data_dir: Path) -> None:
-        self.port, self.process, self.data_dir = port, process, data_dir
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            raw = response.read()
-            return response.status, dict(response.getheaders()), json.loads(raw) if raw else None
-        finally:
-            conn.close()
-
-    def post_json(self, path: str, payload: Any) -> tuple[int, dict[str, str], Any]:
-        return self.request(
-            "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
-        )
-
-
-@contextmanager
-def serving(data_dir: Path, **settings: str) -> Iterator[Server]:
-    """`dispatch-ledger serve` on a free port of loopback, ready; stopped as a platform stops it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(DATA_DIR=str(data_dir), WEB_CONCURRENCY="2", HOST="127.0.0.1")
-    env.update(APPLY_MAX_LAG_SECONDS=str(MAX_LAG), **settings)
-    log = (data_dir / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    srv = Server(port, process, data_dir)
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if srv.request("GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait(10)
-                raise RuntimeError((data_dir / "serve.log").read_text())
-            time.sleep(0.2)
-        yield srv
-    finally:
-        if process.poll() is None:
-            # As a platform stops it: SIGKILL would orphan gunicorn (serve's child).
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        log.close()
 
 
 @pytest.fixture(scope="module")

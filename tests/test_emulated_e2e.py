@@ -10,50 +10,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import payloads
-from tests.test_e2e import ROOT, Server, free_port
+from tests.servers import Server, free_port, start, wait_until
 
 pytestmark = pytest.mark.e2e
 SECRET = "an-end-to-end-signature-secret-32b"
 TOKEN = "an-end-to-end-api-token"
 REQUEST = payloads.fixture("dispatch_request_failover.json")
 BASIC = "Basic " + base64.b64encode(b"emulator:emulator").decode()
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    # The child keeps its own copy of the log's descriptor; ours is closed at once.
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_until(ready: Any, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if ready():
-                return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(log.read_text())
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,7 @@ from app.emulator.plan import Behavior, Faults, Scenario, plan, plan_messages
 from app.emulator.server import EmulatorConfig, create_emulator
 from app.send.dispatch_client import authorization
 from tests import payloads
-from tests.test_e2e import Server, free_port
-from tests.test_emulated_e2e import start, wait_until
+from tests.servers import Server, free_port, start, wait_until
 
 REQUEST = payloads.fixture(
     "dispatch_request_failover.json"

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import payloads
-from tests.test_e2e import Server, serving
+from tests.servers import Server, serving
 
 pytestmark = pytest.mark.e2e
 READ_TIMEOUT = 3  # GUNICORN_READ_TIMEOUT of the server under test

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grimp
 
-from tests.test_e2e import ROOT
+from tests.servers import ROOT
 
 PACKAGES = ("model", "spec", "store", "pipeline", "receive", "read", "send", "cli", "emulator")
 

@@ -26,7 +26,7 @@ from app.store import operations
 from app.store.db import Database
 from tests import payloads
 from tests.conftest import query
-from tests.test_e2e import ROOT
+from tests.servers import ROOT
 from tests.test_state_in_db import _deliver_all
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -21,8 +21,8 @@ from app.receive.auth import Credentials
 from app.store.db import Database
 from tests import payloads
 from tests.conftest import post, query
+from tests.servers import ROOT
 from tests.signing import SECRET, bearer
-from tests.test_e2e import ROOT
 
 JSON = {"Content-Type": "application/json"}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import payloads
-from tests.test_e2e import ROOT, Server, free_port
+from tests.servers import ROOT, Server, free_port
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "a-dashboard-password"
@@ -26,21 +27,13 @@ PASSWORD = "a-dashboard-password"
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "-w",
-            str(folder),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # From a copy of the checkout as it is, without what a build leaves behind:
+    # setuptools reuses build/, and a module moved since would come along.
+    source = tmp_path_factory.mktemp("source") / "dispatch-ledger"
+    left = (".git", ".venv", "build", "dist", "*.egg-info", ".dispatch-ledger", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*left, ".*_cache"))
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(folder)]
+    subprocess.run([*pip_wheel, str(source)], check=True, capture_output=True)
     [built] = folder.glob("dispatch_ledger-*.whl")
     return built
 
