@@ -15,7 +15,7 @@ from app.model.failover import Decision, Outcome
 from app.model.state import MessageState, MessageStatus
 
 # One set of channel names across the APIs, as the analytics views show them
-# (sql/views/00_channel_name.sql; tests/test_analytics.py holds the two alike).
+# (sql/views/00_channel_name.sql; tests/store/test_analytics.py holds the two alike).
 CHANNEL_NAMES = {"viber_service": "viber_service_msg"}
 FAILED_OVER = frozenset({Outcome.FAILED, Outcome.EXPIRED})
 

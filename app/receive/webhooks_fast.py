@@ -16,7 +16,7 @@ always). A capture that fails goes on too, with its error, for the view to
 answer (503 for the database, 500 and kept for a bug). So each answer but the
 acknowledgement, and each rule, is written once, in `app.receive.webhooks`.
 
-What Flask's hooks do for every request is done here too (tests/test_webhooks_fast.py
+What Flask's hooks do for every request is done here too (tests/receive/test_webhooks_fast.py
 fails when a hook is added that this does not know): the request id, the
 latency histogram, and starting the process's applier.
 """

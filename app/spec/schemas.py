@@ -105,7 +105,7 @@ class CallbackSchema(Schema):
     deserialize its value, as marshmallow does, and runs the post_load; the
     first field error sends the body through marshmallow's own load, so that
     a refusal lists every field's errors exactly as before. The fields, their
-    validators and the post_loads stay the only rules (tests/test_fuzz.py
+    validators and the post_loads stay the only rules (tests/spec/test_fuzz.py
     checks both ways give the same result for any JSON).
     """
 

@@ -1,10 +1,10 @@
--- Scale data for the view timings in BENCHMARKS.md (tests/scale.py): copies of
+-- Scale data for the view timings in BENCHMARKS.md (benchmarks/scale.py): copies of
 -- workflows that `dispatch-ledger generate` stored, each copy with new ids and
 -- its times moved back by whole periods, so that the copies spread over
 -- `bands` periods of `days` days instead of piling onto the same ones. Run
 -- in this order, in one transaction.
 --
--- Every column of the tables copied is copied (tests/test_analytics.py checks
+-- Every column of the tables copied is copied (tests/store/test_analytics.py checks
 -- the lists against the tables); raw callbacks are not (the views never read
 -- them), and copied discrepancies lose their link to one.
 -- Copy k of an id is md5(id || '/' || k), written as a UUID.

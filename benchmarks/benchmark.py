@@ -1,6 +1,6 @@
 """Throughput benchmark: the service against a bare ceiling and a hand-written durable receiver.
 
-    .venv/bin/python -m tests.benchmark [--seconds 15] [--rounds 3] [--connections 16]
+    .venv/bin/python -m benchmarks.benchmark [--seconds 15] [--rounds 3] [--connections 16]
         [--against COMMIT --no-sustained] [--keep]
 
 One run, on this machine, with the same gunicorn settings, payload mix and

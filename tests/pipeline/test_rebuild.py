@@ -26,8 +26,8 @@ from app.store import operations
 from app.store.db import Database
 from tests import payloads
 from tests.conftest import query
+from tests.pipeline.test_state_in_db import _deliver_all
 from tests.servers import ROOT
-from tests.test_state_in_db import _deliver_all
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 # Everything derived, row by row. Receive times are included: a rebuild

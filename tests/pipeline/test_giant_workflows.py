@@ -22,7 +22,7 @@ from app.store import storage
 from app.store.db import Database
 from tests import payloads
 from tests.conftest import post, settle
-from tests.test_state_in_db import KINDS
+from tests.pipeline.test_state_in_db import KINDS
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CHANNELS = ("sms", "whatsapp", "rcs")

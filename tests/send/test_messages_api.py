@@ -441,7 +441,7 @@ def test_the_analysts_comparison_of_the_two_apis(client: FlaskClient, clean_db: 
     from datetime import timedelta
 
     from app.model.times import iso
-    from tests import scale
+    from benchmarks import scale
 
     day = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 

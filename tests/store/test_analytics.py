@@ -34,7 +34,8 @@ from app.spec.intake import read
 from app.store import migrations, operations, storage
 from app.store.db import Database
 from app.store.migrations import VIEWS_DIR, apply_views
-from tests import payloads, scale
+from benchmarks import scale
+from tests import payloads
 from tests.conftest import deliver, fresh_database, post, query
 from tests.servers import ROOT
 

@@ -240,7 +240,7 @@ def test_workflows_that_claim_each_others_messages_concurrently_end_consistent(
     # as well, so that transactions lock workflows in crossing orders. The
     # deadlocks this can cause are retried; the end state must be as if the
     # deliveries had come one by one.
-    from tests.test_analytics import FRESH_ROLLUPS, KEPT_ROLLUPS, assert_decisions_are_current
+    from tests.store.test_analytics import FRESH_ROLLUPS, KEPT_ROLLUPS, assert_decisions_are_current
 
     now = datetime(2026, 3, 1, tzinfo=UTC)
     request = payloads.fixture("dispatch_request_failover.json")

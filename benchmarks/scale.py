@@ -1,6 +1,6 @@
 """View timings at scale: every example query of sql/README.md, as an analyst.
 
-    .venv/bin/python -m tests.scale [--dispatches 1000000] [--base 20000] [--data-dir DIR]
+    .venv/bin/python -m benchmarks.scale [--dispatches 1000000] [--base 20000] [--data-dir DIR]
 
 1. `--base` workflows are made by `dispatch-ledger generate --mix long` (the
    same intake and ingest code as real callbacks; about 3 messages each; 30%

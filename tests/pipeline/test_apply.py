@@ -35,9 +35,9 @@ from app.store.migrations import MIGRATIONS_DIR, migrate
 from app.store.queries import sql
 from tests import payloads
 from tests.conftest import fresh_database, query
+from tests.pipeline.test_rebuild import snapshot, workload
+from tests.pipeline.test_state_in_db import KINDS
 from tests.servers import ROOT
-from tests.test_rebuild import snapshot, workload
-from tests.test_state_in_db import KINDS
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests import payloads
+from tests.e2e.test_e2e import server  # noqa: F401 - the module's server fixture
 from tests.servers import Server
-from tests.test_e2e import server  # noqa: F401 - the module's server fixture
 
 pytestmark = pytest.mark.e2e
 SLOW_CONNECTIONS = 50

@@ -1,6 +1,6 @@
 """Benchmark: one giant workflow beside the others, through `dispatch-ledger serve`.
 
-    .venv/bin/python -m tests.giant_workflow [--messages 5000] [--rounds 3]
+    .venv/bin/python -m benchmarks.giant_workflow [--messages 5000] [--rounds 3]
 
 Each round starts a server on a fresh embedded PostgreSQL, sends `--messages`
 status callbacks of one Messages API workflow (eight connections at once),

@@ -131,7 +131,7 @@ def test_every_refusal_is_the_views_and_is_kept(
 
 
 def test_a_body_without_content_length_goes_to_the_view(client: FlaskClient, seen: Seen) -> None:
-    # As gunicorn hands over a chunked body (tests/test_e2e.py sends one to gunicorn).
+    # As gunicorn hands over a chunked body (tests/e2e/test_e2e.py sends one to gunicorn).
     response = client.post(
         "/webhooks/status",
         input_stream=io.BytesIO(_body(_status(1))),

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from tests import payloads
 from tests.conftest import post, query
-from tests.test_workflows_api import AUTH, REQUEST, api, api_app  # noqa: F401 - fixtures
+from tests.read.test_workflows_api import AUTH, REQUEST, api, api_app  # noqa: F401 - fixtures
 
 D = "d-exact"
 
