@@ -18,6 +18,7 @@ from app.spec.definitions import (
     DispatchRequestSchema,
 )
 from app.spec.messages_request import (
+    BLANK,
     CHANNELS,
     MEDIA,
     MESSAGE_TYPES,
@@ -452,6 +453,9 @@ def _workflow_rules() -> dict[str, Any]:
     }
 
 
+_NOT_BLANK = "[^" + "".join(f"\\u{ord(char):04x}" for char in BLANK) + "]"
+
+
 def _messages_item_rules() -> dict[str, Any]:
     """What MessageSchema checks across fields, for the published schema.
 
@@ -470,8 +474,8 @@ def _messages_item_rules() -> dict[str, Any]:
             if kind == "text":
                 properties["text"] = {"maxLength": MESSAGES_TEXT_LIMITS[channel]}
             if kind in MEDIA:
-                # Narrower than the check (any non-blank value): what a url is.
-                url = {"type": "string", "pattern": "\\S"}
+                # A url is not blank: one character outside BLANK, the check's own set.
+                url = {"type": "string", "pattern": _NOT_BLANK}
                 properties[kind] = {"required": ["url"], "properties": {"url": url}}
             kinds.append({"properties": properties, "required": [kind]})
     return {"anyOf": kinds}

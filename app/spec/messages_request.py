@@ -44,6 +44,20 @@ TTL_RANGES = {
 }
 # Message types whose content is a file Vonage fetches.
 MEDIA = frozenset({"image", "audio", "video", "file", "vcard"})
+# What a blank url is made of. Spelled out, because "white space" differs by
+# engine: Python's str.strip() also strips \x1c-\x1f, which the regex engines
+# that read /openapi.json's patterns do not count as space; the published
+# schema's pattern for a url is built from this same set (app/read/openapi.py).
+BLANK = (
+    "\t\n\v\f\r \x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
+def is_blank(value: str) -> bool:
+    return all(char in BLANK for char in value)
+
+
 CLIENT_REF_LENGTH = 100
 WEBHOOK_VERSIONS = ["v0.1", "v1"]
 
@@ -88,7 +102,7 @@ class MessageSchema(_Base):
             problems["message_type"] = [f"{channel} takes {', '.join(sorted(allowed))}."]
         elif data.get(kind) is None:
             problems[kind] = [f"Required for message_type {kind}."]
-        elif kind in MEDIA and not str(data[kind].get("url") or "").strip():
+        elif kind in MEDIA and is_blank(str(data[kind].get("url") or "")):
             problems[kind] = [f"A {kind} needs its url."]
         text = data.get("text")
         if kind == "text" and isinstance(text, str) and len(text) > TEXT_LIMITS[channel]:
