@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -204,11 +206,10 @@ def test_a_rebuild_refuses_while_a_prune_is_half_way_and_nothing_is_lost(
     assert snapshot(clean_db) == before
 
 
-def test_a_prune_refuses_while_a_rebuild_runs(
-    db: Database, clean_db: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
-    before = snapshot(clean_db)
+@contextmanager
+def rebuild_paused(clean_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A rebuild in a thread, held after it has emptied the state (in its transaction, holding
+    its locks) until the block ends; then it goes on, and is waited for."""
     paused, release = threading.Event(), threading.Event()
     real = rebuild._apply_callbacks
 
@@ -222,13 +223,22 @@ def test_a_prune_refuses_while_a_rebuild_runs(
     worker.start()
     try:
         assert paused.wait(10)
+        yield
+    finally:
+        release.set()
+        worker.join(10)
+
+
+def test_a_prune_refuses_while_a_rebuild_runs(
+    db: Database, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
+    before = snapshot(clean_db)
+    with rebuild_paused(clean_db, monkeypatch):
         with pytest.raises(operations.RawLogBusy):
             operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2))
         assert query(clean_db, "SELECT count(*) FROM raw_callback")[0][0] == 7
         assert query(clean_db, "SELECT count(*) FROM raw_log_prune")[0][0] == 0
-    finally:
-        release.set()
-        worker.join(10)
     assert snapshot(clean_db) == before
     # Afterwards the prune goes ahead.
     assert operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2)) == 7
@@ -259,27 +269,16 @@ def test_a_callback_that_arrives_during_a_rebuild_is_answered_and_applied_on_top
             assert client.post(f"/webhooks/{kind}", json=payload).status_code == 200
         before = client.get("/workflows/d-1?wait=10").json
         assert before is not None and before["pending_callbacks"] == 0
-        paused, release = threading.Event(), threading.Event()
-        real = rebuild._apply_callbacks
-
-        def slow(*args: Any) -> None:
-            paused.set()
-            assert release.wait(10)
-            real(*args)
-
-        monkeypatch.setattr(rebuild, "_apply_callbacks", slow)
-        worker = threading.Thread(target=rebuild.rebuild, args=(clean_db, 32))
-        worker.start()
-        assert paused.wait(10)
-        # Mid-rebuild: the callback is captured and answered at once; readers
-        # see the state as it was (not the emptied tables), and that it waits.
-        late = payloads.status("m-late", "delivered", "2020-01-01T15:30:00Z", dispatch_uuid="d-1")
-        assert client.post("/webhooks/status", json=late).status_code == 200
-        during = client.get("/workflows/d-1").json
-        assert during is not None and during["pending_callbacks"] == 1
-        assert {**during, "pending_callbacks": 0} == before
-        release.set()
-        worker.join(10)
+        with rebuild_paused(clean_db, monkeypatch):
+            # Mid-rebuild: the callback is captured and answered at once; readers
+            # see the state as it was (not the emptied tables), and that it waits.
+            late = payloads.status(
+                "m-late", "delivered", "2020-01-01T15:30:00Z", dispatch_uuid="d-1"
+            )
+            assert client.post("/webhooks/status", json=late).status_code == 200
+            during = client.get("/workflows/d-1").json
+            assert during is not None and during["pending_callbacks"] == 1
+            assert {**during, "pending_callbacks": 0} == before
         workflow = client.get("/workflows/d-1?wait=10").json
         assert workflow is not None and workflow["pending_callbacks"] == 0
         assert "m-late" in [m["message_uuid"] for m in workflow["messages"]]
