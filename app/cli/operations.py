@@ -1,0 +1,141 @@
+"""Operators' tasks: analyst logins, pruning, `rebuild`, `reprocess-rejects`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+
+import click
+import psycopg
+
+from app.cli.group import database, main, migrated_url
+from app.config import Settings
+from app.receive import rejects
+from app.receive.auth import Credentials
+from app.store import operations
+
+
+@main.command("analyst-role")
+@click.argument("name")
+@click.option("--password-env", metavar="VAR", help="Read the login's password from this variable.")
+def analyst_role(name: str, password_env: str | None) -> None:
+    """Create (or update) a read-only login for the analytics views.
+
+    Needs a database user with CREATEROLE (DATABASE_URL's). Without
+    --password-env the login gets no password, so it can connect only where
+    pg_hba.conf trusts it (peer or trust); give one to connect over the network.
+    """
+    password = os.environ.get(password_env) if password_env else None
+    if password_env and not password:
+        raise click.ClickException(f"{password_env} is not set")
+    try:
+        operations.create_analyst(migrated_url(Settings.from_env()), name, password)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise click.ClickException(
+            f"the database user may not create roles ({exc.diag.message_primary}): it needs"
+            " CREATEROLE, or make the login with your host's tools and grant it"
+            " dispatch_ledger_analyst"
+        ) from None
+    click.echo(f"{name} can read the analytics views (schema analytics) and nothing else")
+
+
+@main.command("prune-raw")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Delete raw callbacks received more than this many days ago.",
+)
+def prune_raw(older_than_days: int) -> None:
+    """Delete old raw callbacks; the current state is kept.
+
+    After it, `rebuild` refuses (it would lose what they said). Reads DATABASE_URL.
+    """
+    try:
+        deleted = operations.prune_raw(
+            migrated_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
+        )
+    except operations.RawLogBusy as busy:
+        raise click.ClickException(f"nothing pruned: {busy}") from None
+    click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
+
+
+@main.command("prune-rejects")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Delete rejects last received more than this many days ago.",
+)
+@click.option(
+    "--unresolved",
+    is_flag=True,
+    help="Also delete rejects never recovered (their only copy): after a flood of junk.",
+)
+def prune_rejects(older_than_days: int, unresolved: bool) -> None:
+    """Delete old kept rejects: recovered ones, or also unrecovered ones when asked.
+
+    Reads DATABASE_URL.
+    """
+    deleted = operations.prune_rejects(
+        migrated_url(Settings.from_env()),
+        timedelta(days=older_than_days),
+        datetime.now(UTC),
+        unresolved=unresolved,
+    )
+    which = "rejects" if unresolved else "recovered rejects"
+    click.echo(f"deleted {deleted} {which} older than {older_than_days} days")
+
+
+@main.command()
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Leave out raw callbacks that today's checks refuse (they stay in the raw log).",
+)
+def rebuild(skip_invalid: bool) -> None:
+    """Recompute every workflow, message and decision from the raw log and the definitions.
+
+    One transaction: readers see the old state until it commits; callbacks
+    that arrive meanwhile are captured and answered, and applied after it.
+    Reads DATABASE_URL, MAX_JSON_DEPTH.
+    """
+    from app.pipeline.rebuild import RebuildRefused
+    from app.pipeline.rebuild import rebuild as run
+
+    settings = Settings.from_env()
+    try:
+        summary = run(migrated_url(settings), settings.max_json_depth, skip_invalid=skip_invalid)
+    except RebuildRefused as refused:
+        raise click.ClickException(f"not rebuilt: {refused}") from None
+    for callback_id, reason in summary.skipped:
+        click.echo(f"left out raw callback {callback_id}: {reason}")
+    click.echo(
+        f"rebuilt from {summary.callbacks} raw callbacks and {summary.definitions} definitions"
+        f" in {summary.seconds:.1f} s"
+        + (f"; {len(summary.skipped)} left out" if summary.skipped else "")
+    )
+
+
+@main.command("reprocess-rejects")
+def reprocess_rejects_command() -> None:
+    """Run kept rejects through today's checks (secrets too); recovered ones are applied.
+
+    Exits with status 1 while any kept reject remains unrecovered. Reads
+    VONAGE_SIGNATURE_SECRET (and _PREVIOUS), WEBHOOK_BASIC_USER/PASSWORD,
+    MAX_JSON_DEPTH, DATABASE_URL.
+    """
+    settings = Settings.from_env()
+    credentials = Credentials.from_settings(settings)
+    with database(settings) as db:
+        summary = rejects.reprocess(db, credentials, settings.max_json_depth, datetime.now(UTC))
+    click.echo(
+        f"recovered {summary.recovered}, already stored {summary.duplicates}, "
+        f"still rejected {summary.still_rejected}, failed {summary.failed}; "
+        f"{summary.remaining} unrecovered rejects remain"
+    )
+    if summary.remaining:
+        sys.exit(1)
