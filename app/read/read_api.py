@@ -15,6 +15,7 @@ from app.errors import ApiError
 from app.extensions import get_applier, get_db
 from app.pipeline.applier_process import runs_beside
 from app.read import readmodel
+from app.spec.schemas import is_id
 from app.store import backlog
 from app.store.db import Connection
 
@@ -44,6 +45,9 @@ def get_workflow_messages(dispatch_uuid: str) -> Response:
     require_read_access()
     after = request.args.get("after") or None
     limit = _limit()
+    if after is not None and not is_id(after):
+        # Nothing a callback could carry (a NUL, say): no message of any workflow.
+        raise ApiError(404, "No message can have that id.", {"after": ["Not found."]})
     try:
         page = get_db().run(lambda conn: readmodel.read_messages(conn, dispatch_uuid, after, limit))
     except readmodel.NotInWorkflow:

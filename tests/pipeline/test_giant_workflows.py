@@ -113,6 +113,10 @@ def test_a_page_after_a_message_of_another_workflow_is_not_found(client: FlaskCl
         post(client, kind, body)
     assert client.get("/workflows/d-1/messages?limit=2").json["next"] is not None
     assert client.get("/workflows/d-1/messages?after=nothing").status_code == 404
+    # Ids no callback can carry, refused before the database (a NUL made it 500).
+    for after in ("%00", "a%00b", "x" * 201):
+        answer = client.get(f"/workflows/d-1/messages?after={after}")
+        assert answer.status_code == 404 and answer.json is not None, after
     assert client.get("/workflows/d-1/messages?limit=0").status_code == 400
     assert client.get("/workflows/d-1/messages?limit=1001").status_code == 400
     assert client.get("/workflows/nothing/messages").status_code == 404
