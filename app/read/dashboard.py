@@ -15,6 +15,7 @@ from app.extensions import get_db, get_settings
 from app.model.times import display, iso, plus
 from app.read import readmodel
 from app.read.overdue import list_overdue
+from app.spec.schemas import is_id
 from app.store import backlog
 from app.store.queries import sql
 
@@ -156,6 +157,9 @@ def find() -> WerkzeugResponse:
     wanted = (request.args.get("id") or "").strip()
     if not wanted:
         raise ApiError(400, "Give a workflow's or a message's id.")
+    if not is_id(wanted):
+        # A NUL, say: nothing a callback could carry, and PostgreSQL refuses it.
+        raise ApiError(404, f"No workflow or message can have the id {wanted!r}.")
     # The rows only: which page to show, not the documents themselves.
     workflow, message = get_db().run(
         lambda conn: (

@@ -330,3 +330,10 @@ def test_the_timeline_draws_an_event_past_the_last_utc_year(dash: FlaskClient) -
     assert page.status_code == 200, page.get_data(as_text=True)[:500]
     # The axis ends at the event, written where Python can write it (app.model.times).
     assert "9999-12-31T01:00:59-23:59</text>" in page.get_data(as_text=True)
+
+
+def test_finding_an_id_no_callback_can_carry_is_a_page_not_a_500(dash: FlaskClient) -> None:
+    for wanted in ("%00", "a%00b"):
+        page = dash.get(f"/dashboard/find?id={wanted}", headers=AUTH)
+        assert page.status_code == 404 and page.mimetype == "text/html", wanted
+        assert "No workflow or message can have the id" in page.get_data(as_text=True)
