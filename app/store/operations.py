@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import psycopg
@@ -85,26 +86,21 @@ def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 
     whenever this is stopped. Raises RawLogBusy while a rebuild runs.
     """
     cutoff = now - older_than
-    deleted = 0
     record: int | None = None
-    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+
+    def note(conn: Connection, count: int) -> None:
+        nonlocal record
+        if record is None:
+            params = {"now": now, "cutoff": cutoff, "deleted": count}
+            row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
+            assert row is not None  # INSERT ... RETURNING
+            record = row["id"]
+        else:
+            conn.execute(sql("count_raw_log_prune"), {"id": record, "deleted": count})
+
+    with _connect(conninfo) as conn:
         hold_raw_log(conn)
-        while True:
-            # Short transactions, so that a large prune never holds many row locks at once.
-            with conn.transaction():
-                count = conn.execute(
-                    sql("prune_raw_batch"), {"cutoff": cutoff, "batch": batch}
-                ).rowcount
-                if count and record is None:
-                    params = {"now": now, "cutoff": cutoff, "deleted": count}
-                    row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
-                    assert row is not None  # INSERT ... RETURNING
-                    record = row["id"]
-                elif count:
-                    conn.execute(sql("count_raw_log_prune"), {"id": record, "deleted": count})
-            deleted += count
-            if count < batch:
-                return deleted
+        return _delete_in_batches(conn, "prune_raw_batch", {"cutoff": cutoff}, batch, note)
 
 
 def prune_rejects(
@@ -121,16 +117,30 @@ def prune_rejects(
     refused, so they go only when asked: after a flood of junk, for example.
     """
     params = {"cutoff": now - older_than, "unresolved": unresolved}
-    return _delete_in_batches(conninfo, "prune_rejects_batch", params, batch)
+    with _connect(conninfo) as conn:
+        return _delete_in_batches(conn, "prune_rejects_batch", params, batch)
 
 
-def _delete_in_batches(conninfo: str, query: str, params: dict[str, object], batch: int) -> int:
+def _connect(conninfo: str) -> Connection:
+    return psycopg.connect(conninfo, autocommit=True, row_factory=dict_row)
+
+
+def _delete_in_batches(
+    conn: Connection,
+    query: str,
+    params: dict[str, object],
+    batch: int,
+    deleted_in: Callable[[Connection, int], None] | None = None,
+) -> int:
+    """Delete a batch at a time until a batch comes short; `deleted_in` runs in each batch's
+    transaction that deleted something (so what it writes commits with the deletion)."""
     # Short transactions, so that a large prune never holds many row locks at once.
     deleted = 0
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        while True:
-            with conn.transaction():
-                count = conn.execute(sql(query), {**params, "batch": batch}).rowcount
-            deleted += count
-            if count < batch:
-                return deleted
+    while True:
+        with conn.transaction():
+            count = conn.execute(sql(query), {**params, "batch": batch}).rowcount
+            if count and deleted_in is not None:
+                deleted_in(conn, count)
+        deleted += count
+        if count < batch:
+            return deleted
