@@ -117,6 +117,11 @@ def rebuild(skip_invalid: bool) -> None:
         f"rebuilt from {summary.callbacks} raw callbacks and {summary.definitions} definitions"
         f" in {summary.seconds:.1f} s"
         + (f"; {len(summary.skipped)} left out" if summary.skipped else "")
+        + (
+            f"; {summary.outcomes_changed} workflows decided otherwise (told as events)"
+            if summary.outcomes_changed
+            else ""
+        )
     )
 
 

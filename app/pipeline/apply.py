@@ -37,7 +37,7 @@ from app.pipeline import decide
 from app.pipeline.process_thread import ProcessThread
 from app.pipeline.tally import Tally
 from app.spec.intake import CallbackKind, Rejection, read
-from app.store import storage
+from app.store import events, storage
 from app.store.db import Connection, Database, DatabaseUnavailable
 from app.store.queries import sql
 
@@ -68,10 +68,12 @@ class Captured:
     received_at: datetime
 
 
-def fold(conn: Connection, batch: Sequence[Captured]) -> Tally:
+def fold(conn: Connection, batch: Sequence[Captured], *, events_at: datetime | None) -> Tally:
     """Apply captured callbacks to workflows and messages in the caller's transaction.
 
     Returns what changed, for the metrics: count it only once the caller commits.
+    The events it made are recorded last (`events.emit`), made at `events_at`,
+    so the caller must commit right after; None records none (a rebuild).
 
     Any order gives the same state (the joins commute), so the batch is
     folded in id order only to make its discrepancies' first witness stable.
@@ -154,13 +156,18 @@ def fold(conn: Connection, batch: Sequence[Captured]) -> Tally:
             for u in sorted(restated)
         ],
     )
-    storage.record_discrepancies(conn, found)
-    tally = decide.messages_changed(
+    recorded = storage.record_discrepancies(conn, found)
+    decided = decide.messages_changed(
         conn,
         [decide.Changed(dispatches[u], states[u], at) for u, at in sorted(dispatch_at.items())],
     )
+    tally = decided.tally
     for uuid in message_at:
         tally.message_changed(before[uuid], messages[uuid])
+    if events_at is not None:
+        workflow_of = {uuid: m.dispatch_uuid for uuid, m in messages.items()}
+        made = decide.discrepancy_events(recorded(), workflow_of) + decided.events
+        events.emit(conn, made, events_at)
     return tally
 
 
@@ -364,7 +371,7 @@ def _apply_claimed(
                 done.failed += _mark_failed(conn, row["id"], rejection.message, now)
                 continue
         good.append(Captured(row["id"], event, row["received_at"]))
-    done.changed = fold(conn, good)
+    done.changed = fold(conn, good, events_at=now)
     done.applied = len(good)
     done.received = [c.received_at for c in good]
     return done

@@ -8,7 +8,7 @@ writes what was decided and what each final report disagrees with.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +16,9 @@ from app.model.failover import Decision, Definition, evaluate
 from app.model.state import Api, DispatchState, apply_link
 from app.pipeline.tally import Tally
 from app.spec.intake import Reason, Rejection
-from app.store import storage
+from app.store import events, storage
 from app.store.db import Connection
+from app.store.events import NewEvent
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,24 @@ class Changed:
     at: datetime
 
 
-def decide(conn: Connection, changed: Sequence[Changed]) -> Tally:
+@dataclass
+class Decided:
+    """What deciding changed: counts for the metrics (once the caller commits), and the
+    events to record for consumers (`events.emit`, the transaction's last statement)."""
+
+    tally: Tally = field(default_factory=Tally)
+    events: list[NewEvent] = field(default_factory=list)
+
+
+def decide(conn: Connection, changed: Sequence[Changed]) -> Decided:
     """Decide locked workflows again from everything known, and reconcile their final reports.
 
-    Returns what changed, for the metrics (counted once the caller commits).
+    A decided status that changes (pending to completed or error, or one
+    outcome to another later) makes a `workflow.decided` event; a
+    disagreement with the final report not recorded before, a
+    `workflow.discrepancy` one.
     """
-    tally = Tally()
+    done = Decided()
     # Without a definition or a report there is nothing to decide from: still
     # pending, decided by nobody.
     # A Messages API workflow's items say where each stands.
@@ -46,10 +59,14 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> Tally:
         if c.locked.definition is not None or c.state.report or c.state.api is Api.MESSAGES
     ]
     if not deciding:
-        return tally
+        return done
     # Stable while the workflows' rows are locked: every writer of their
-    # messages locks them first. One query for all of them.
+    # messages locks them first. Read with the messages, in one round trip.
+    recorded = storage.recorded_findings(
+        conn, [c.state.dispatch_uuid for c in deciding if c.state.report is not None]
+    )
     messages = storage.workflows_messages(conn, [c.state.dispatch_uuid for c in deciding])
+    known = recorded()
     decisions: dict[str, tuple[Any, ...]] = {}
     findings: dict[str, tuple[datetime, list[tuple[str, str]]]] = {}
     for c in deciding:
@@ -63,15 +80,55 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> Tally:
             decisions[uuid] = decided
             old = dict(zip(storage.DECISION_COLUMNS, c.locked.decided, strict=True))
             api = (c.state.api or Api.DISPATCH).value
-            tally.decision_changed(
+            done.tally.decision_changed(
                 api, old["status"], old["current_step"], old["decided_by"], decision
             )
+            if old["status"] != decision.status.value:
+                done.events.append(
+                    NewEvent(uuid, events.DECIDED, {"previous_status": old["status"]})
+                )
         if c.state.report is not None:  # findings exist only once there is a report
-            findings[uuid] = (c.at, [(finding.kind, finding.detail) for finding in found])
+            now_found = list(dict.fromkeys((finding.kind, finding.detail) for finding in found))
+            findings[uuid] = (c.at, now_found)
+            before = known.get(uuid, set())
+            done.events.extend(
+                NewEvent(uuid, events.DISCREPANCY, _discrepancy(kind, detail, "dispatch", uuid))
+                for kind, detail in now_found
+                if (kind, detail) not in before
+            )
     # Queued (units of work run in pipeline mode): they go with the commit.
     storage.save_decisions(conn, decisions)
     storage.save_reconciliations(conn, findings)
-    return tally
+    return done
+
+
+def _discrepancy(kind: str, detail: str, subject: str, subject_id: str) -> dict[str, Any]:
+    return {
+        "discrepancy": {
+            "kind": kind,
+            "detail": detail,
+            "subject": subject,
+            "subject_id": subject_id,
+        }
+    }
+
+
+def discrepancy_events(
+    recorded: Sequence[tuple[str, str, str, str]], workflow_of: dict[str, str | None]
+) -> list[NewEvent]:
+    """Events for contradictions between callbacks recorded for the first time.
+
+    `recorded` holds (subject, subject_id, kind, detail); a message's tells
+    the workflow it is in now (`workflow_of`), if it is in one.
+    """
+    found = []
+    for subject, subject_id, kind, detail in recorded:
+        uuid = subject_id if subject == "dispatch" else workflow_of.get(subject_id)
+        if uuid is not None:
+            found.append(
+                NewEvent(uuid, events.DISCREPANCY, _discrepancy(kind, detail, subject, subject_id))
+            )
+    return found
 
 
 def _columns(decision: Decision) -> tuple[Any, ...]:
@@ -90,7 +147,7 @@ def _columns(decision: Decision) -> tuple[Any, ...]:
     )
 
 
-def messages_changed(conn: Connection, changed: Sequence[Changed]) -> Tally:
+def messages_changed(conn: Connection, changed: Sequence[Changed]) -> Decided:
     """Locked workflows' messages changed in this transaction: recount them, decide them again.
 
     Both, always together: a message that joins or leaves a workflow changes
@@ -116,8 +173,14 @@ def record_definition(
     definition: Definition,
     source: str,
     now: datetime,
+    *,
+    emit: bool = True,
 ) -> Recorded:
-    """Store a workflow's definition and decide the workflow by it."""
+    """Store a workflow's definition and decide the workflow by it.
+
+    Its events are recorded last (`emit` False: not at all, for a rebuild):
+    the caller commits right after.
+    """
     locked = storage.lock_dispatch(conn, dispatch_uuid, now)
     link = apply_link(locked.state, dispatch_uuid, definition.api)
     if link.discrepancies:  # a definition is refused rather than recorded as a conflict
@@ -132,7 +195,9 @@ def record_definition(
     if state != locked.state:
         storage.save_dispatches(conn, [storage.SavedDispatch(state, now, None)])
     storage.store_definition(conn, dispatch_uuid, request, definition, source, now)
-    changed = decide(
+    decided = decide(
         conn, [Changed(replace(locked, definition=definition, state=state), state, now)]
     )
-    return Recorded(created, changed)
+    if emit:
+        events.emit(conn, decided.events, now)
+    return Recorded(created, decided.tally)

@@ -9,6 +9,10 @@ the state incremental application gave, or would have given under today's
 rules.
 
 It runs in one transaction: readers see the old state until it commits.
+It tells consumers nothing they were told before: events already recorded
+stay, none is made while the log is applied again, and at the end one
+`workflow.decided` is recorded for each workflow whose decided status the
+rebuild changed (a fixed rule that decides it otherwise).
 Callbacks keep being captured and answered meanwhile; appliers wait for the
 rebuild and then apply them on top. A callback captured but not yet applied
 when the rebuild began may be applied by both: the joins are idempotent, so
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg
 from marshmallow import ValidationError
@@ -31,8 +36,9 @@ from app.pipeline.apply import Captured, fold
 from app.spec.definitions import load_definition
 from app.spec.intake import CallbackKind, Rejection, read
 from app.spec.messages_request import load_failover_request
-from app.store import operations
+from app.store import events, operations
 from app.store.db import Connection, adapt_times
+from app.store.events import NewEvent
 from app.store.queries import sql
 
 PAGE = 1000
@@ -48,6 +54,8 @@ class RebuildSummary:
     callbacks: int = 0
     # Raw callbacks today's checks refuse, left out (with --skip-invalid): id, reason.
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    # Workflows whose decided status came out otherwise than before (told as events).
+    outcomes_changed: int = 0
     seconds: float = 0.0
 
 
@@ -68,6 +76,7 @@ def rebuild(conninfo: str, max_depth: int, *, skip_invalid: bool = False) -> Reb
                 with conn.pipeline():
                     _apply_definitions(conn, summary)
                     _apply_callbacks(conn, max_depth, skip_invalid, summary)
+                    _tell_changed_outcomes(conn, summary)
         except pg_errors.LockNotAvailable:
             # lock_for_rebuild waits 30 s for in-flight transactions to finish.
             raise RebuildRefused(
@@ -90,6 +99,7 @@ def _prepare(conn: Connection) -> None:
             " (prune-raw): a rebuild would forget what they said"
         )
     conn.execute(sql("lock_for_rebuild"))
+    conn.execute(sql("keep_statuses_for_rebuild"))
     conn.execute(sql("clear_state_for_rebuild"))
 
 
@@ -115,6 +125,7 @@ def _apply_definitions(conn: Connection, summary: RebuildSummary) -> None:
             definition,
             row["source"],
             row["recorded_at"],
+            emit=False,
         )
         summary.definitions += 1
 
@@ -140,5 +151,16 @@ def _apply_callbacks(
                 summary.skipped.append((row["id"], rejection.message))
                 continue
             captured.append(Captured(row["id"], callback.event, row["received_at"]))
-        fold(conn, captured)
+        fold(conn, captured, events_at=None)  # old events are not told again
         summary.callbacks += len(captured)
+
+
+def _tell_changed_outcomes(conn: Connection, summary: RebuildSummary) -> None:
+    """One `workflow.decided` per workflow the rebuild decided otherwise; the commit follows."""
+    changed = conn.execute(sql("statuses_rebuilt_differently")).fetchall()
+    told = [
+        NewEvent(row["dispatch_uuid"], events.DECIDED, {"previous_status": row["previous_status"]})
+        for row in changed
+    ]
+    events.emit(conn, told, datetime.now(UTC))
+    summary.outcomes_changed = len(changed)

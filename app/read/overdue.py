@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.model.state import Api
-from app.model.times import display, iso
+from app.model.overdue import reason
+from app.model.times import iso
 from app.store.db import Database
 from app.store.queries import sql
 
@@ -34,17 +34,6 @@ class Overdue:
         }
 
 
-def _reason(kind: str, api: str | None, step: int | None, since: datetime) -> str:
-    what = f"{'item' if api == Api.MESSAGES else 'step'} {step}"
-    if kind == "failover_overdue":
-        if api == Api.MESSAGES:
-            return f"{what} was due when the item before it failed, at {display(since)}"
-        return f"{what}: its failover was due at {display(since)}"
-    if kind == "outcome_overdue":
-        return f"{what} was submitted at {display(since)} and has neither succeeded nor failed"
-    return f"decided by its definition at {display(since)}, and no final report has come"
-
-
 def list_overdue(
     db: Database,
     now: datetime,
@@ -67,7 +56,7 @@ def list_overdue(
             r["since"],
             r["status"],
             r["current_step"],
-            _reason(r["kind"], r["api"], r["current_step"], r["since"]),
+            reason(r["kind"], r["api"], r["current_step"], r["since"]),
         )
         for r in rows
     ]

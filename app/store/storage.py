@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -240,10 +240,12 @@ def save_messages(conn: Connection, changed: Iterable[tuple[MessageState, dateti
 
 def record_discrepancies(
     conn: Connection, found: Iterable[tuple[Discrepancy, int, datetime]]
-) -> None:
+) -> Callable[[], list[tuple[str, str, str, str]]]:
     """Record contradictions with the raw callback that showed each (its id and receive time).
 
-    A contradiction already recorded stays as it was.
+    A contradiction already recorded stays as it was. Returns what reads the
+    ones recorded for the first time, (subject, subject_id, kind, detail):
+    called, it waits for the statement (in pipeline mode, a round trip).
     """
     first: dict[Discrepancy, tuple[int, datetime]] = {}
     for discrepancy, raw_callback_id, received_at in found:
@@ -259,7 +261,36 @@ def record_discrepancies(
         }
         for d in sorted(first)
     ]
-    _columns(conn, "insert_discrepancies", rows)
+    if not rows:
+        return list
+    cursor = conn.execute(
+        sql("insert_discrepancies"), {column: [row[column] for row in rows] for column in rows[0]}
+    )
+    return lambda: [
+        (r["subject"], r["subject_id"], r["kind"], r["detail"]) for r in cursor.fetchall()
+    ]
+
+
+def recorded_findings(
+    conn: Connection, dispatch_uuids: Iterable[str]
+) -> Callable[[], dict[str, set[tuple[str, str]]]]:
+    """Start reading locked workflows' recorded disagreements with their final reports.
+
+    Returns what waits for them: (kind, detail) by workflow. Sent now, so
+    that in pipeline mode they come back with the next statement read.
+    """
+    ids = sorted(set(dispatch_uuids))
+    if not ids:
+        return dict
+    cursor = conn.execute(sql("recorded_findings"), {"ids": ids})
+
+    def read() -> dict[str, set[tuple[str, str]]]:
+        known: dict[str, set[tuple[str, str]]] = {}
+        for row in cursor.fetchall():
+            known.setdefault(row["dispatch_uuid"], set()).add((row["kind"], row["detail"]))
+        return known
+
+    return read
 
 
 def _columns(conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:

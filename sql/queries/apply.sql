@@ -265,12 +265,13 @@ UPDATE message m
  WHERE m.message_uuid = v.message_uuid;
 
 -- name: insert_discrepancies
--- Record contradictions once each (one array per column); one found again changes nothing.
+-- Record contradictions once each (one array per column); one found again changes nothing. Returns those recorded now.
 INSERT INTO discrepancy (subject, subject_id, kind, detail, raw_callback_id, recorded_at)
 SELECT * FROM unnest(%(subject)b::text[], %(subject_id)b::text[], %(kind)b::text[],
                      %(detail)b::text[], %(raw_callback_id)b::bigint[],
                      %(recorded_at)b::timestamptz[])
-ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING;
+ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING
+RETURNING subject, subject_id, kind, detail;
 
 -- name: save_decisions
 -- Write what was decided for workflows (one array per column, an element per workflow).
