@@ -61,15 +61,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     metrics.init_app(app)
 
-    from app.read import dashboard, metrics_view, openapi, read_api
+    from app.outbound import endpoint_api
+    from app.read import dashboard, feed, metrics_view, openapi, read_api
     from app.receive import webhooks
     from app.send import workflow_api
 
     metrics_view.init_app(app)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(read_api.bp)
+    app.register_blueprint(feed.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(workflow_api.bp)
+    app.register_blueprint(endpoint_api.bp)
     app.register_blueprint(dashboard.bp)
     errors.answer_with_pages(app, "/dashboard", dashboard.error_page)
     from app.receive import webhooks_fast

@@ -118,6 +118,21 @@ class Settings:
     capture_group_commit: bool = True
     # gunicorn's access log, a line per request on stdout (off: see gunicorn_conf).
     access_log: bool = False
+    # Webhooks out (app/outbound): the waits between a failed delivery's
+    # attempts, Standard Webhooks' schedule (after the first, immediate one);
+    # an endpoint that fails for all of it is disabled.
+    endpoint_retry_seconds: str = "5,300,1800,7200,18000,36000,36000"
+    # How long a delivery may take, connecting and answering, before it counts as failed.
+    endpoint_timeout_seconds: float = 10.0
+    # Endpoints must be https and public addresses; these allow http and
+    # private or loopback addresses, for local work and tests.
+    endpoints_allow_http: bool = False
+    endpoints_allow_private: bool = False
+    # The applier process sends the webhooks too (so `web:` alone is
+    # complete); turn it off when `dispatch-ledger deliver` workers do it.
+    deliver_in_applier: bool = True
+    # How often a deliverer looks for new events to send.
+    deliver_poll_seconds: float = 0.25
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -187,10 +202,28 @@ class Settings:
             raise ConfigError(
                 "set both DISPATCH_APPLICATION_ID and DISPATCH_PRIVATE_KEY, or neither"
             )
+        if not 0 < self.endpoint_timeout_seconds <= 60:
+            raise ConfigError("ENDPOINT_TIMEOUT_SECONDS must be more than 0 and at most 60")
+        if not 0 < self.deliver_poll_seconds <= 60:
+            raise ConfigError("DELIVER_POLL_SECONDS must be more than 0 and at most 60")
+        self.retry_schedule()  # refuses a malformed one
         if self.vonage_signature_secret_previous and not self.vonage_signature_secret:
             raise ConfigError(
                 "VONAGE_SIGNATURE_SECRET_PREVIOUS is set without VONAGE_SIGNATURE_SECRET"
             )
+
+    def retry_schedule(self) -> tuple[float, ...]:
+        """ENDPOINT_RETRY_SECONDS as seconds: the wait before each retry of a delivery."""
+        try:
+            waits = tuple(float(part) for part in self.endpoint_retry_seconds.split(","))
+        except ValueError:
+            waits = ()
+        if not waits or any(not 0 < wait <= 7 * 86_400 for wait in waits):
+            raise ConfigError(
+                "ENDPOINT_RETRY_SECONDS must be seconds separated by commas, each more than 0"
+                f" and at most a week (got {self.endpoint_retry_seconds!r})"
+            )
+        return waits
 
     @property
     def authenticates(self) -> bool:

@@ -61,6 +61,16 @@ APPLIER_STARTS = Counter(
     "Starts of the applier gunicorn runs beside its workers: one per start of the web server,"
     " and one more each time it exited and was started again.",
 )
+DELIVERIES = Counter(
+    "dispatch_ledger_deliveries_total",
+    "Attempts to send an event to an endpoint, by endpoint and outcome: delivered (2xx),"
+    " failed (tried again later), gave_up (its retry schedule is spent).",
+    ["endpoint", "outcome"],
+)
+ENDPOINTS_DISABLED = Counter(
+    "dispatch_ledger_endpoint_disablings_total",
+    "Endpoints disabled by a deliverer after failing for a whole retry schedule.",
+)
 APPLY_DELAY = Histogram(
     "dispatch_ledger_apply_delay_seconds",
     "Time from receiving a callback to committing its application to workflows and messages.",

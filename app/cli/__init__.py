@@ -7,10 +7,11 @@ commands, each registering its own on `main` (app/cli/group.py):
     applier      apply, status
     operations   analyst-role, prune-raw, prune-rejects, rebuild, reprocess-rejects
     workflows    send, overdue
+    endpoints    endpoints (add, list, remove, rotate-secret, enable, replay), deliver
     stand_in     emulate, generate
 """
 
-from app.cli import applier, operations, stand_in, web, workflows
+from app.cli import applier, endpoints, operations, stand_in, web, workflows
 from app.cli.group import main
 
-__all__ = ["applier", "main", "operations", "stand_in", "web", "workflows"]
+__all__ = ["applier", "endpoints", "main", "operations", "stand_in", "web", "workflows"]

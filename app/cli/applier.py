@@ -51,6 +51,8 @@ def apply_command(
     The web dyno runs one too unless APPLY_IN_WEB=false; any number of
     appliers share the work. Reads DATABASE_URL, APPLY_BATCH_SIZE. With
     --once, exits with status 1 if callbacks that failed to apply remain.
+    Unless DELIVER_IN_APPLIER=false, it also sends workflow events to the
+    endpoints (as `deliver` does).
     """
     import time
 
@@ -88,6 +90,10 @@ def apply_command(
             from app import metrics
 
             metrics.APPLIER_STARTS.inc()
+        if settings.deliver_in_applier:
+            from app.outbound.delivery import start_beside
+
+            start_beside(db, settings)
         retry = retry_failed
         applied = failed = 0
         reported = time.monotonic()

@@ -21,7 +21,7 @@ from app.access import require_read_access
 from app.extensions import get_db, get_settings
 from app.metrics import observe_pool
 from app.read.overdue import overdue_counts
-from app.store import backlog
+from app.store import backlog, endpoints
 from app.store.db import DatabaseUnavailable
 
 
@@ -42,6 +42,7 @@ def metrics_view() -> Response:
     # metrics matter most.
     try:
         found = backlog.summary(db)
+        delivery = db.run(endpoints.health)
     except DatabaseUnavailable:
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
     shared = CollectorRegistry()
@@ -62,6 +63,23 @@ def metrics_view() -> Response:
             "dispatch_ledger_oldest_unapplied_callback_age_seconds",
             "Seconds since the oldest captured callback not applied yet was received (0: none).",
             found.oldest_age(datetime.now(UTC)),
+        ),
+        (
+            "dispatch_ledger_endpoints",
+            "Endpoints registered for webhooks out (disabled ones included).",
+            delivery.endpoints,
+        ),
+        (
+            "dispatch_ledger_endpoints_disabled",
+            "Endpoints disabled after failing for a whole retry schedule"
+            " (dispatch-ledger endpoints enable ID).",
+            delivery.disabled,
+        ),
+        (
+            "dispatch_ledger_oldest_undelivered_event_age_seconds",
+            "Seconds since the oldest event an enabled endpoint has not received yet was made"
+            " (0: none waits).",
+            delivery.behind_seconds(datetime.now(UTC)),
         ),
     ):
         Gauge(name, doc, registry=shared).set(value)

@@ -36,6 +36,7 @@ from app.spec.schemas import (
     MessageStatusSchema,
     PriceField,
 )
+from app.store import events
 
 bp = Blueprint("openapi", __name__)
 
@@ -288,6 +289,154 @@ def _workflows() -> dict[str, Any]:
                 **_errors(400, 401, 403, 413, 415, 422, 502, 503, 504, described=_TOKEN_REQUIRED),
             },
         },
+    }
+
+
+_EVENT = {
+    "type": "object",
+    "description": "A workflow event: `data` is the workflow's summary when it was made, with"
+    " its per-workflow `sequence` (and `previous_status`, `overdue` or `discrepancy`)",
+    "required": ["id", "type", "timestamp", "data"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string", "enum": list(events.TYPES)},
+        "timestamp": {"type": "string"},
+        "data": {"type": "object", "required": ["dispatch_uuid", "sequence", "status"]},
+    },
+}
+
+
+def _feed() -> dict[str, Any]:
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema,
+        }
+
+    return {
+        "get": {
+            "summary": "The change feed: workflow events after a cursor, in commit order",
+            "security": _READ_SECURITY,
+            "parameters": [
+                query(
+                    "after",
+                    {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    "The `next` of the page before (absent: from the first event kept)",
+                ),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most"),
+                query(
+                    "wait",
+                    {"type": "number", "minimum": 0, "maximum": 30},
+                    "Seconds to wait for an event when none is there yet (a long poll)",
+                ),
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["events", "next"],
+                        "properties": {
+                            "events": {"type": "array", "items": _EVENT},
+                            "next": {"type": "string"},
+                        },
+                    },
+                    "A page of events, and the cursor to ask after next",
+                ),
+                **_errors(400, 401, 503, described=_READ_REFUSED),
+            },
+        }
+    }
+
+
+_ENDPOINT = {
+    "type": "object",
+    "required": ["id", "url", "events", "description", "created_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "url": {"type": "string"},
+        "events": {"type": "array", "items": {"type": "string", "enum": list(events.TYPES)}},
+        "description": {"type": "string"},
+        "created_at": {"type": "string"},
+    },
+}
+
+
+def _endpoints() -> dict[str, Any]:
+    body = {
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {
+                "type": "string",
+                "description": "https, a public address (unless ENDPOINTS_ALLOW_HTTP,"
+                " ENDPOINTS_ALLOW_PRIVATE); no fragment",
+            },
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"type": "string", "enum": list(events.TYPES)},
+            },
+            "description": {"type": "string", "maxLength": 500},
+        },
+    }
+    added = {
+        "allOf": [
+            _ENDPOINT,
+            {"required": ["secret"], "properties": {"secret": {"type": "string"}}},
+        ]
+    }
+    return {
+        "post": {
+            "summary": "Register an endpoint for signed webhooks out (its secret is shown"
+            " only in this answer)",
+            "security": [{"apiToken": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "201": _json(added, "Registered"),
+                **_errors(400, 401, 403, 413, 415, 422, 503, described=_TOKEN_REQUIRED),
+            },
+        },
+        "get": {
+            "summary": "Every endpoint with its health (never its secret)",
+            "security": [{"apiToken": []}],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["endpoints"],
+                        "properties": {"endpoints": {"type": "array", "items": _ENDPOINT}},
+                    },
+                    "The endpoints",
+                ),
+                **_errors(401, 403, 503, described=_TOKEN_REQUIRED),
+            },
+        },
+    }
+
+
+def _endpoint() -> dict[str, Any]:
+    return {
+        "delete": {
+            "summary": "Remove an endpoint; what was still to be sent to it is dropped",
+            "security": [{"apiToken": []}],
+            "parameters": [
+                {
+                    "name": "endpoint_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "204": {"description": "Removed"},
+                **_errors(401, 403, 404, 503, described=_TOKEN_REQUIRED),
+            },
+        }
     }
 
 
@@ -547,6 +696,9 @@ def document() -> dict[str, Any]:
     spec.path("/messages/{message_uuid}", operations=_read("message_uuid", "One message"))
     spec.path("/workflows", operations=_workflows())
     spec.path("/workflows/{dispatch_uuid}/definition", operations=_definition())
+    spec.path("/events", operations=_feed())
+    spec.path("/endpoints", operations=_endpoints())
+    spec.path("/endpoints/{endpoint_id}", operations=_endpoint())
     built = spec.to_dict()
     schemas = built["components"]["schemas"]
     for name, schema in schemas.items():

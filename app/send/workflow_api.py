@@ -8,31 +8,19 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.access import require_api_token, require_read_access
+from app.bodies import json_body
 from app.errors import ApiError
 from app.extensions import get_db, get_settings
 from app.model.times import iso
 from app.read.overdue import list_overdue
 from app.send import dispatch_client, workflows
 from app.send.dispatch_client import DispatchNotConfigured, DispatchRefused, DispatchUnanswered
-from app.spec import intake
 from app.spec.intake import Rejection
 from app.store.queries import sql
 
 bp = Blueprint("workflow_api", __name__)
 # The stand-in's per-workflow scenario, passed on by POST /workflows.
 SCENARIO_HEADER = "X-Emulator-Scenario"
-
-
-def _json_body() -> Any:
-    settings = get_settings()
-    try:
-        intake.check_media_type(request.headers.get("Content-Type"))
-        body = request.get_data(cache=True)
-        if len(body) > settings.max_body_bytes:
-            raise intake.too_large(settings.max_body_bytes)
-        return intake.parse_json(body, settings.max_json_depth)
-    except Rejection as rejection:
-        raise ApiError.from_rejection(rejection) from None
 
 
 def _validated(call: Any) -> Any:
@@ -49,7 +37,7 @@ def put_definition(dispatch_uuid: str) -> tuple[Response, int]:
     # Dispatch's ids have at most 50 characters, the Messages API's workflow_id more.
     if not 1 <= len(dispatch_uuid) <= 200:
         raise ApiError(404, "A workflow id has 1 to 200 characters.")
-    body = _json_body()
+    body = json_body()
     now = datetime.now(UTC)
     created = _validated(lambda: workflows.record(get_db(), dispatch_uuid, body, now))
     return jsonify(workflows.definition(get_db(), dispatch_uuid)), 201 if created else 200
@@ -69,7 +57,7 @@ def get_definition(dispatch_uuid: str) -> Response:
 def post_workflow() -> tuple[Response, int]:
     """Validate a Dispatch or Messages API failover request, send it to Vonage, and record it."""
     require_api_token()
-    body = _json_body()
+    body = json_body()
     settings = get_settings()
     extra = {}
     scenario = request.headers.get(SCENARIO_HEADER)
