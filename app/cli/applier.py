@@ -138,15 +138,23 @@ def apply_command(
     help="How many failed callbacks to list.",
 )
 def status(limit: int) -> None:
-    """Say how far the applier is: callbacks waiting, failed (listed, with errors), the oldest.
+    """Say how far the applier is: callbacks waiting, failed (listed, with errors), the oldest;
+    and how far each webhook endpoint is.
 
     Exits with status 1 while callbacks that failed to apply remain. Reads DATABASE_URL.
     """
+    from app.cli.endpoints import describe
+    from app.outbound import endpoints
+
     settings = Settings.from_env()
     with database(settings) as db:
         found = backlog.summary(db)
         failed = backlog.failed(db, limit)
+        hooks = endpoints.listed(db)
     click.echo(found.describe())
+    for hook in hooks:
+        state = "enabled" if hook["enabled"] else f"DISABLED since {hook['disabled_at']}"
+        click.echo(f"endpoint {hook['id']} ({hook['url']}, {state}): {describe(hook)}")
     for item in failed:
         click.echo(
             f"  raw callback {item['id']} ({item['kind']}, received {item['received_at']}):"

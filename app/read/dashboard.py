@@ -16,7 +16,7 @@ from app.model.times import display, iso, plus
 from app.read import readmodel
 from app.read.overdue import list_overdue
 from app.spec.schemas import is_id
-from app.store import backlog
+from app.store import backlog, endpoints
 from app.store.queries import sql
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -112,11 +112,12 @@ def overview() -> str:
     since: date = (now - timedelta(days=days - 1)).date()
     chosen["since"] = since
     db = get_db()
-    funnel, failover, recent = db.run(
+    funnel, failover, recent, hooks = db.run(
         lambda conn: (
             conn.execute(sql("dashboard_funnel"), chosen).fetchall(),
             conn.execute(sql("dashboard_failover"), chosen).fetchall(),
             conn.execute(sql("list_recent"), {"limit": 20, "api": chosen["api"]}).fetchall(),
+            endpoints.listed(conn),
         )
     )
     settings = get_settings()
@@ -136,6 +137,7 @@ def overview() -> str:
         failover=failover,
         recent=recent,
         overdue=overdue,
+        endpoints=hooks,
         colours=COLOURS,
         iso=iso,
     )

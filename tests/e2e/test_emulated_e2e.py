@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import payloads
+from tests.outbound.receiver import receiving
 from tests.servers import Server, free_port, start, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +45,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
             "DISPATCH_API_URL": f"http://127.0.0.1:{emulator_port}",
             "DISPATCH_API_KEY": "emulator",
             "DISPATCH_API_SECRET": "emulator",
+            # Webhooks out go to the test's own receiver, on this machine.
+            "ENDPOINTS_ALLOW_HTTP": "true",
+            "ENDPOINTS_ALLOW_PRIVATE": "true",
         },
         folder / "ledger.log",
     )
@@ -296,3 +300,50 @@ def test_a_scenario_header_on_the_ledgers_send_reaches_the_stand_in(
     code, _, refused = ledger.request("POST", "/workflows", json.dumps(REQUEST).encode(), headers)
     assert code == 502
     assert "Invalid scenario" in refused["message"]
+
+
+def test_every_decision_reaches_a_receiver_signed(pair: tuple[Server, Server]) -> None:
+    """Workflows played by the stand-in, decided by the ledger, told to a receiver of our own
+    (served by gunicorn's applier's deliverer), which checks every signature."""
+    ledger, emulator = pair
+    owner = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    with receiving() as receiver:
+        code, _, added = ledger.request(
+            "POST", "/endpoints", json.dumps({"url": receiver.url}).encode(), owner
+        )
+        assert code == 201, added
+        started = []
+        for name in ("read at once", "two failures then sms", "everything fails"):
+            scenario = SCENARIOS[name][0]
+            answer = played_by(emulator, "/v0.1/dispatch", REQUEST, scenario)
+            code, _, _ = ledger.request(
+                "PUT",
+                f"/workflows/{answer['dispatch_uuid']}/definition",
+                json.dumps(REQUEST).encode(),
+                owner,
+            )
+            assert code == 201
+            started.append(answer["dispatch_uuid"])
+        idle(emulator)
+        expected = {}
+        for dispatch_uuid in started:
+            _, _, workflow = ledger.request("GET", f"/workflows/{dispatch_uuid}?wait=10")
+            expected[dispatch_uuid] = workflow["status"]
+        assert set(expected.values()) == {"completed", "error"}
+
+        def decided() -> dict[str, str]:
+            told = {}
+            for event in receiver.verified(added["secret"]):  # raises on a bad signature
+                if event["type"] == "workflow.decided":
+                    told[event["data"]["dispatch_uuid"]] = event["data"]["status"]
+            return told
+
+        deadline = time.monotonic() + 30
+        while not expected.items() <= decided().items():
+            assert time.monotonic() < deadline, (decided(), expected)
+            time.sleep(0.1)
+    # Each delivery was the feed's event, under its id.
+    _, _, feed = ledger.request("GET", "/events?limit=1000", headers={})
+    by_id = {e["id"]: e for e in feed["events"]}
+    for got in receiver.received:
+        assert json.loads(got.body) == by_id[got.headers["webhook-id"]]

@@ -376,6 +376,10 @@ def test_the_command_registers_lists_and_removes(clean_db: str) -> None:
     assert replayed.exit_code == 0 and "0 events queued" in replayed.output
     bad = runner.invoke(main, ["endpoints", "replay", endpoint_id, "--since", "yesterday"], env=env)
     assert bad.exit_code == 2 and "ISO 8601" in bad.output
+    status = runner.invoke(main, ["status"], env=env)
+    assert f"endpoint {endpoint_id} (https://example.com/h, enabled): 0 events waiting" in (
+        status.output
+    )
     assert runner.invoke(main, ["endpoints", "remove", endpoint_id], env=env).exit_code == 0
     missing = runner.invoke(main, ["endpoints", "remove", endpoint_id], env=env)
     assert missing.exit_code == 1 and "no endpoint has the id" in missing.output

@@ -21,6 +21,7 @@ from PIL import Image
 from app import create_app
 from app.extensions import get_db
 from app.model.times import iso
+from app.outbound import endpoints
 from app.pipeline import apply
 from app.read.dashboard import COLOURS
 from tests import payloads
@@ -337,3 +338,23 @@ def test_finding_an_id_no_callback_can_carry_is_a_page_not_a_500(dash: FlaskClie
         page = dash.get(f"/dashboard/find?id={wanted}", headers=AUTH)
         assert page.status_code == 404 and page.mimetype == "text/html", wanted
         assert "No workflow or message can have the id" in page.get_data(as_text=True)
+
+
+def test_the_overview_lists_endpoints_and_their_health(dash: FlaskClient, clean_db: str) -> None:
+    page = dash.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    assert "No endpoints" in page
+    db = get_db(dash.application)
+    now = datetime.now(UTC)
+    healthy = endpoints.add(db, "https://hooks.example.com/a", None, "", now)["id"]
+    dead = endpoints.add(db, "https://hooks.example.com/b", None, "", now)["id"]
+    db.run(
+        lambda conn: conn.execute(
+            "UPDATE endpoint SET disabled_at = now(), disabled_reason = 'event evt_1 failed 8"
+            " attempts, the last: HTTP 500' WHERE endpoint_id = %s",
+            (dead,),
+        )
+    )
+    page = dash.get("/dashboard", headers=AUTH).get_data(as_text=True)
+    assert healthy in page and dead in page
+    assert "failed 8 attempts, the last: HTTP 500" in page
+    assert page.count("<strong>disabled</strong>") == 1
