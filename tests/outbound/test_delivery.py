@@ -240,6 +240,10 @@ def test_a_failed_delivery_is_retried_on_schedule_under_the_same_id(owner: Flask
     receiver.verified(added["secret"])  # each attempt signed afresh, each valid
     [listed] = owner.get("/endpoints", headers=AUTH).get_json()["endpoints"]
     assert listed["last_outcome"] == "HTTP 200" and listed["pending"] == 0
+    metrics = owner.get("/metrics").get_data(as_text=True)
+    for outcome, count in (("delivered", 1), ("failed", 2)):
+        line = f'dispatch_ledger_deliveries_total{{endpoint="{added["id"]}",outcome="{outcome}"}}'
+        assert f"{line} {count:.1f}" in metrics
 
 
 def test_redirects_are_not_followed(owner: FlaskClient) -> None:
