@@ -90,10 +90,11 @@ def apply_command(
             from app import metrics
 
             metrics.APPLIER_STARTS.inc()
+        deliverer = None
         if settings.deliver_in_applier:
             from app.outbound.delivery import start_beside
 
-            start_beside(db, settings)
+            deliverer = start_beside(db, settings)
         retry = retry_failed
         applied = failed = 0
         reported = time.monotonic()
@@ -114,6 +115,9 @@ def apply_command(
                 time.sleep(5)
                 continue
             retry = False
+            if summary.applied and deliverer is not None:
+                # What was applied may have made events: send them now, not at the next poll.
+                deliverer.wake.set()
             applied, failed = applied + summary.applied, failed + summary.failed
             if (applied or failed) and time.monotonic() - reported >= 10:
                 # One line per 10 s of work, not one per batch.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 from marshmallow import ValidationError
@@ -12,6 +13,9 @@ from marshmallow import ValidationError
 from app.cli.group import database, main, wait_for_the_database
 from app.config import Settings
 from app.store.events import TYPES
+
+if TYPE_CHECKING:
+    from app.outbound.delivery import Deliverer
 
 
 @main.group("endpoints")
@@ -174,24 +178,31 @@ def deliver(once: bool) -> None:
     deliverers share the work. Reads DATABASE_URL, ENDPOINT_RETRY_SECONDS,
     ENDPOINT_TIMEOUT_SECONDS.
     """
-    from app.outbound.delivery import Deliverer
+    from app.outbound.delivery import Deliverer, own_database
 
     settings = Settings.from_env()
     if not once:
         wait_for_the_database(settings)
-    with database(settings) as db:
-        deliverer = Deliverer(db, settings)
-        if once:
-            done = deliverer.turn()
-            click.echo(
-                f"delivered {done.delivered}, failed {done.failed}, gave up {done.gave_up};"
-                f" {done.overdue} workflows newly overdue"
-            )
-            return
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        click.echo("delivering workflow events to the endpoints; Ctrl-C to stop", err=True)
+    with database(settings) as shared:
+        db = own_database(shared)
         try:
-            deliverer.run(stop)
-        except KeyboardInterrupt:
-            stop.set()
+            _deliver(Deliverer(db, settings), once)
+        finally:
+            db.close()
+
+
+def _deliver(deliverer: Deliverer, once: bool) -> None:
+    if once:
+        done = deliverer.turn()
+        click.echo(
+            f"delivered {done.delivered}, failed {done.failed}, gave up {done.gave_up};"
+            f" {done.overdue} workflows newly overdue"
+        )
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo("delivering workflow events to the endpoints; Ctrl-C to stop", err=True)
+    try:
+        deliverer.run(stop)
+    except KeyboardInterrupt:
+        stop.set()

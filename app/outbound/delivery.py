@@ -398,9 +398,15 @@ class Deliverer:
             self.wake.set()  # there may be more for it
 
 
-def start_beside(db: Database, settings: Settings) -> threading.Event:
-    """Run a deliverer in a thread of this process (the applier's); returns what stops it."""
+def own_database(db: Database) -> Database:
+    """The deliverer's own pool: its threads never wait for the applier's connections, nor
+    the applier for theirs (one per thread, one for queueing and sweeping)."""
+    return db.another("deliver", THREADS + 1)
+
+
+def start_beside(db: Database, settings: Settings) -> Deliverer:
+    """Run a deliverer in a thread of this process (the applier's); returns it (to `wake`)."""
+    deliverer = Deliverer(own_database(db), settings)
     stop = threading.Event()
-    deliverer = Deliverer(db, settings)
     threading.Thread(target=deliverer.run, args=(stop,), name="deliverer", daemon=True).start()
-    return stop
+    return deliverer

@@ -44,6 +44,9 @@ def list_endpoints() -> Response:
 def remove_endpoint(endpoint_id: str) -> tuple[str, int]:
     """Remove an endpoint; what was still to be sent to it is dropped."""
     require_api_token()
+    if not (endpoint_id.isascii() and endpoint_id.isprintable() and len(endpoint_id) <= 100):
+        # No id we hand out looks like that (a NUL could not even be sent to the database).
+        raise ApiError(404, "No endpoint has that id.")
     try:
         endpoints.remove(get_db(), endpoint_id)
     except endpoints.NotFound:

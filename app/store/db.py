@@ -63,6 +63,17 @@ class Database:
         self._closed = False
         self._renewed_at = float("-inf")
 
+    def another(self, role: str, pool_size: int) -> Database:
+        """A handle on the same database with a pool of its own, for a part of the process
+        that must neither wait for this one's connections nor hold them (the deliverer)."""
+        settings = self._settings.with_overrides(
+            {
+                "db_pool_max_size": pool_size,
+                "db_pool_min_size": min(self._settings.db_pool_min_size, pool_size),
+            }
+        )
+        return Database(self._conninfo, settings, role)
+
     def _configure(self, conn: Connection) -> None:
         conn.autocommit = True
         # Far under a 30 s router limit; a stuck statement must not hold a worker.
