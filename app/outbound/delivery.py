@@ -217,11 +217,9 @@ class Deliverer:
         self._clock = clock
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
-        self._swept_at = -SWEEP_SECONDS
         self.wake = threading.Event()
 
     def sweep_overdue(self) -> int:
-        self._swept_at = time.monotonic()
         return overdue_events.sweep(
             self._db,
             self._clock(),
@@ -361,13 +359,16 @@ class Deliverer:
         return self._db.run(work)
 
     def run(self, stop: threading.Event) -> None:
-        """Deliver until `stop` is set: each endpoint on its own thread of a pool."""
+        """Deliver until `stop` is set: each endpoint on its own thread of a pool, and the
+        overdue sweep on a thread of its own (a slow sweep delays no delivery)."""
         poll = self._settings.deliver_poll_seconds
+        sweeper = threading.Thread(
+            target=self._sweep_until, args=(stop,), name="overdue-sweep", daemon=True
+        )
+        sweeper.start()
         with ThreadPoolExecutor(THREADS, thread_name_prefix="deliver") as pool:
             while not stop.is_set():
                 try:
-                    if time.monotonic() - self._swept_at >= SWEEP_SECONDS:
-                        self.sweep_overdue()
                     self.queue()
                     with self._busy_lock:
                         busy = set(self._busy)
@@ -386,6 +387,16 @@ class Deliverer:
                 self.wake.clear()
         self._sender.close()
 
+    def _sweep_until(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.sweep_overdue()
+            except DatabaseUnavailable as exc:
+                log.warning("the overdue sweep cannot reach the database: %s", exc)
+            except Exception:  # a bug: the deliveries go on; try again
+                log.exception("the overdue sweep failed; trying again")
+            stop.wait(SWEEP_SECONDS)
+
     def _send_and_free(self, endpoint_id: str, claims: list[Claimed]) -> None:
         try:
             self.send_all(claims)
@@ -400,8 +411,8 @@ class Deliverer:
 
 def own_database(db: Database) -> Database:
     """The deliverer's own pool: its threads never wait for the applier's connections, nor
-    the applier for theirs (one per thread, one for queueing and sweeping)."""
-    return db.another("deliver", THREADS + 1)
+    the applier for theirs (one per sending thread, one for queueing, one for the sweep)."""
+    return db.another("deliver", THREADS + 2)
 
 
 def start_beside(db: Database, settings: Settings) -> Deliverer:
