@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 # Events queued per endpoint per turn, and deliveries an endpoint's thread takes at once.
 QUEUE_BATCH = 1000
 CLAIM_PER_ENDPOINT = 50
-# Endpoints sent to at once by one deliverer.
+# Endpoints sent to at once by one deliverer, and deliveries in flight to each.
 THREADS = 8
+LANES_PER_ENDPOINT = 4
 # How often a deliverer looks for newly overdue workflows.
 SWEEP_SECONDS = 5.0
 # What is read of an endpoint's answer (and thrown away): enough to keep the connection.
@@ -160,13 +161,16 @@ class Sender:
                         target.address,
                         target.port,
                         timeout=self._timeout,
-                        maxsize=1,
+                        maxsize=LANES_PER_ENDPOINT,
                         server_hostname=target.host,
                         assert_hostname=target.host,
                     )
                 else:
                     pool = urllib3.HTTPConnectionPool(
-                        target.address, target.port, timeout=self._timeout, maxsize=1
+                        target.address,
+                        target.port,
+                        timeout=self._timeout,
+                        maxsize=LANES_PER_ENDPOINT,
                     )
                 self._pools[key] = pool
             return pool
@@ -279,20 +283,21 @@ class Deliverer:
         return claimed
 
     def send_all(self, claims: list[Claimed]) -> TurnSummary:
-        """Send one endpoint's claimed deliveries in feed order, then record what happened."""
+        """Send one endpoint's claimed deliveries, then record what happened."""
         from app import metrics  # late: see app/__init__.py
 
         summary = TurnSummary()
-        results: list[tuple[Claimed, Outcome, datetime]] = []
-        deferred: list[Claimed] = []
-        for n, claim in enumerate(claims):
-            # The wall clock's: what a receiver compares with its own.
-            headers = signing.headers(claim.secrets, claim.event_id, int(time.time()), claim.body)
-            outcome = self._sender.send(claim.url, headers, claim.body)
-            results.append((claim, outcome, self._clock()))
-            if outcome.unreachable:
-                deferred = claims[n + 1 :]
-                break
+        # A few at a time: a burst of events (an apply batch decides many
+        # workflows at once) waits one round trip per lane, not one per event.
+        lanes = [claims[n::LANES_PER_ENDPOINT] for n in range(LANES_PER_ENDPOINT)]
+        lanes = [lane for lane in lanes if lane]
+        if len(lanes) == 1:
+            sent = [self._send_lane(lanes[0])]
+        else:
+            with ThreadPoolExecutor(len(lanes), thread_name_prefix="deliver-lane") as pool:
+                sent = list(pool.map(self._send_lane, lanes))
+        results = [result for lane_results, _ in sent for result in lane_results]
+        deferred = [claim for _, lane_deferred in sent for claim in lane_deferred]
         summary.add(self._record(results, deferred))
         endpoint_id = claims[0].endpoint_id
         metrics.DELIVERIES.labels(endpoint_id, "delivered").inc(summary.delivered)
@@ -309,6 +314,20 @@ class Deliverer:
                 disabled,
             )
         return summary
+
+    def _send_lane(
+        self, claims: list[Claimed]
+    ) -> tuple[list[tuple[Claimed, Outcome, datetime]], list[Claimed]]:
+        """Send one after the other; after an unreachable endpoint, the rest waits (returned)."""
+        results: list[tuple[Claimed, Outcome, datetime]] = []
+        for n, claim in enumerate(claims):
+            # The wall clock's: what a receiver compares with its own.
+            headers = signing.headers(claim.secrets, claim.event_id, int(time.time()), claim.body)
+            outcome = self._sender.send(claim.url, headers, claim.body)
+            results.append((claim, outcome, self._clock()))
+            if outcome.unreachable:
+                return results, claims[n + 1 :]
+        return results, []
 
     def _record(
         self, results: list[tuple[Claimed, Outcome, datetime]], deferred: list[Claimed]
