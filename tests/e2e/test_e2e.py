@@ -149,7 +149,8 @@ def test_each_database_session_says_which_process_it_serves(server: Server) -> N
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         }
-    assert names == {"dispatch-ledger web", "dispatch-ledger apply"}
+    # The deliverer beside the applier has a pool of its own.
+    assert names == {"dispatch-ledger web", "dispatch-ledger apply", "dispatch-ledger deliver"}
 
 
 def metric(server: Server, name: str, having: str = "") -> float:
