@@ -74,6 +74,11 @@ class Settings:
     embedded_database: bool = False
     # HTTP Basic password for /dashboard; unset, the dashboard is off.
     dashboard_password: str | None = field(default=None, repr=False)
+    # Where the dashboard's overview reads its charts (the funnel and the
+    # failover rates over up to 90 days: its heavy queries) and recent
+    # workflows: a streaming standby, so that they never compete with the
+    # captures. Unset: DATABASE_URL. The rest reads the primary.
+    dashboard_database_url: str | None = field(default=None, repr=False)
     # How late a failover or a final report may be before it is listed as overdue.
     overdue_grace_seconds: int = 300
     # A step with no deadline (Dispatch's last step; every Messages API item)

@@ -16,6 +16,7 @@ from app.store.db import Database
 
 _SETTINGS = "dispatch_ledger.settings"
 _DB = "dispatch_ledger.db"
+_REPORTS_DB = "dispatch_ledger.reports_db"
 _CREDENTIALS = "dispatch_ledger.credentials"
 _APPLIER = "dispatch_ledger.applier"
 _COMMITS = "dispatch_ledger.group_commit"
@@ -36,6 +37,11 @@ def init_app(app: Flask, settings: Settings) -> None:
             "PostgreSQL and sets it; otherwise point it at your database."
         )
     db = app.extensions[_DB] = Database(settings.database_url, settings)
+    app.extensions[_REPORTS_DB] = (
+        Database(settings.dashboard_database_url, settings, "dashboard")
+        if settings.dashboard_database_url
+        else db
+    )
     applier = None
     if settings.apply_in_web:
         # Beside gunicorn's own applier, this process only takes what that one
@@ -90,6 +96,12 @@ def get_settings(app: Flask | None = None) -> Settings:
 
 def get_db(app: Flask | None = None) -> Database:
     db: Database = (app or current_app).extensions[_DB]
+    return db
+
+
+def get_reports_db(app: Flask | None = None) -> Database:
+    """Where the dashboard's charts read: DASHBOARD_DATABASE_URL (a standby), else the database."""
+    db: Database = (app or current_app).extensions[_REPORTS_DB]
     return db
 
 

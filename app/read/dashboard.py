@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app.errors import ApiError
-from app.extensions import get_db, get_settings
+from app.extensions import get_db, get_reports_db, get_settings
 from app.model.times import display, iso, plus
 from app.read import readmodel
 from app.read.overdue import list_overdue
@@ -112,14 +112,16 @@ def overview() -> str:
     since: date = (now - timedelta(days=days - 1)).date()
     chosen["since"] = since
     db = get_db()
-    funnel, failover, recent, hooks = db.run(
+    # The charts read DASHBOARD_DATABASE_URL (a standby) when set; what an
+    # operator acts on now (overdue, the backlog, endpoints) reads the primary.
+    funnel, failover, recent = get_reports_db().run(
         lambda conn: (
             conn.execute(sql("dashboard_funnel"), chosen).fetchall(),
             conn.execute(sql("dashboard_failover"), chosen).fetchall(),
             conn.execute(sql("list_recent"), {"limit": 20, "api": chosen["api"]}).fetchall(),
-            endpoints.listed(conn),
         )
     )
+    hooks = db.run(endpoints.listed)
     settings = get_settings()
     overdue = list_overdue(
         db, now, settings.overdue_grace_seconds, 20, settings.last_step_timeout_seconds
