@@ -5,7 +5,7 @@ commands, each registering its own on `main` (app/cli/group.py):
 
     web          serve, migrate
     applier      apply, status
-    operations   analyst-role, prune-raw, prune-rejects, rebuild, reprocess-rejects
+    operations   analyst-role, prune-raw, prune-state, prune-rejects, rebuild, reprocess-rejects
     workflows    send, overdue
     endpoints    endpoints (add, list, remove, rotate-secret, enable, replay), deliver
     stand_in     emulate, generate

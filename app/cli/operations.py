@@ -63,6 +63,38 @@ def prune_raw(older_than_days: int) -> None:
     click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
 
 
+# Vonage sends a status up to 30 days after the message (WhatsApp, Messenger,
+# RCS): a workflow nothing changed for longer than that is over for good.
+LATEST_STATUS_DAYS = 30
+
+
+@main.command("prune-state")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=LATEST_STATUS_DAYS + 1),
+    required=True,
+    help="Delete decided workflows no callback has changed for more than this many days"
+    f" (at least {LATEST_STATUS_DAYS + 1}: Vonage sends statuses up to {LATEST_STATUS_DAYS}"
+    " days late).",
+)
+def prune_state(older_than_days: int) -> None:
+    """Delete old decided workflows and all that is kept of them, their raw callbacks included.
+
+    For ledgers that must not keep workflows forever. Pending workflows stay.
+    After it, `rebuild` refuses. Reads DATABASE_URL.
+    """
+    try:
+        done = operations.prune_state(
+            migrated_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
+        )
+    except operations.RawLogBusy as busy:
+        raise click.ClickException(f"nothing pruned: {busy}") from None
+    click.echo(
+        f"deleted {done.workflows} decided workflows unchanged for {older_than_days} days,"
+        f" with their {done.raw_callbacks} raw callbacks"
+    )
+
+
 @main.command("prune-rejects")
 @click.option(
     "--older-than-days",

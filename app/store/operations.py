@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg
@@ -101,6 +102,65 @@ def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 
     with _connect(conninfo) as conn:
         hold_raw_log(conn)
         return _delete_in_batches(conn, "prune_raw_batch", {"cutoff": cutoff}, batch, note)
+
+
+# The statements that delete a batch of pruned workflows, children first.
+_PRUNE_STATE = (
+    "prune_state_raw",
+    "prune_state_discrepancies",
+    "prune_state_reconciliation",
+    "prune_state_definitions",
+    "prune_state_events",
+    "prune_state_messages",
+    "prune_state_workflows",
+)
+
+
+@dataclass
+class StatePruned:
+    workflows: int = 0
+    raw_callbacks: int = 0
+
+
+def prune_state(
+    conninfo: str, older_than: timedelta, now: datetime, batch: int = 500
+) -> StatePruned:
+    """Delete decided workflows nothing has changed for `older_than`, with all that is kept of
+    them: messages, disagreements, definition, events, and their raw callbacks.
+
+    Their raw callbacks go too, so that no rebuild brings them back; the
+    prune is recorded as prune-raw's is (rebuild refuses from then on), in the
+    transaction of the first batch. A batch at a time, each its own
+    transaction. Raises RawLogBusy while a rebuild or a prune runs.
+    """
+    cutoff = now - older_than
+    done = StatePruned()
+    record: int | None = None
+    with _connect(conninfo) as conn:
+        hold_raw_log(conn)
+        while True:
+            with conn.transaction():
+                rows = conn.execute(
+                    sql("state_to_prune"), {"cutoff": cutoff, "batch": batch}
+                ).fetchall()
+                ids = [row["dispatch_uuid"] for row in rows]
+                if not ids:
+                    return done
+                counts = {
+                    name: conn.execute(sql(name), {"ids": ids}).rowcount for name in _PRUNE_STATE
+                }
+                raw = counts["prune_state_raw"]
+                if record is None:
+                    params = {"now": now, "cutoff": cutoff, "deleted": raw}
+                    row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
+                    assert row is not None
+                    record = row["id"]
+                else:
+                    conn.execute(sql("count_raw_log_prune"), {"id": record, "deleted": raw})
+            done.workflows += len(ids)
+            done.raw_callbacks += raw
+            if len(ids) < batch:
+                return done
 
 
 def prune_rejects(

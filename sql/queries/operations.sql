@@ -27,3 +27,55 @@ DELETE FROM rejected_callback
 -- name: takes_writes
 -- Whether this server takes writes now: not a standby, nor set read-only (readiness).
 SELECT current_setting('transaction_read_only') = 'off' AS takes_writes;
+
+-- name: state_to_prune
+-- Up to `batch` decided workflows that nothing has changed since the cutoff (nor any of their messages), locked; those an applier holds are left for later.
+SELECT d.dispatch_uuid
+  FROM dispatch d
+ WHERE d.status <> 'pending'
+   AND d.updated_at < %(cutoff)s
+   AND NOT EXISTS (SELECT FROM message m
+                    WHERE m.dispatch_uuid = d.dispatch_uuid AND m.updated_at >= %(cutoff)s)
+ ORDER BY d.dispatch_uuid COLLATE "C"
+ LIMIT %(batch)s
+   FOR UPDATE SKIP LOCKED;
+
+-- name: prune_state_raw
+-- Delete the raw callbacks naming pruned workflows or their messages (none still queued), so that no rebuild brings them back.
+DELETE FROM raw_callback r
+ WHERE (r.dispatch_uuid = ANY(%(ids)b)
+        OR r.message_uuid IN (SELECT m.message_uuid FROM message m
+                               WHERE m.dispatch_uuid = ANY(%(ids)b)))
+   AND NOT EXISTS (SELECT FROM apply_queue q WHERE q.raw_callback_id = r.id);
+
+-- name: prune_state_discrepancies
+-- Delete what callbacks disagreed on about pruned workflows and their messages.
+DELETE FROM discrepancy
+ WHERE (subject = 'dispatch' AND subject_id = ANY(%(ids)b))
+    OR (subject = 'message' AND subject_id IN (SELECT m.message_uuid FROM message m
+                                               WHERE m.dispatch_uuid = ANY(%(ids)b)));
+
+-- name: prune_state_reconciliation
+-- Delete pruned workflows' disagreements with their final reports.
+DELETE FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)b);
+
+-- name: prune_state_definitions
+-- Delete pruned workflows' definitions (their numbers and texts with them).
+DELETE FROM workflow_definition WHERE dispatch_uuid = ANY(%(ids)b);
+
+-- name: prune_state_events
+-- Delete pruned workflows' events, their deliveries still to be sent, and their overdue notices.
+WITH gone AS (
+    DELETE FROM workflow_event WHERE dispatch_uuid = ANY(%(ids)b) RETURNING position
+), undelivered AS (
+    DELETE FROM endpoint_delivery WHERE position IN (SELECT position FROM gone)
+)
+DELETE FROM overdue_notice WHERE dispatch_uuid = ANY(%(ids)b);
+
+-- name: prune_state_messages
+-- Delete pruned workflows' messages.
+DELETE FROM message WHERE dispatch_uuid = ANY(%(ids)b);
+
+-- name: prune_state_workflows
+-- Delete pruned workflows themselves.
+DELETE FROM dispatch WHERE dispatch_uuid = ANY(%(ids)b);
