@@ -114,6 +114,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rate", type=float, default=300.0, help="the moderate load, per s")
+    parser.add_argument(
+        "--aa",
+        action="store_true",
+        help="register no endpoint on either database: the same server twice, to see how"
+        " far the rounds' ratios move by noise alone (skips the moderate load)",
+    )
     parser.add_argument("--receive", nargs=2, metavar=("PORT", "LOG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
@@ -142,7 +148,8 @@ def main() -> None:
     atexit.register(receiver.kill)
     settings = Settings(database_url=hooked_url)
     db = Database(hooked_url, settings, "benchmark")
-    endpoints.add(db, f"http://127.0.0.1:{port}/hooks", None, "benchmark", datetime.now(UTC))
+    if not args.aa:
+        endpoints.add(db, f"http://127.0.0.1:{port}/hooks", None, "benchmark", datetime.now(UTC))
     db.close()
 
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -154,7 +161,9 @@ def main() -> None:
         "ENDPOINTS_ALLOW_PRIVATE": "true",
     }
     plain = Server("no endpoint", ROOT, "wsgi:app", [], url=plain_url)
-    hooked = Server("one endpoint", ROOT, "wsgi:app", [], url=hooked_url)
+    hooked = Server(
+        "no endpoint either" if args.aa else "one endpoint", ROOT, "wsgi:app", [], url=hooked_url
+    )
     rounds: list[dict[str, Any]] = []
     for n in range(args.rounds):
         order = (plain, hooked) if n % 2 == 0 else (hooked, plain)
@@ -162,7 +171,8 @@ def main() -> None:
         for i, server in enumerate(order):
             result = measure(server, wrk, env, url, args, lua, f"{i}r{n}x{int(time.time())}")
             found[server.name] = result
-            if server is hooked:
+            found.setdefault("left after the load (s)", 0.0)
+            if server is hooked and not args.aa:
                 # The server is stopped: its applier's deliverer with it. What
                 # is left is sent by a deliverer of its own, as after a restart.
                 deliver = subprocess.Popen(
@@ -207,7 +217,8 @@ def main() -> None:
         " without one (median of the per-round ratios)."
     )
 
-    moderate(args, wrk, env, hooked_url, work, log)
+    if not args.aa:
+        moderate(args, wrk, env, hooked_url, work, log)
     if any(f[plain.name].lost or f[hooked.name].lost for f in rounds):
         sys.exit("something was lost")
 
