@@ -56,7 +56,12 @@ from benchmarks.benchmark import (
 
 
 def receive(port: int, log: Path) -> None:
-    """The receiver (run as its own process): answers 204, writes `id arrival` per event."""
+    """The receiver (run as its own process): answers 204, writes `id arrival` per event.
+
+    It stands for an endpoint on another machine: at the lowest CPU priority,
+    so that its own work is not counted against the service it measures.
+    """
+    os.nice(19)
     out = log.open("a", buffering=1)
 
     class Handler(BaseHTTPRequestHandler):
