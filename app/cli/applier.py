@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from app.cli.group import database, main, wait_for_the_database
 from app.config import Settings
 from app.store import backlog
-from app.store.db import DatabaseUnavailable
+from app.store.db import Database, DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from app.outbound.delivery import Deliverer
 
 
 @main.command("apply")
@@ -54,10 +58,8 @@ def apply_command(
     Unless DELIVER_IN_APPLIER=false, it also sends workflow events to the
     endpoints (as `deliver` does).
     """
-    import time
-
-    from app.pipeline.applier_process import Wakes, set_niceness
-    from app.pipeline.apply import apply_waiting, worth_lingering
+    from app.pipeline.applier_process import set_niceness
+    from app.pipeline.apply import apply_waiting
 
     settings = Settings.from_env()
     if niceness is not None:
@@ -95,42 +97,70 @@ def apply_command(
             from app.outbound.delivery import start_beside
 
             deliverer = start_beside(db, settings)
-        retry = retry_failed
-        applied = failed = 0
-        reported = time.monotonic()
-        wakes = Wakes(wake_fd)
-        turn = 0.0
-        while True:
-            if parent is not None and os.getppid() != parent:
-                # Started by a gunicorn master (--parent) that is gone: so are we.
-                click.echo("the web server that started this applier is gone; stopping", err=True)
-                return
-            turn = time.monotonic()
-            try:
-                summary = apply_waiting(
-                    db, settings.max_json_depth, batch=settings.apply_batch_size, retry_failed=retry
-                )
-            except DatabaseUnavailable as exc:
-                click.echo(f"database unavailable, trying again in 5 s: {exc}", err=True)
-                time.sleep(5)
-                continue
-            retry = False
-            if summary.applied and deliverer is not None:
-                # What was applied may have made events: send them now, not at the next poll.
-                deliverer.wake.set()
-            applied, failed = applied + summary.applied, failed + summary.failed
-            if (applied or failed) and time.monotonic() - reported >= 10:
-                # One line per 10 s of work, not one per batch.
-                click.echo(f"applied {applied}, failed {failed}", err=True)
-                applied = failed = 0
-                reported = time.monotonic()
-            if wakes.wait(poll):
-                # Woken again: one capture since the last turn began is a rate of
-                # at least 1 / (time since); if captures come often, let a few
-                # more gather and apply them in one transaction.
-                per_second = 1 / max(time.monotonic() - turn, 1e-6)
-                if worth_lingering(per_second, settings.apply_linger_seconds):
-                    time.sleep(settings.apply_linger_seconds)
+
+            def terminate(*_: object) -> None:
+                raise SystemExit(0)  # unwinds to the `finally` below: a batch rolls back
+
+            # Stopped (by gunicorn's master, or the platform), the deliverer
+            # gives back what it leased and did not send, for the next one now.
+            signal.signal(signal.SIGTERM, terminate)
+        try:
+            _apply_forever(db, settings, poll, parent, wake_fd, retry_failed, deliverer)
+        finally:
+            if deliverer is not None:
+                deliverer.stop()
+
+
+def _apply_forever(
+    db: Database,
+    settings: Settings,
+    poll: float,
+    parent: int | None,
+    wake_fd: int | None,
+    retry_failed: bool,
+    deliverer: Deliverer | None,
+) -> None:
+    import time
+
+    from app.pipeline.applier_process import Wakes
+    from app.pipeline.apply import apply_waiting, worth_lingering
+
+    retry = retry_failed
+    applied = failed = 0
+    reported = time.monotonic()
+    wakes = Wakes(wake_fd)
+    turn = 0.0
+    while True:
+        if parent is not None and os.getppid() != parent:
+            # Started by a gunicorn master (--parent) that is gone: so are we.
+            click.echo("the web server that started this applier is gone; stopping", err=True)
+            return
+        turn = time.monotonic()
+        try:
+            summary = apply_waiting(
+                db, settings.max_json_depth, batch=settings.apply_batch_size, retry_failed=retry
+            )
+        except DatabaseUnavailable as exc:
+            click.echo(f"database unavailable, trying again in 5 s: {exc}", err=True)
+            time.sleep(5)
+            continue
+        retry = False
+        if summary.applied and deliverer is not None:
+            # What was applied may have made events: send them now, not at the next poll.
+            deliverer.wake.set()
+        applied, failed = applied + summary.applied, failed + summary.failed
+        if (applied or failed) and time.monotonic() - reported >= 10:
+            # One line per 10 s of work, not one per batch.
+            click.echo(f"applied {applied}, failed {failed}", err=True)
+            applied = failed = 0
+            reported = time.monotonic()
+        if wakes.wait(poll):
+            # Woken again: one capture since the last turn began is a rate of
+            # at least 1 / (time since); if captures come often, let a few
+            # more gather and apply them in one transaction.
+            per_second = 1 / max(time.monotonic() - turn, 1e-6)
+            if worth_lingering(per_second, settings.apply_linger_seconds):
+                time.sleep(settings.apply_linger_seconds)
 
 
 @main.command()

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # Events queued per endpoint per turn, and deliveries an endpoint's thread takes at once.
 QUEUE_BATCH = 1000
-CLAIM_PER_ENDPOINT = 50
+CLAIM_PER_ENDPOINT = 20
 # Endpoints sent to at once by one deliverer, and deliveries in flight to each.
 THREADS = 8
 LANES_PER_ENDPOINT = 4
@@ -221,7 +221,35 @@ class Deliverer:
         self._clock = clock
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        # What this deliverer leased and has not recorded yet: given back when it stops.
+        self._held: dict[tuple[str, int], datetime] = {}
+        self._held_lock = threading.Lock()
         self.wake = threading.Event()
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop `run` and give back what it leased and did not record (another sends it now,
+        not once the lease ends; one in flight may then arrive twice: at least once)."""
+        self.stopping.set()
+        self.wake.set()
+        self.release()
+
+    def release(self) -> int:
+        with self._held_lock:
+            held, self._held = self._held, {}
+        if not held:
+            return 0
+        keys = sorted(held)
+        params = {
+            "endpoint_id": [k[0] for k in keys],
+            "position": [k[1] for k in keys],
+            "until": [held[k] for k in keys],
+        }
+        try:
+            self._db.run(lambda conn: conn.execute(sql("release_deliveries"), params))
+        except DatabaseUnavailable:
+            return 0  # their leases run out instead
+        return len(keys)
 
     def sweep_overdue(self) -> int:
         return overdue_events.sweep(
@@ -256,14 +284,18 @@ class Deliverer:
     def claim(self, busy: set[str] | None = None) -> dict[str, list[Claimed]]:
         """Lease the due deliveries of endpoints not in `busy`, by endpoint."""
         now = self._clock()
-        lease = CLAIM_PER_ENDPOINT * (self._timeout + 1) + 30
+        # Long enough for one lane to send its share, each waiting out its timeout.
+        lease = -(-CLAIM_PER_ENDPOINT // LANES_PER_ENDPOINT) * (self._timeout + 1) + 10
+        until = now + timedelta(seconds=lease)
         params = {
             "now": now,
-            "until": now + timedelta(seconds=lease),
+            "until": until,
             "per_endpoint": CLAIM_PER_ENDPOINT,
             "busy": sorted(busy or ()),
         }
         rows = self._db.run(lambda conn: conn.execute(sql("claim_deliveries"), params).fetchall())
+        with self._held_lock:
+            self._held.update({(row["endpoint_id"], row["position"]): until for row in rows})
         claimed: dict[str, list[Claimed]] = {}
         for row in sorted(rows, key=lambda r: r["position"]):
             body = json.dumps(events.document(row), separators=(",", ":")).encode()
@@ -299,6 +331,9 @@ class Deliverer:
         results = [result for lane_results, _ in sent for result in lane_results]
         deferred = [claim for _, lane_deferred in sent for claim in lane_deferred]
         summary.add(self._record(results, deferred))
+        with self._held_lock:
+            for claim in claims:
+                self._held.pop((claim.endpoint_id, claim.position), None)
         endpoint_id = claims[0].endpoint_id
         metrics.DELIVERIES.labels(endpoint_id, "delivered").inc(summary.delivered)
         metrics.DELIVERIES.labels(endpoint_id, "failed").inc(summary.failed)
@@ -377,15 +412,17 @@ class Deliverer:
 
         return self._db.run(work)
 
-    def run(self, stop: threading.Event) -> None:
-        """Deliver until `stop` is set: each endpoint on its own thread of a pool, and the
-        overdue sweep on a thread of its own (a slow sweep delays no delivery)."""
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Deliver until `stop` (or `self.stop()`): each endpoint on its own thread of a pool,
+        and the overdue sweep on a thread of its own (a slow sweep delays no delivery)."""
+        stop = stop or self.stopping
         poll = self._settings.deliver_poll_seconds
         sweeper = threading.Thread(
             target=self._sweep_until, args=(stop,), name="overdue-sweep", daemon=True
         )
         sweeper.start()
-        with ThreadPoolExecutor(THREADS, thread_name_prefix="deliver") as pool:
+        pool = ThreadPoolExecutor(THREADS, thread_name_prefix="deliver")
+        try:
             while not stop.is_set():
                 try:
                     self.queue()
@@ -404,7 +441,10 @@ class Deliverer:
                     stop.wait(5)
                 self.wake.wait(poll)
                 self.wake.clear()
-        self._sender.close()
+        finally:
+            # Sends in flight finish on their own; what waits is given back now.
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.release()
 
     def _sweep_until(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -435,8 +475,8 @@ def own_database(db: Database) -> Database:
 
 
 def start_beside(db: Database, settings: Settings) -> Deliverer:
-    """Run a deliverer in a thread of this process (the applier's); returns it (to `wake`)."""
+    """Run a deliverer in a thread of this process (the applier's); returns it (to `wake` and
+    to `stop`)."""
     deliverer = Deliverer(own_database(db), settings)
-    stop = threading.Event()
-    threading.Thread(target=deliverer.run, args=(stop,), name="deliverer", daemon=True).start()
+    threading.Thread(target=deliverer.run, name="deliverer", daemon=True).start()
     return deliverer

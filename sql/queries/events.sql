@@ -290,3 +290,12 @@ SELECT (SELECT min(w.created_at)
          WHERE n.disabled_at IS NULL) AS oldest_unqueued_at,
        (SELECT count(*) FROM endpoint WHERE disabled_at IS NOT NULL) AS disabled,
        (SELECT count(*) FROM endpoint) AS endpoints;
+
+-- name: release_deliveries
+-- A deliverer stopping gives back the deliveries it leased and did not record (those still under its lease), for another to send now.
+UPDATE endpoint_delivery d
+   SET leased_until = NULL
+  FROM unnest(%(endpoint_id)b::text[], %(position)b::bigint[], %(until)b::timestamptz[])
+       AS r(endpoint_id, position, until)
+ WHERE d.endpoint_id = r.endpoint_id AND d.position = r.position
+   AND d.leased_until = r.until AND d.due_at IS NOT NULL;

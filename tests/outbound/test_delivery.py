@@ -394,3 +394,56 @@ def test_the_command_registers_lists_and_removes(clean_db: str) -> None:
     missing = runner.invoke(main, ["endpoints", "remove", endpoint_id], env=env)
     assert missing.exit_code == 1 and "no endpoint has the id" in missing.output
     assert query(clean_db, "SELECT count(*) FROM endpoint") == [(0,)]
+
+
+def test_a_stopped_deliverer_gives_back_what_it_had_not_sent(owner: FlaskClient) -> None:
+    with receiving() as receiver:
+        register(owner, receiver.url)
+        decide_one(owner, "d-1")
+        first, second = deliverer(owner), deliverer(owner)
+        first.queue()
+        [claims] = first.claim().values()  # leased, then the process stops before sending
+        assert len(claims) == 2
+        assert second.turn().delivered == 0  # held by the first's lease
+        first.stop()
+        assert second.turn().delivered == 2  # at once, not when the lease runs out
+    assert len(receiver.received) == 2
+
+
+def test_the_applier_stopped_gives_back_its_deliverers_leases(
+    owner: FlaskClient, clean_db: str, tmp_path: Any
+) -> None:
+    """`dispatch-ledger apply` with its deliverer, stopped by SIGTERM as gunicorn stops it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    with receiving(lambda _r: (200, 30.0)) as stuck:  # answers too late: in flight at the stop
+        register(owner, stuck.url, events=["workflow.decided"])
+        decide_one(owner, "d-1")
+        env = {
+            **os.environ,
+            "DATABASE_URL": clean_db,
+            "ENDPOINTS_ALLOW_HTTP": "true",
+            "ENDPOINTS_ALLOW_PRIVATE": "true",
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "apply", "--poll", "0.05"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            stuck.wait_for(1, timeout=20)
+            leased = "SELECT count(*) FROM endpoint_delivery WHERE leased_until IS NOT NULL"
+            assert query(clean_db, leased) == [(1,)]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert query(clean_db, leased) == [(0,)]  # given back: the next deliverer sends it now
