@@ -55,13 +55,15 @@ from benchmarks.benchmark import (
 )
 
 
-def receive(port: int, log: Path) -> None:
+def receive(port: int, log: Path, niceness: int) -> None:
     """The receiver (run as its own process): answers 204, writes `id arrival` per event.
 
-    It stands for an endpoint on another machine: at the lowest CPU priority,
-    so that its own work is not counted against the service it measures.
+    It stands for an endpoint on another machine. During the full load it
+    runs at the lowest CPU priority, so that its own work is not counted
+    against the service it measures; for the delivery times at normal
+    priority, so that they are the service's and not a starved receiver's.
     """
-    os.nice(19)
+    os.nice(niceness)
     out = log.open("a", buffering=1)
 
     class Handler(BaseHTTPRequestHandler):
@@ -80,6 +82,17 @@ def receive(port: int, log: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     server.serve_forever()
+
+
+def start_receiver(log: Path, niceness: int) -> int:
+    """A receiver process on a free port (see `receive`); its port."""
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.webhooks_out"]
+    receiver = subprocess.Popen(
+        [*command, "--receive", str(port), str(log), str(niceness)], cwd=ROOT
+    )
+    atexit.register(receiver.kill)
+    return port
 
 
 def arrivals(log: Path) -> dict[str, list[float]]:
@@ -125,10 +138,12 @@ def main() -> None:
         help="register no endpoint on either database: the same server twice, to see how"
         " far the rounds' ratios move by noise alone (skips the moderate load)",
     )
-    parser.add_argument("--receive", nargs=2, metavar=("PORT", "LOG"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--receive", nargs=3, metavar=("PORT", "LOG", "NICE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.receive:
-        receive(int(args.receive[0]), Path(args.receive[1]))
+        receive(int(args.receive[0]), Path(args.receive[1]), int(args.receive[2]))
         return
 
     wrk = ensure_wrk()
@@ -145,12 +160,7 @@ def main() -> None:
 
     log = work / "arrivals.log"
     log.touch()
-    port = free_port()
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.webhooks_out", "--receive", str(port), str(log)],
-        cwd=ROOT,
-    )
-    atexit.register(receiver.kill)
+    port = start_receiver(log, 19)
     settings = Settings(database_url=hooked_url)
     db = Database(hooked_url, settings, "benchmark")
     if not args.aa:
@@ -232,6 +242,11 @@ def moderate(
     args: argparse.Namespace, wrk: str, env: dict[str, str], hooked_url: str, work: Path, log: Path
 ) -> None:
     """The moderate load with the endpoint: each event's time from its transaction to it."""
+    # A receiver at normal priority from now on (the endpoint moved to it).
+    port = start_receiver(log, 0)
+    time.sleep(1)
+    with psycopg.connect(hooked_url, autocommit=True) as conn:
+        conn.execute("UPDATE endpoint SET url = %s", (f"http://127.0.0.1:{port}/hooks",))
     # A workflow's ten callbacks 20 requests apart (1,000 at full load): at a
     # moderate rate each workflow ends within seconds, so the run makes events.
     paced = work / "paced.lua"

@@ -9,8 +9,9 @@ web dyno) or as `dispatch-ledger deliver`; any number of them share the work:
   The feed is in commit order, so no event is ever left behind the position;
 - a deliverer claims an endpoint's due deliveries by leasing them (others
   skip them until the lease ends: if it dies mid-send, another sends them
-  again later: at least once, never twice at once), sends them one after
-  the other on one kept-alive connection, and records each outcome;
+  again later: at least once, never twice at once; one that is stopped
+  gives back what it had not recorded), sends them four at a time over
+  kept-alive connections, and records each outcome;
 - a failure is tried again on ENDPOINT_RETRY_SECONDS' schedule under the
   same webhook-id; one failing for the whole schedule is given up on, and
   its endpoint disabled unless another delivery to it succeeded since;
