@@ -8,7 +8,6 @@ app/store/events.py for why no event can appear behind a cursor.
 
 from __future__ import annotations
 
-import math
 import time
 
 from flask import Blueprint, Response, jsonify, request
@@ -16,6 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from app.access import require_read_access
 from app.errors import ApiError
 from app.extensions import get_db
+from app.read import query_args
 from app.store import events
 
 PAGE = 100
@@ -35,8 +35,8 @@ def get_events() -> Response:
     ?after=<cursor>&limit=N&wait=S."""
     require_read_access()
     after = _cursor()
-    limit = _whole("limit", PAGE, 1, MOST_PAGE)
-    wait = _seconds()
+    limit = query_args.whole("limit", PAGE, 1, MOST_PAGE)
+    wait = query_args.seconds("wait", MAX_WAIT_SECONDS)
     db = get_db()
     deadline = time.monotonic() + wait
     while True:
@@ -59,27 +59,3 @@ def _cursor() -> int:
             {"after": ["Not a cursor."]},
         )
     return int(raw)
-
-
-def _whole(name: str, default: int, least: int, most: int) -> int:
-    raw = request.args.get(name, str(default))
-    if not (raw.isascii() and raw.isdigit()) or not least <= int(raw) <= most:
-        raise ApiError(
-            400, f"{name} must be a whole number from {least} to {most}.", {name: ["Out of range."]}
-        )
-    return int(raw)
-
-
-def _seconds() -> float:
-    raw = request.args.get("wait", "0")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= MAX_WAIT_SECONDS:  # NaN fails too
-        raise ApiError(
-            400,
-            f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}.",
-            {"wait": ["Out of range."]},
-        )
-    return value

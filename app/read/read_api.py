@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ from app.access import has_read_access, require_read_access
 from app.errors import ApiError
 from app.extensions import get_applier, get_db
 from app.pipeline.applier_process import runs_beside
-from app.read import readmodel
+from app.read import query_args, readmodel
 from app.spec.schemas import is_id
 from app.store import backlog
 from app.store.db import Connection
@@ -44,7 +43,7 @@ def get_workflow_messages(dispatch_uuid: str) -> Response:
     first, and `messages_next` names this page): ?after=<message_uuid>&limit=N."""
     require_read_access()
     after = request.args.get("after") or None
-    limit = _limit()
+    limit = query_args.whole("limit", readmodel.MESSAGES_PAGE, 1, readmodel.MOST_MESSAGES_PAGE)
     if after is not None and not is_id(after):
         # Nothing a callback could carry (a NUL, say): no message of any workflow.
         raise ApiError(404, "No message can have that id.", {"after": ["Not found."]})
@@ -58,16 +57,6 @@ def get_workflow_messages(dispatch_uuid: str) -> Response:
     if page is None:
         raise ApiError(404, f"No workflow with dispatch_uuid {dispatch_uuid!r} has been seen.")
     return jsonify(page)
-
-
-def _limit() -> int:
-    raw = request.args.get("limit", str(readmodel.MESSAGES_PAGE))
-    most = readmodel.MOST_MESSAGES_PAGE
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
-        raise ApiError(
-            400, f"limit must be a whole number from 1 to {most}.", {"limit": ["Out of range."]}
-        )
-    return int(raw)
 
 
 @bp.get("/messages/<id:message_uuid>")
@@ -84,7 +73,7 @@ def _answer(
     id_name: str,
 ) -> Response:
     """The document with how many of its callbacks are not applied yet; ?wait=S waits for them."""
-    deadline = time.monotonic() + _wait_seconds()
+    deadline = time.monotonic() + query_args.seconds("wait", MAX_WAIT_SECONDS)
     db = get_db()
 
     def look(conn: Connection) -> tuple[int, int, dict[str, Any] | None]:
@@ -123,23 +112,6 @@ def poll_pauses() -> Iterator[float]:
     while True:
         yield pause
         pause = min(pause * 1.5, LAST_POLL_SECONDS)
-
-
-def _wait_seconds() -> float:
-    raw = request.args.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= MAX_WAIT_SECONDS:  # NaN fails too
-        raise ApiError(
-            400,
-            f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}.",
-            {"wait": ["Out of range."]},
-        )
-    return value
 
 
 @bp.get("/healthz")
