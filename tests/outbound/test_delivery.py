@@ -447,3 +447,22 @@ def test_the_applier_stopped_gives_back_its_deliverers_leases(
             if process.poll() is None:
                 process.kill()
         assert query(clean_db, leased) == [(0,)]  # given back: the next deliverer sends it now
+
+
+def test_deliver_once_sends_what_is_due_and_says_so(owner: FlaskClient, clean_db: str) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    with receiving() as receiver:
+        added = register(owner, receiver.url)
+        decide_one(owner, "d-1")
+        env = {
+            "DATABASE_URL": clean_db,
+            "ENDPOINTS_ALLOW_HTTP": "true",
+            "ENDPOINTS_ALLOW_PRIVATE": "true",
+        }
+        done = CliRunner().invoke(main, ["deliver", "--once"], env=env)
+        assert done.exit_code == 0, done.output
+        assert "delivered 2, failed 0, gave up 0" in done.output
+    assert len(receiver.verified(added["secret"])) == 2
