@@ -216,20 +216,23 @@ _MESSAGES_PAGE = {
         "next": _NEXT_PAGE,
     },
 }
+
+
+def _query(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    """An optional query argument."""
+    parameter = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description is not None:
+        parameter["description"] = description
+    return parameter
+
+
 _PAGE_QUERY = [
-    {
-        "name": "after",
-        "in": "query",
-        "required": False,
-        "description": "The last message of the previous page (its message_uuid)",
-        "schema": {"type": "string"},
-    },
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-    },
+    _query(
+        "after",
+        {"type": "string"},
+        "The last message of the previous page (its message_uuid)",
+    ),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
 ]
 
 
@@ -247,17 +250,14 @@ _PATH_ID = {"name": "dispatch_uuid", "in": "path", "required": True, "schema": {
 
 
 def _workflows() -> dict[str, Any]:
-    def query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-        return {"name": name, "in": "query", "required": False, "schema": schema}
-
     return {
         "get": {
             "summary": "Overdue workflows (overdue=true), or the latest to change",
             "security": _READ_SECURITY,
             "parameters": [
-                query("overdue", {"type": "string", "enum": ["true", "false"]}),
-                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
-                query("grace", {"type": "integer", "minimum": 0, "maximum": 7 * 86400}),
+                _query("overdue", {"type": "string", "enum": ["true", "false"]}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                _query("grace", {"type": "integer", "minimum": 0, "maximum": 7 * 86400}),
             ],
             "responses": {
                 "200": _json(_OBJECT, "The workflows"),
@@ -307,27 +307,18 @@ _EVENT = {
 
 
 def _feed() -> dict[str, Any]:
-    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "description": description,
-            "schema": schema,
-        }
-
     return {
         "get": {
             "summary": "The change feed: workflow events after a cursor, in commit order",
             "security": _READ_SECURITY,
             "parameters": [
-                query(
+                _query(
                     "after",
                     {"type": "string", "pattern": "^[0-9]{1,18}$"},
                     "The `next` of the page before (absent: from the first event kept)",
                 ),
-                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most"),
-                query(
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most"),
+                _query(
                     "wait",
                     {"type": "number", "minimum": 0, "maximum": 30},
                     "Seconds to wait for an event when none is there yet (a long poll)",
