@@ -87,26 +87,35 @@ def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 
     whenever this is stopped. Raises RawLogBusy while a rebuild runs.
     """
     cutoff = now - older_than
-    record: int | None = None
-
-    def note(conn: Connection, count: int) -> None:
-        nonlocal record
-        if record is None:
-            params = {"now": now, "cutoff": cutoff, "deleted": count}
-            row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
-            assert row is not None  # INSERT ... RETURNING
-            record = row["id"]
-        else:
-            conn.execute(sql("count_raw_log_prune"), {"id": record, "deleted": count})
-
+    record = _PruneRecord(now, cutoff)
     with _connect(conninfo) as conn:
         hold_raw_log(conn)
-        return _delete_in_batches(conn, "prune_raw_batch", {"cutoff": cutoff}, batch, note)
+        return _delete_in_batches(
+            conn, "prune_raw_batch", {"cutoff": cutoff}, batch, record.deleted
+        )
 
 
-# The statements that delete a batch of pruned workflows, children first.
+class _PruneRecord:
+    """A prune's `raw_log_prune` row: written in the transaction of its first deletion, so
+    that no raw callback is gone without it; later batches add their counts to it."""
+
+    def __init__(self, now: datetime, cutoff: datetime) -> None:
+        self._now, self._cutoff = now, cutoff
+        self._id: int | None = None
+
+    def deleted(self, conn: Connection, count: int) -> None:
+        if self._id is None:
+            params = {"now": self._now, "cutoff": self._cutoff, "deleted": count}
+            row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
+            assert row is not None  # INSERT ... RETURNING
+            self._id = row["id"]
+        else:
+            conn.execute(sql("count_raw_log_prune"), {"id": self._id, "deleted": count})
+
+
+# After their raw callbacks, the statements that delete a batch of pruned
+# workflows, children first.
 _PRUNE_STATE = (
-    "prune_state_raw",
     "prune_state_discrepancies",
     "prune_state_reconciliation",
     "prune_state_definitions",
@@ -135,7 +144,7 @@ def prune_state(
     """
     cutoff = now - older_than
     done = StatePruned()
-    record: int | None = None
+    record = _PruneRecord(now, cutoff)
     with _connect(conninfo) as conn:
         hold_raw_log(conn)
         while True:
@@ -146,17 +155,10 @@ def prune_state(
                 ids = [row["dispatch_uuid"] for row in rows]
                 if not ids:
                     return done
-                counts = {
-                    name: conn.execute(sql(name), {"ids": ids}).rowcount for name in _PRUNE_STATE
-                }
-                raw = counts["prune_state_raw"]
-                if record is None:
-                    params = {"now": now, "cutoff": cutoff, "deleted": raw}
-                    row = conn.execute(sql("record_raw_log_prune"), params).fetchone()
-                    assert row is not None
-                    record = row["id"]
-                else:
-                    conn.execute(sql("count_raw_log_prune"), {"id": record, "deleted": raw})
+                raw = conn.execute(sql("prune_state_raw"), {"ids": ids}).rowcount
+                for name in _PRUNE_STATE:
+                    conn.execute(sql(name), {"ids": ids})
+                record.deleted(conn, raw)
             done.workflows += len(ids)
             done.raw_callbacks += raw
             if len(ids) < batch:
