@@ -308,3 +308,7 @@ ON CONFLICT ON CONSTRAINT workflow_definition_pkey DO UPDATE
        request = excluded.request,
        steps = excluded.steps,
        recorded_at = excluded.recorded_at;
+
+-- name: recorded_findings
+-- Locked workflows' current disagreements with their final reports (to tell the new ones).
+SELECT dispatch_uuid, kind, detail FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)b);

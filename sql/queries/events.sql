@@ -69,22 +69,6 @@ SELECT position, event_id, type, created_at, data
 -- The last feed position handed out so far (0: none yet).
 SELECT coalesce(max(position), 0) AS head FROM workflow_event;
 
--- name: recorded_findings
--- Locked workflows' current disagreements with their final reports (to tell the new ones).
-SELECT dispatch_uuid, kind, detail FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)b);
-
--- name: keep_statuses_for_rebuild
--- Keep each workflow's decided status aside, so that a rebuild tells only the outcomes it changes.
-CREATE TEMP TABLE rebuild_status ON COMMIT DROP AS SELECT dispatch_uuid, status FROM dispatch;
-
--- name: statuses_rebuilt_differently
--- Workflows whose decided status the rebuild changed (a workflow new to the state was pending).
-SELECT d.dispatch_uuid, coalesce(k.status, 'pending') AS previous_status
-  FROM dispatch d
-  LEFT JOIN rebuild_status k USING (dispatch_uuid)
- WHERE d.status IS DISTINCT FROM coalesce(k.status, 'pending')
- ORDER BY d.dispatch_uuid;
-
 -- name: overdue_not_noticed
 -- Workflows overdue in a way no event has told yet (app/pipeline/overdue_events.py).
 SELECT DISTINCT o.dispatch_uuid

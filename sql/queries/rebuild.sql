@@ -38,3 +38,15 @@ SELECT id, kind, body, received_at
  WHERE id > %(after_id)s
  ORDER BY id
  LIMIT %(limit)s;
+
+-- name: keep_statuses_for_rebuild
+-- Keep each workflow's decided status aside, so that a rebuild tells only the outcomes it changes.
+CREATE TEMP TABLE rebuild_status ON COMMIT DROP AS SELECT dispatch_uuid, status FROM dispatch;
+
+-- name: statuses_rebuilt_differently
+-- Workflows whose decided status the rebuild changed (a workflow new to the state was pending).
+SELECT d.dispatch_uuid, coalesce(k.status, 'pending') AS previous_status
+  FROM dispatch d
+  LEFT JOIN rebuild_status k USING (dispatch_uuid)
+ WHERE d.status IS DISTINCT FROM coalesce(k.status, 'pending')
+ ORDER BY d.dispatch_uuid;
