@@ -29,6 +29,7 @@ from app.pipeline.capture import Delivery, Receipt, capture
 from app.spec.intake import Callback
 from app.store import backlog, embedded, migrations
 from app.store.db import Database
+from tests import payloads
 
 # The suite's apps and servers stand for the local quick start's, open as it
 # is; the tests of what a deployment closes (test_closed_by_default.py) set
@@ -141,6 +142,17 @@ def post(
     if response.status_code < 300:  # something was captured
         settle(get_db(client.application))
     return response
+
+
+def post_all(client: FlaskClient, deliveries: list[payloads.Delivery]) -> None:
+    """POST each callback as `post` does; each must be accepted."""
+    for kind, payload in deliveries:
+        assert post(client, kind, payload).status_code == 200
+
+
+def decide_one(client: FlaskClient, dispatch_uuid: str, prefix: str = "m") -> None:
+    """A workflow decided by its final report: a decided and a discrepancy event."""
+    post_all(client, payloads.three_message_workflow(dispatch_uuid, prefix))
 
 
 def settle(db: Database, timeout: float = 10.0) -> None:

@@ -19,8 +19,7 @@ from app.config import Settings
 from app.extensions import get_db
 from app.outbound import endpoints
 from app.outbound.delivery import Deliverer
-from tests import payloads
-from tests.conftest import post, query
+from tests.conftest import decide_one, query
 from tests.outbound.receiver import receiving
 from tests.servers import free_port
 
@@ -79,12 +78,6 @@ def register(client: FlaskClient, url: str, **fields: Any) -> dict[str, Any]:
     assert answer.status_code == 201, answer.get_json()
     document: dict[str, Any] = answer.get_json()
     return document
-
-
-def decide_one(client: FlaskClient, dispatch_uuid: str, prefix: str = "m") -> None:
-    """A workflow decided by its final report: a decided and a discrepancy event."""
-    for kind, payload in payloads.three_message_workflow(dispatch_uuid, prefix):
-        assert post(client, kind, payload).status_code == 200
 
 
 # --- registering -------------------------------------------------------------

@@ -7,8 +7,9 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from tests.conftest import decide_one
 from tests.outbound.receiver import receiving
-from tests.outbound.test_delivery import decide_one, deliverer, owner, owner_app, register
+from tests.outbound.test_delivery import deliverer, owner, owner_app, register
 from tests.servers import ROOT
 
 __all__ = ["owner", "owner_app"]  # fixtures

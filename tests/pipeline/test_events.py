@@ -24,7 +24,7 @@ from app.store import backlog, events
 from app.store.db import Database
 from app.store.events import NewEvent
 from tests import payloads
-from tests.conftest import post, query
+from tests.conftest import post, post_all, query
 from tests.pipeline.test_rebuild import workload
 from tests.pipeline.test_state_in_db import KINDS
 
@@ -35,14 +35,9 @@ def all_events(db: Database) -> list[dict[str, Any]]:
     return db.run(lambda conn: events.feed(conn, 0, 10_000))
 
 
-def play(client: FlaskClient, deliveries: list[payloads.Delivery]) -> None:
-    for kind, payload in deliveries:
-        assert post(client, kind, payload).status_code == 200
-
-
 def test_a_workflow_decided_by_its_final_report_tells_it_once(client: FlaskClient) -> None:
     db = get_db(client.application)
-    play(client, payloads.three_message_workflow("d-1"))
+    post_all(client, payloads.three_message_workflow("d-1"))
     told = all_events(db)
     assert [e["type"] for e in told] == ["workflow.decided", "workflow.discrepancy"]
     decided, disagreement = told
@@ -64,7 +59,7 @@ def test_a_workflow_decided_by_its_final_report_tells_it_once(client: FlaskClien
     assert "4477009" not in json.dumps(told)
 
     # Vonage sends them all again: nothing new is told.
-    play(client, payloads.three_message_workflow("d-1"))
+    post_all(client, payloads.three_message_workflow("d-1"))
     assert all_events(db) == told
 
 
@@ -108,13 +103,13 @@ def test_a_conflict_between_callbacks_is_told_for_the_workflow(client: FlaskClie
     db = get_db(client.application)
     first = payloads.status("m-c", "submitted", "2020-01-01T14:00:00Z", dispatch_uuid="d-a")
     other = payloads.status("m-c", "delivered", "2020-01-01T14:00:05Z", dispatch_uuid="d-b")
-    play(client, [("message-status", first), ("message-status", other)])
+    post_all(client, [("message-status", first), ("message-status", other)])
     told = [e for e in all_events(db) if e["type"] == "workflow.discrepancy"]
     assert told, all_events(db)
     assert {e["data"]["discrepancy"]["subject"] for e in told} == {"message"}
     assert all(e["data"]["dispatch_uuid"] in {"d-a", "d-b"} for e in told)
     # Told once: the same conflict again is already recorded.
-    play(client, [("message-status", other)])
+    post_all(client, [("message-status", other)])
     assert [e for e in all_events(db) if e["type"] == "workflow.discrepancy"] == told
 
 
@@ -156,7 +151,7 @@ def test_overdue_is_told_once_per_kind(client: FlaskClient) -> None:
     body = payloads.status(
         "m-4", "submitted", "2026-01-01T00:00:00Z", channel="messenger", dispatch_uuid="d-4"
     )
-    play(client, [("message-status", body)])
+    post_all(client, [("message-status", body)])
     before = all_events(db)
     # Its failover was due 600 s after submission; within the grace, nothing.
     assert overdue_events.sweep(db, NOW + timedelta(seconds=700), 300, 86_400) == 0
@@ -185,8 +180,8 @@ def _two_step_request() -> dict[str, Any]:
 
 def test_a_rebuild_tells_only_the_outcomes_it_changes(client: FlaskClient, clean_db: str) -> None:
     db = get_db(client.application)
-    play(client, payloads.three_message_workflow("d-5"))
-    play(client, payloads.three_message_workflow("d-6", prefix="n"))
+    post_all(client, payloads.three_message_workflow("d-5"))
+    post_all(client, payloads.three_message_workflow("d-6", prefix="n"))
     told = all_events(db)
     # An older rule had decided d-6 otherwise (as a fixed bug would have).
     with psycopg.connect(clean_db, autocommit=True) as conn:

@@ -10,13 +10,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.extensions import get_db
-from tests import payloads
-from tests.conftest import post
-
-
-def decide_one(client: FlaskClient, dispatch_uuid: str, prefix: str = "m") -> None:
-    for kind, payload in payloads.three_message_workflow(dispatch_uuid, prefix):
-        assert post(client, kind, payload).status_code == 200
+from tests.conftest import decide_one
 
 
 def test_pages_follow_the_cursor_to_the_end(client: FlaskClient) -> None:
