@@ -165,8 +165,7 @@ def fold(conn: Connection, batch: Sequence[Captured], *, events_at: datetime | N
     for uuid in message_at:
         tally.message_changed(before[uuid], messages[uuid])
     if events_at is not None:
-        workflow_of = {uuid: m.dispatch_uuid for uuid, m in messages.items()}
-        made = decide.discrepancy_events(recorded(), workflow_of) + decided.events
+        made = decide.discrepancy_events(recorded(), messages) + decided.events
         events.emit(conn, made, events_at)
     return tally
 

@@ -7,13 +7,13 @@ writes what was decided and what each final report disagrees with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from app.model.failover import Decision, Definition, evaluate
-from app.model.state import Api, DispatchState, apply_link
+from app.model.state import Api, DispatchState, MessageState, apply_link
 from app.pipeline.tally import Tally
 from app.spec.intake import Reason, Rejection
 from app.store import events, storage
@@ -114,16 +114,20 @@ def _discrepancy(kind: str, detail: str, subject: str, subject_id: str) -> dict[
 
 
 def discrepancy_events(
-    recorded: Sequence[tuple[str, str, str, str]], workflow_of: dict[str, str | None]
+    recorded: Sequence[tuple[str, str, str, str]], messages: Mapping[str, MessageState]
 ) -> list[NewEvent]:
     """Events for contradictions between callbacks recorded for the first time.
 
     `recorded` holds (subject, subject_id, kind, detail); a message's tells
-    the workflow it is in now (`workflow_of`), if it is in one.
+    the workflow it is in now (of `messages`, the batch's), if it is in one.
     """
     found = []
     for subject, subject_id, kind, detail in recorded:
-        uuid = subject_id if subject == "dispatch" else workflow_of.get(subject_id)
+        if subject == "dispatch":
+            uuid: str | None = subject_id
+        else:
+            message = messages.get(subject_id)
+            uuid = message.dispatch_uuid if message is not None else None
         if uuid is not None:
             found.append(
                 NewEvent(uuid, events.DISCREPANCY, _discrepancy(kind, detail, subject, subject_id))
