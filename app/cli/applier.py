@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import click
 
 from app.cli.group import database, main, wait_for_the_database
 from app.config import Settings
-from app.store import backlog
+from app.store import backlog, partitions
 from app.store.db import Database, DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ def apply_command(
         wait_for_the_database(settings)
     with database(settings) as db:
         if once:
+            _keep_partitions(db)
             summary = apply_waiting(
                 db,
                 settings.max_json_depth,
@@ -111,6 +113,23 @@ def apply_command(
                 deliverer.stop()
 
 
+# How often an applier makes sure the raw log's weeks ahead exist (there are
+# WEEKS_AHEAD of them: an hour is far more often than needed, and cheap).
+PARTITIONS_UPKEEP_SECONDS = 3600
+
+
+def _keep_partitions(db: Database) -> bool:
+    """Make the raw log's missing weekly partitions; False (tried again soon) if that failed."""
+    try:
+        db.run_autocommit(
+            lambda conn: partitions.ensure(conn, partitions.RAW_LOG, datetime.now(UTC))
+        )
+    except Exception as exc:  # never worth stopping the applier: captures land in the default
+        click.echo(f"could not make the raw log's partitions ahead, trying again: {exc}", err=True)
+        return False
+    return True
+
+
 def _apply_forever(
     db: Database,
     settings: Settings,
@@ -128,6 +147,7 @@ def _apply_forever(
     retry = retry_failed
     applied = failed = 0
     reported = time.monotonic()
+    upkeep = 0.0  # the partitions' upkeep is due at once
     wakes = Wakes(wake_fd)
     turn = 0.0
     while True:
@@ -136,6 +156,8 @@ def _apply_forever(
             click.echo("the web server that started this applier is gone; stopping", err=True)
             return
         turn = time.monotonic()
+        if turn >= upkeep:
+            upkeep = turn + (PARTITIONS_UPKEEP_SECONDS if _keep_partitions(db) else 60)
         try:
             summary = apply_waiting(
                 db, settings.max_json_depth, batch=settings.apply_batch_size, retry_failed=retry

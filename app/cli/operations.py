@@ -14,6 +14,7 @@ from app.config import Settings
 from app.receive import rejects
 from app.receive.auth import Credentials
 from app.store import operations
+from app.store.partitions import PartitionsBusy
 
 
 @main.command("analyst-role")
@@ -47,20 +48,27 @@ def analyst_role(name: str, password_env: str | None) -> None:
     "--older-than-days",
     type=click.IntRange(min=1),
     required=True,
-    help="Delete raw callbacks received more than this many days ago.",
+    help="Remove raw callbacks dated (their own timestamp) more than this many days ago.",
 )
 def prune_raw(older_than_days: int) -> None:
-    """Delete old raw callbacks; the current state is kept.
+    """Remove old raw callbacks, whole weeks at a time; the current state is kept.
 
     After it, `rebuild` refuses (it would lose what they said). Reads DATABASE_URL.
     """
     try:
-        deleted = operations.prune_raw(
+        done = operations.prune_raw(
             migrated_url(Settings.from_env()), timedelta(days=older_than_days), datetime.now(UTC)
         )
     except operations.RawLogBusy as busy:
         raise click.ClickException(f"nothing pruned: {busy}") from None
-    click.echo(f"deleted {deleted} raw callbacks older than {older_than_days} days")
+    except PartitionsBusy as busy:
+        raise click.ClickException(f"stopped: {busy}") from None
+    weeks = ", ".join(done.partitions) or "none"
+    click.echo(
+        f"removed {done.callbacks} raw callbacks dated more than {older_than_days} days ago:"
+        f" {done.dropped} in whole weeks dropped ({weeks}),"
+        f" {done.deleted} deleted one by one"
+    )
 
 
 # Vonage sends a status up to 30 days after the message (WhatsApp, Messenger,

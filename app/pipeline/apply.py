@@ -365,7 +365,7 @@ def _apply_claimed(
                 event = read(CallbackKind(row["kind"]), bytes(row["body"]), max_depth).event
             except Rejection as rejection:
                 # Stored under older checks than today's: set aside until they accept it.
-                again = {k: row[k] for k in ("id", "received_at", "attempts")}
+                again = {k: row[k] for k in ("id", "received_at", "event_at", "attempts")}
                 conn.execute(sql("queue_again"), again)
                 done.failed += _mark_failed(conn, row["id"], rejection.message, now)
                 continue

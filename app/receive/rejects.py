@@ -222,7 +222,11 @@ def _count_unresolved(conn: Connection) -> int:
 
 def _stored_id(callback: Callback) -> Callable[[Connection], int | None]:
     def work(conn: Connection) -> int | None:
-        params = {"kind": callback.kind.value, "dedup_key": callback.dedup_key}
+        params = {
+            "kind": callback.kind.value,
+            "dedup_key": callback.dedup_key,
+            "event_at": callback.event.occurred_at,
+        }
         row = conn.execute(sql("find_raw_callback"), params).fetchone()
         return None if row is None else int(row["id"])
 

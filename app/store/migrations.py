@@ -1,4 +1,9 @@
-"""Apply the numbered plain-SQL migrations in sql/migrations/, each once, each in a transaction."""
+"""Apply the numbered plain-SQL migrations in sql/migrations/, each once, each in a transaction.
+
+A migration that reads a whole large table (building an index concurrently,
+validating a constraint) runs instead one statement at a time outside a
+transaction, so that captures go on meanwhile; it says so in a header line.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.rows import dict_row
 
 from app.locations import SQL_DIR
 
@@ -28,6 +36,9 @@ _VACUUM_AFTER = re.compile(r"^-- vacuum after: ([a-z_][a-z0-9_]*)$", re.MULTILIN
 # One cluster-wide advisory lock serializes concurrent runners (two releases
 # racing): the second waits, then finds everything applied.
 _LOCK_KEY = 0x6469737061746368  # "dispatch"
+# Such a migration's statements must each be safe to run again: a failure
+# halfway leaves it unrecorded, and the next `migrate` starts it over.
+_OUTSIDE_TRANSACTION = "-- migrate: one statement at a time, outside a transaction"
 
 
 class MigrationError(RuntimeError):
@@ -48,6 +59,29 @@ class Migration:
     def vacuums(self) -> list[str]:
         """The tables to VACUUM ANALYZE once this migration has committed."""
         return _VACUUM_AFTER.findall(self.sql)
+
+    @property
+    def outside_transaction(self) -> bool:
+        return _OUTSIDE_TRANSACTION in self.sql.splitlines()
+
+    def statements(self) -> list[str]:
+        """The statements, split where a line ends in `;` outside a dollar-quoted body."""
+        statements, current, quoted = [], [], False
+        for line in self.sql.splitlines():
+            current.append(line)
+            quoted ^= line.count("$$") % 2 == 1
+            if not quoted and line.rstrip().endswith(";"):
+                text = "\n".join(current).strip()
+                if _has_code(text):
+                    statements.append(text)
+                current = []
+        if _has_code("\n".join(current)):
+            raise MigrationError(f"migration {self.version:04d}: text after its last `;`")
+        return statements
+
+
+def _has_code(text: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -125,6 +159,25 @@ def grant_analyst_group(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         )
 
 
+def _wait_for_the_lock(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Take the runners' lock, asking again and again rather than waiting in a statement: a
+    concurrent index build in the other runner waits for every open transaction to end,
+    a waiting pg_advisory_lock among them, and the two would deadlock."""
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()
+        if row is not None and row[0]:
+            return
+        time.sleep(0.1)
+
+
+def _partitions_ahead(conninfo: str) -> None:
+    """The raw log's weekly partitions for the weeks ahead (the appliers keep them so)."""
+    from app.store import partitions  # it reads queries, which a migration never needs
+
+    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+        partitions.ensure(conn, partitions.RAW_LOG, datetime.now(UTC))
+
+
 def not_applied(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """The migrations this code has and the database has not applied (all, on an empty one)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -141,7 +194,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     migrations = discover(directory)
     applied_now: list[Migration] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        _wait_for_the_lock(conn)
         try:
             conn.execute(
                 """
@@ -164,9 +217,13 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
                             "after it was applied; add a new migration instead"
                         )
                     continue
+                # Migration files are ours, read from disk, never from input.
+                if migration.outside_transaction:
+                    for statement in migration.statements():
+                        conn.execute(statement)
                 with conn.transaction():
-                    # Migration files are ours, read from disk, never from input.
-                    conn.execute(migration.sql)
+                    if not migration.outside_transaction:
+                        conn.execute(migration.sql)
                     conn.execute(
                         "INSERT INTO schema_migration (version, name, checksum)"
                         " VALUES (%s, %s, %s)",
@@ -182,6 +239,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
                 raise MigrationError(f"the database has migrations this code does not: {unknown}")
             if directory == MIGRATIONS_DIR:
                 apply_views(conn)
+                _partitions_ahead(conninfo)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now

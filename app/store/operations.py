@@ -1,16 +1,17 @@
-"""Operator tasks: read-only analyst logins, and pruning old raw callbacks and rejects."""
+"""Operator tasks: read-only analyst logins, and pruning old raw callbacks, state and rejects."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
+from app.store import partitions
 from app.store.db import Connection
 from app.store.migrations import ANALYST_GROUP, grant_analyst_group
 from app.store.queries import sql
@@ -77,22 +78,53 @@ def create_analyst(conninfo: str, name: str, password: str | None) -> None:
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
 
 
-def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 10_000) -> int:
-    """Delete raw callbacks received before now - older_than, in batches; returns how many.
+@dataclass
+class RawPruned:
+    """What a prune-raw removed: whole weeks, and rows deleted one by one elsewhere."""
+
+    partitions: list[str] = field(default_factory=list)
+    dropped: int = 0  # callbacks in the partitions dropped whole
+    deleted: int = 0  # callbacks deleted from partitions that straddle the cutoff
+
+    @property
+    def callbacks(self) -> int:
+        return self.dropped + self.deleted
+
+
+def prune_raw(
+    conninfo: str, older_than: timedelta, now: datetime, batch: int = 10_000
+) -> RawPruned:
+    """Remove applied raw callbacks dated (event_at) before now - older_than.
+
+    A weekly partition entirely before the cutoff is dropped whole (its
+    callbacks still queued move to the default partition first). Those that
+    straddle it with no lower end (the log from before partitioning) and the
+    default partition are deleted from in batches; a weekly partition that
+    straddles the cutoff waits for its next prune.
 
     The current state (workflows, messages, decisions, disagreements) is kept:
     only the raw copies go, so the state can no longer be rebuilt from them.
-    The prune is recorded in the transaction of its first deletion: no raw
+    The prune is recorded in the transaction of its first removal: no raw
     callback is ever gone without the record that makes `rebuild` refuse,
     whenever this is stopped. Raises RawLogBusy while a rebuild runs.
     """
     cutoff = now - older_than
     record = _PruneRecord(now, cutoff)
+    done = RawPruned()
     with _connect(conninfo) as conn:
         hold_raw_log(conn)
-        return _delete_in_batches(
-            conn, "prune_raw_batch", {"cutoff": cutoff}, batch, record.deleted
-        )
+        for partition in partitions.listed(conn, partitions.RAW_LOG):
+            if partition.upper is not None and partition.upper <= cutoff:
+                done.dropped += partitions.drop(conn, partitions.RAW_LOG, partition, record.deleted)
+                done.partitions.append(partition.name)
+            elif partition.lower is None or partition.is_default:
+                statement = partitions.for_partition(
+                    "prune_raw_batch", partitions.RAW_LOG, partition
+                )
+                done.deleted += _delete_in_batches(
+                    conn, statement, {"cutoff": cutoff}, batch, record.deleted
+                )
+    return done
 
 
 class _PruneRecord:
@@ -189,7 +221,7 @@ def _connect(conninfo: str) -> Connection:
 
 def _delete_in_batches(
     conn: Connection,
-    query: str,
+    query: str | pgsql.Composed,
     params: dict[str, object],
     batch: int,
     deleted_in: Callable[[Connection, int], None] | None = None,
@@ -200,7 +232,8 @@ def _delete_in_batches(
     deleted = 0
     while True:
         with conn.transaction():
-            count = conn.execute(sql(query), {**params, "batch": batch}).rowcount
+            statement = sql(query) if isinstance(query, str) else query
+            count = conn.execute(statement, {**params, "batch": batch}).rowcount
             if count and deleted_in is not None:
                 deleted_in(conn, count)
         deleted += count

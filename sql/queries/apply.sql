@@ -16,10 +16,10 @@ WITH claimed AS (
             ORDER BY raw_callback_id
             LIMIT %(limit)s
               FOR UPDATE SKIP LOCKED)
-    RETURNING raw_callback_id, received_at, attempts)
-SELECT r.id, r.kind, r.body, c.received_at, c.attempts
+    RETURNING raw_callback_id, received_at, event_at, attempts)
+SELECT r.id, r.kind, r.body, c.received_at, c.event_at, c.attempts
   FROM claimed c
-  JOIN raw_callback r ON r.id = c.raw_callback_id
+  JOIN raw_callback r ON r.id = c.raw_callback_id AND r.event_at = c.event_at
  ORDER BY r.id;
 
 -- name: due_callbacks
@@ -40,10 +40,10 @@ WITH claimed AS (
             WHERE raw_callback_id = ANY(%(ids)b)
               AND (apply_after IS NULL OR apply_after <= %(now)s)
               FOR UPDATE SKIP LOCKED)
-    RETURNING raw_callback_id, received_at, attempts)
-SELECT r.id, r.kind, c.received_at, c.attempts
+    RETURNING raw_callback_id, received_at, event_at, attempts)
+SELECT r.id, r.kind, c.received_at, c.event_at, c.attempts
   FROM claimed c
-  JOIN raw_callback r ON r.id = c.raw_callback_id
+  JOIN raw_callback r ON r.id = c.raw_callback_id AND r.event_at = c.event_at
  ORDER BY r.id;
 
 -- name: claim_callback
@@ -53,15 +53,15 @@ WITH claimed AS (
      WHERE raw_callback_id IN (
            SELECT raw_callback_id FROM apply_queue WHERE raw_callback_id = %(id)s
               FOR UPDATE SKIP LOCKED)
-    RETURNING raw_callback_id, received_at, attempts)
-SELECT r.id, r.kind, r.body, c.received_at, c.attempts
+    RETURNING raw_callback_id, received_at, event_at, attempts)
+SELECT r.id, r.kind, r.body, c.received_at, c.event_at, c.attempts
   FROM claimed c
-  JOIN raw_callback r ON r.id = c.raw_callback_id;
+  JOIN raw_callback r ON r.id = c.raw_callback_id AND r.event_at = c.event_at;
 
 -- name: queue_again
 -- Put a callback claimed in this transaction back in the queue, with its attempts so far (to be marked failed).
-INSERT INTO apply_queue (raw_callback_id, received_at, attempts)
-VALUES (%(id)s, %(received_at)s, %(attempts)s);
+INSERT INTO apply_queue (raw_callback_id, received_at, event_at, attempts)
+VALUES (%(id)s, %(received_at)s, %(event_at)s, %(attempts)s);
 
 -- name: mark_failed
 -- A queued callback failed to apply: keep the error; try again after `first` seconds, doubled each failure up to `last`.

@@ -1,12 +1,3 @@
--- name: prune_raw_batch
--- Delete up to `batch` applied raw callbacks received before the cutoff, oldest first (queued ones stay).
-DELETE FROM raw_callback
- WHERE id IN (SELECT id FROM raw_callback r
-               WHERE received_at < %(cutoff)s
-                 AND NOT EXISTS (SELECT FROM apply_queue q WHERE q.raw_callback_id = r.id)
-               ORDER BY id
-               LIMIT %(batch)s);
-
 -- name: hold_raw_log
 -- Try to become the one command that rewrites the state or deletes from the raw log, for this session.
 SELECT pg_try_advisory_lock(%(key)s) AS held;

@@ -50,7 +50,8 @@ SELECT count(*) AS remaining FROM rejected_callback WHERE resolved_at IS NULL;
 
 -- name: find_raw_callback
 -- The stored callback with this content, if any (a kept reject that has since arrived whole).
-SELECT id FROM raw_callback WHERE kind = %(kind)s AND dedup_key = %(dedup_key)s;
+SELECT id FROM raw_callback
+ WHERE kind = %(kind)s AND dedup_key = %(dedup_key)s AND event_at = %(event_at)s;
 
 -- name: resolve_reject
 -- Mark a reject as recovered by the callback it became.
