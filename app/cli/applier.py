@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import click
@@ -113,19 +112,17 @@ def apply_command(
                 deliverer.stop()
 
 
-# How often an applier makes sure the raw log's weeks ahead exist (there are
+# How often an applier makes sure the partitioned tables' weeks ahead exist (there are
 # WEEKS_AHEAD of them: an hour is far more often than needed, and cheap).
 PARTITIONS_UPKEEP_SECONDS = 3600
 
 
 def _keep_partitions(db: Database) -> bool:
-    """Make the raw log's missing weekly partitions; False (tried again soon) if that failed."""
+    """Make the missing weekly partitions; False (tried again soon) if that failed."""
     try:
-        db.run_autocommit(
-            lambda conn: partitions.ensure(conn, partitions.RAW_LOG, datetime.now(UTC))
-        )
+        db.run_autocommit(partitions.ensure_all)
     except Exception as exc:  # never worth stopping the applier: captures land in the default
-        click.echo(f"could not make the raw log's partitions ahead, trying again: {exc}", err=True)
+        click.echo(f"could not make the partitions ahead, trying again: {exc}", err=True)
         return False
     return True
 

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # Each kept row costs this much beside its body (the row, its indexes), so a
 # flood of bodiless refusals (too large to read) is bounded as well.
 ROW_OVERHEAD_BYTES = 512
+# The first key of the advisory locks that let one session at a time keep a
+# given refused body ("dl_rj"; the second key is the body's hash).
+REJECTED_BODY_LOCK = 0x646C5F
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,12 @@ def keep(
         assert counted is not None  # an upsert always returns its row
         if not always_keep and counted["bytes"] > budget_bytes:
             return Kept(None, first_dropped=counted["dropped"] == 1)
-        row = conn.execute(sql("upsert_rejected_callback"), params).fetchone()
+        row = None
+        if params["body_sha256"] is not None:  # an unread body is never the same as another
+            conn.execute(sql("hold_rejected_body"), {**params, "namespace": REJECTED_BODY_LOCK})
+            row = conn.execute(sql("count_reject_again"), params).fetchone()
+        if row is None:
+            row = conn.execute(sql("keep_rejected_callback"), params).fetchone()
         assert row is not None
         return Kept(int(row["id"]))
 

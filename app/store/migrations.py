@@ -13,7 +13,6 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -171,11 +170,11 @@ def _wait_for_the_lock(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 
 
 def _partitions_ahead(conninfo: str) -> None:
-    """The raw log's weekly partitions for the weeks ahead (the appliers keep them so)."""
+    """The weekly partitions for the weeks ahead (the appliers keep them so)."""
     from app.store import partitions  # it reads queries, which a migration never needs
 
     with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
-        partitions.ensure(conn, partitions.RAW_LOG, datetime.now(UTC))
+        partitions.ensure_all(conn)
 
 
 def not_applied(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:

@@ -204,15 +204,27 @@ def prune_rejects(
     unresolved: bool = False,
     batch: int = 10_000,
 ) -> int:
-    """Delete kept rejects last received before now - older_than; returns how many.
+    """Remove kept rejects last received before now - older_than; returns how many.
 
     Resolved rejects (recovered by reprocess-rejects, so stored as raw
     callbacks) go by default. Unresolved ones are the only copy of what was
     refused, so they go only when asked: after a flood of junk, for example.
+    A week first refused entirely before the cutoff is dropped whole, once
+    what it must keep is moved to the default partition; from the table's
+    open-ended partitions they are deleted in batches.
     """
     params = {"cutoff": now - older_than, "unresolved": unresolved}
+    removed = 0
     with _connect(conninfo) as conn:
-        return _delete_in_batches(conn, "prune_rejects_batch", params, batch)
+        for partition in partitions.listed(conn, partitions.REJECTS):
+            if partition.upper is not None and partition.upper <= now - older_than:
+                removed += partitions.drop(conn, partitions.REJECTS, partition, keep=params)
+            elif partition.lower is None or partition.is_default:
+                statement = partitions.for_partition(
+                    "prune_rejects_batch", partitions.REJECTS, partition
+                )
+                removed += _delete_in_batches(conn, statement, params, batch)
+    return removed
 
 
 def _connect(conninfo: str) -> Connection:

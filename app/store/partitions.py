@@ -1,6 +1,7 @@
 """Where the time-partitioned tables get their weekly partitions ahead of time, and lose them whole.
 
-The raw log is partitioned by week of event_at (migration 0019 says why).
+The raw log is partitioned by week of event_at (migration 0019 says why),
+the refused deliveries by week of first refusal (0020).
 PostgreSQL makes no partition by itself, and the embedded server has no
 pg_partman, so the service keeps a few weeks ahead (`ensure`, run by
 `migrate` and every applier each hour). Whatever is dated outside every
@@ -67,6 +68,9 @@ class Partitioned:
 
 
 RAW_LOG = Partitioned("raw_callback", "event_at", keep="keep_queued_raw_callbacks")
+# Refused deliveries, by week of when each was first refused (migration 0020).
+REJECTS = Partitioned("rejected_callback", "first_received_at", keep="keep_rejects")
+TIME_PARTITIONED = (RAW_LOG, REJECTS)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,12 @@ def ensure(
         made.append(name)
 
 
+def ensure_all(conn: Connection) -> list[str]:
+    """`ensure` for every time-partitioned table, from now."""
+    now = datetime.now(UTC)
+    return [name for spec in TIME_PARTITIONED for name in ensure(conn, spec, now)]
+
+
 def _make_next(conn: Connection, spec: Partitioned, until: datetime) -> str | None:
     _hold(conn)
     uppers = [p.upper for p in listed(conn, spec) if p.upper is not None]
@@ -127,12 +137,14 @@ def drop(
     conn: Connection,
     spec: Partitioned,
     partition: Partition,
-    dropped_in: Callable[[Connection, int], None],
+    dropped_in: Callable[[Connection, int], None] | None = None,
+    keep: dict[str, object] | None = None,
 ) -> int:
     """Drop one partition whole, once what it must keep is moved to the default one.
 
     Returns the rows that went (counted just before, outside any lock);
-    `dropped_in` runs in the dropping transaction with that count.
+    `dropped_in` runs in the dropping transaction with that count. `keep`
+    are the parameters of the table's query choosing the rows to keep.
     """
     names = _names(spec, partition.name)
     row = conn.execute(_format("count_partition", names)).fetchone()
@@ -142,10 +154,11 @@ def drop(
     def work() -> int:
         _hold(conn)
         conn.execute(_format("detach_partition", names))
-        kept = conn.execute(_format(spec.keep, names)).rowcount if spec.keep else 0
+        kept = conn.execute(_format(spec.keep, names), keep).rowcount if spec.keep else 0
         conn.execute(_format("drop_table", names))
         gone = max(counted - kept, 0)
-        dropped_in(conn, gone)
+        if dropped_in is not None:
+            dropped_in(conn, gone)
         return gone
 
     gone = _briefly(conn, work)

@@ -6,15 +6,6 @@ SELECT pg_try_advisory_lock(%(key)s) AS held;
 -- The same exclusion, for this transaction only (a rebuild is one transaction).
 SELECT pg_try_advisory_xact_lock(%(key)s) AS held;
 
--- name: prune_rejects_batch
--- Delete up to `batch` rejects last received before the cutoff: resolved ones, and unresolved ones only when asked.
-DELETE FROM rejected_callback
- WHERE id IN (SELECT id FROM rejected_callback
-               WHERE last_received_at < %(cutoff)s
-                 AND (resolved_at IS NOT NULL OR %(unresolved)s)
-               ORDER BY id
-               LIMIT %(batch)s);
-
 -- name: takes_writes
 -- Whether this server takes writes now: not a standby, nor set read-only (readiness).
 SELECT current_setting('transaction_read_only') = 'off' AS takes_writes;

@@ -53,9 +53,24 @@ ALTER TABLE {table} DETACH PARTITION {partition}
 INSERT INTO {default} OVERRIDING SYSTEM VALUE
 SELECT r.* FROM {partition} r JOIN apply_queue q ON q.raw_callback_id = r.id
 
+-- name: keep_rejects
+-- Before a detached rejects partition is dropped, move the rejects a prune keeps (unresolved unless asked, or refused since the cutoff) to the default partition.
+INSERT INTO {default} OVERRIDING SYSTEM VALUE
+SELECT * FROM {partition}
+ WHERE NOT (last_received_at < %(cutoff)s AND (resolved_at IS NOT NULL OR %(unresolved)s))
+
 -- name: drop_table
 -- Drop a detached partition: its files go, no row by row deletion, no dead rows.
 DROP TABLE {partition}
+
+-- name: prune_rejects_batch
+-- Delete up to `batch` rejects last received before the cutoff from one partition: resolved ones, and unresolved ones only when asked.
+DELETE FROM {partition}
+ WHERE id IN (SELECT id FROM {partition}
+               WHERE last_received_at < %(cutoff)s
+                 AND (resolved_at IS NOT NULL OR %(unresolved)s)
+               ORDER BY id
+               LIMIT %(batch)s)
 
 -- name: prune_raw_batch
 -- Delete up to `batch` applied raw callbacks dated before the cutoff from one partition that straddles it (queued ones stay).

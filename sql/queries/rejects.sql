@@ -9,29 +9,36 @@ ON CONFLICT ON CONSTRAINT reject_window_pkey DO UPDATE
        dropped = w.dropped + (NOT %(always_keep)s AND w.bytes + excluded.bytes > %(budget)s)::int
 RETURNING bytes, dropped;
 
--- name: upsert_rejected_callback
--- Keep a refused delivery; the same body refused again counts one more attempt.
+-- name: hold_rejected_body
+-- Let one session at a time keep a given refused body: across weekly partitions no unique key can tell it was kept before.
+SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(kind)s || encode(%(body_sha256)s, 'hex')));
+
+-- name: count_reject_again
+-- The same body refused again: one more attempt on the row that kept it first (in whichever week that was).
+UPDATE rejected_callback
+   SET attempts = attempts + 1,
+       last_received_at = greatest(last_received_at, %(received_at)s),
+       content_type = %(content_type)s,
+       http_status = %(http_status)s,
+       reason = %(reason)s,
+       message = %(message)s,
+       errors = %(errors)s,
+       -- A new token joins the latest few (the same body may come with several).
+       tokens = CASE
+           WHEN %(token)s::text IS NULL OR %(token)s::text = ANY (tokens) THEN tokens
+           ELSE (tokens || %(token)s::text)[greatest(1, cardinality(tokens) - 6):]
+       END
+ WHERE kind = %(kind)s AND body_sha256 = %(body_sha256)s
+RETURNING id;
+
+-- name: keep_rejected_callback
+-- Keep a refused delivery not kept before.
 INSERT INTO rejected_callback (kind, body, body_sha256, body_size, content_type, http_status,
                                reason, message, errors, first_received_at, last_received_at,
                                tokens)
 VALUES (%(kind)s, %(body)s, %(body_sha256)s, %(body_size)s, %(content_type)s, %(http_status)s,
         %(reason)s, %(message)s, %(errors)s, %(received_at)s, %(received_at)s,
         CASE WHEN %(token)s::text IS NULL THEN '{}'::text[] ELSE ARRAY[%(token)s::text] END)
-ON CONFLICT ON CONSTRAINT rejected_callback_body_key DO UPDATE
-   SET attempts = rejected_callback.attempts + 1,
-       last_received_at = greatest(rejected_callback.last_received_at, excluded.last_received_at),
-       content_type = excluded.content_type,
-       http_status = excluded.http_status,
-       reason = excluded.reason,
-       message = excluded.message,
-       errors = excluded.errors,
-       -- A new token joins the latest few (the same body may come with several).
-       tokens = CASE
-           WHEN %(token)s::text IS NULL OR %(token)s::text = ANY (rejected_callback.tokens)
-               THEN rejected_callback.tokens
-           ELSE (rejected_callback.tokens || %(token)s::text)
-                    [greatest(1, cardinality(rejected_callback.tokens) - 6):]
-       END
 RETURNING id;
 
 -- name: list_reprocessable_rejects

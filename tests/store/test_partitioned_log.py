@@ -22,11 +22,12 @@ from psycopg.rows import dict_row
 from app.config import Settings
 from app.pipeline import rebuild
 from app.pipeline.capture import Delivery, capture
-from app.spec.intake import CallbackKind, read
+from app.receive import rejects
+from app.spec.intake import CallbackKind, Reason, Rejection, read
 from app.store import operations, partitions
 from app.store.db import Database
 from app.store.migrations import MIGRATIONS_DIR, migrate
-from app.store.partitions import RAW_LOG, Partition
+from app.store.partitions import RAW_LOG, REJECTS, Partition
 from tests import payloads
 from tests.conftest import fresh_database, query, settle
 from tests.pipeline.test_rebuild import snapshot, workload
@@ -264,6 +265,7 @@ def test_an_upgrade_in_place_keeps_every_callback_and_rebuilds_the_same_state(
         stored = query(
             old, "SELECT id, kind, dedup_key, body, received_at FROM raw_callback ORDER BY id"
         )
+        refused = [refuse(database, f'{{"bad": {n}}}'.encode(), received) for n in range(3)]
         queued = query(old, "SELECT raw_callback_id, attempts, error FROM apply_queue ORDER BY 1")
 
         # Captures go on while the upgrade runs: none fails, none is lost.
@@ -283,7 +285,7 @@ def test_an_upgrade_in_place_keeps_every_callback_and_rebuilds_the_same_state(
         finally:
             stop.set()
             capturing.join(10)
-        assert [m.version for m in applied] == [18, 19]
+        assert [m.version for m in applied] == [18, 19, 20]
         assert during and set(during) == {"accepted"}
         assert query(old, "SELECT relkind FROM pg_class WHERE relname = 'raw_callback'") == [("p",)]
         assert query(
@@ -310,6 +312,15 @@ def test_an_upgrade_in_place_keeps_every_callback_and_rebuilds_the_same_state(
         assert where(old, "m-ahead") == [("raw_callback_default", 1)]
         older = query(old, "SELECT count(*) FROM raw_callback_older")[0][0]
         assert older >= len(stored) - 1
+        # The refused deliveries too: kept in the older partition, counted again there.
+        assert query(
+            old, "SELECT id, tableoid::regclass::text, attempts FROM rejected_callback ORDER BY id"
+        ) == [(n, "rejected_callback_older", 1) for n in refused]
+        assert refuse(database, b'{"bad": 1}', datetime.now(UTC)) == refused[1]
+        assert (refuse(database, b'{"bad": 9}', datetime.now(UTC)) or 0) > max(
+            filter(None, refused)
+        )
+        assert query(old, "SELECT sum(attempts) FROM rejected_callback") == [(5,)]
         # New ids go on after the old ones; a redelivery of an old callback is a duplicate.
         kind, body = deliveries[0]
         assert send(database, kind, body, received) == "duplicate"
@@ -341,3 +352,95 @@ def workload_without_definitions() -> list[payloads.Delivery]:
             return None
 
     return workload(NoDefinitions())  # type: ignore[arg-type]
+
+
+# --- Refused deliveries, by week of first refusal --------------------------------
+
+
+def refuse(db: Database, body: bytes, at: datetime, token: str | None = None) -> int | None:
+    """Keep one refused delivery as the request path does (a schema violation, 422)."""
+    rejection = Rejection(422, Reason.SCHEMA_VIOLATION, "it says nothing", token=token)
+    kept = rejects.keep(
+        db,
+        CallbackKind.MESSAGE_STATUS,
+        body,
+        len(body),
+        "application/json",
+        rejection,
+        at,
+        budget_bytes=10_000_000,
+        always_keep=True,
+    )
+    return kept.reject_id
+
+
+def reject_weeks(url: str) -> list[Partition]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return [p for p in partitions.listed(conn, REJECTS) if p.lower and p.upper]
+
+
+def test_a_body_refused_again_weeks_later_counts_on_its_first_row(
+    own: Database, own_db: str
+) -> None:
+    first, _, third = reject_weeks(own_db)[:3]
+    assert first.lower is not None and third.lower is not None
+    body = b'{"message_uuid": "m-bad"}'
+    kept = refuse(own, body, first.lower, token="t-1")
+    assert refuse(own, body, third.lower + timedelta(hours=1), token="t-2") == kept
+    assert query(
+        own_db,
+        "SELECT tableoid::regclass::text, attempts, first_received_at, last_received_at, tokens"
+        " FROM rejected_callback",
+    ) == [(first.name, 2, first.lower, third.lower + timedelta(hours=1), ["t-1", "t-2"])]
+
+
+def test_one_body_refused_eight_times_at_once_is_kept_once(own: Database, own_db: str) -> None:
+    start = reject_weeks(own_db)[1].lower
+    assert start is not None
+    barrier = threading.Barrier(8)
+
+    def refused(n: int) -> int | None:
+        barrier.wait()
+        # Half in the week before, half in this one.
+        return refuse(own, b'{"bad": true}', start + timedelta(seconds=n - 4))
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(refused, range(8)))
+    assert len(ids) == 1
+    assert query(own_db, "SELECT count(*), sum(attempts) FROM rejected_callback") == [(1, 8)]
+
+
+def test_prune_rejects_drops_whole_weeks_and_keeps_what_is_not_done_with(
+    own: Database, own_db: str
+) -> None:
+    first, second = reject_weeks(own_db)[:2]
+    assert first.lower is not None and first.upper is not None and second.lower is not None
+    resolved = refuse(own, b'{"n": 1}', first.lower)
+    unresolved = refuse(own, b'{"n": 2}', first.lower)
+    refused_again = refuse(own, b'{"n": 3}', first.lower)
+    newer = refuse(own, b'{"n": 4}', second.lower)
+    with psycopg.connect(own_db) as conn:
+        conn.execute(
+            "UPDATE rejected_callback SET resolved_at = %s WHERE id = ANY(%s)",
+            (first.lower, [resolved, refused_again, newer]),
+        )
+    cutoff_now = first.upper + timedelta(days=10)
+    # Refused again after the cutoff: it stays, whatever its week.
+    assert refuse(own, b'{"n": 3}', first.upper + timedelta(days=5)) == refused_again
+
+    removed = operations.prune_rejects(own_db, timedelta(days=10), cutoff_now)
+    assert removed == 1
+    assert query(own_db, "SELECT to_regclass(%s) IS NULL", first.name) == [(True,)]
+    assert query(
+        own_db, "SELECT id, tableoid::regclass::text FROM rejected_callback ORDER BY id"
+    ) == [
+        (unresolved, "rejected_callback_default"),
+        (refused_again, "rejected_callback_default"),
+        (newer, second.name),
+    ]
+    # Asked to, the unresolved ones go too (from the default partition, one by one).
+    assert operations.prune_rejects(own_db, timedelta(days=10), cutoff_now, unresolved=True) == 1
+    assert query(own_db, "SELECT id FROM rejected_callback ORDER BY id") == [
+        (refused_again,),
+        (newer,),
+    ]
