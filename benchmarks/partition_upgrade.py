@@ -4,7 +4,7 @@
 
 1. a database at migration 0017 (the release before partitioning) gets
    `--callbacks` raw callbacks, bulk loaded (a real status body each, new
-   ids and uuids, dated over the last 90 days), all applied (queue empty);
+   ids and uuids, dated evenly over the last 90 days), as applied long ago;
 2. captures run without pause, one at a time, through the real capture code,
    while `migrate` runs 0018 (reads the whole log: validation, two index
    builds, under locks that let captures on) and then 0019 (renames and
@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -54,7 +54,7 @@ SELECT 'message_status', sha256(convert_to(b.text, 'UTF8')), convert_to(b.text, 
  CROSS JOIN LATERAL (
      SELECT gen_random_uuid()::text AS message_uuid,
             gen_random_uuid()::text AS dispatch_uuid,
-            now() - (i %% 7776000) * interval '1 second' AS at) u
+            %(start)s::timestamptz + (i - 1) * %(step)s * interval '1 second' AS at) u
  CROSS JOIN LATERAL (
      SELECT u.message_uuid, u.dispatch_uuid, u.at,
             jsonb_set(jsonb_set(jsonb_set(%(template)s::jsonb,
@@ -65,28 +65,58 @@ SELECT 'message_status', sha256(convert_to(b.text, 'UTF8')), convert_to(b.text, 
 """
 
 
+def bulk_load(url: str, callbacks: int, start: datetime, end: datetime) -> None:
+    """`callbacks` status callbacks dated evenly from `start` to `end`, loaded on two
+    connections at once, as applied long ago (the queue's trigger is off meanwhile)."""
+    started = time.monotonic()
+    step = (end - start).total_seconds() / callbacks
+    chunk = 250_000
+    chunks = [
+        (first, min(first + chunk - 1, callbacks)) for first in range(1, callbacks + 1, chunk)
+    ]
+    done = 0
+    lock = threading.Lock()
+
+    def load(part: list[tuple[int, int]]) -> None:
+        nonlocal done
+        with psycopg.connect(url, autocommit=True) as conn:
+            for first, last in part:
+                params = {"first": first, "last": last, "start": start, "step": step}
+                conn.execute(LOAD, params | {"template": json.dumps(TEMPLATE)})
+                with lock:
+                    done += last - first + 1
+                    print(f"  loaded {done:,} / {callbacks:,}", flush=True)
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE raw_callback DISABLE TRIGGER raw_callback_queued")
+    try:
+        loaders = [threading.Thread(target=load, args=(chunks[i::2],)) for i in range(2)]
+        for loader in loaders:
+            loader.start()
+        for loader in loaders:
+            loader.join()
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE raw_callback ENABLE TRIGGER raw_callback_queued")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE raw_callback")
+        row = conn.execute(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid)))"
+            " FROM pg_inherits WHERE inhparent = 'raw_callback'::regclass"
+        ).fetchone()
+        if row is None or row[0] is None:  # not partitioned yet (the release before)
+            row = conn.execute(
+                "SELECT pg_size_pretty(pg_total_relation_size('raw_callback'))"
+            ).fetchone()
+    assert row is not None
+    print(f"loaded {callbacks:,} callbacks ({row[0]}) in {time.monotonic() - started:.0f} s")
+
+
 def previous_release(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for path in sorted(migrations.MIGRATIONS_DIR.glob("*.sql"))[:BEFORE]:
         shutil.copy(path, folder / path.name)
     return folder
-
-
-def load(url: str, callbacks: int) -> None:
-    started = time.monotonic()
-    with psycopg.connect(url, autocommit=True) as conn:
-        step = 200_000
-        for first in range(1, callbacks + 1, step):
-            last = min(first + step - 1, callbacks)
-            conn.execute(LOAD, {"first": first, "last": last, "template": json.dumps(TEMPLATE)})
-            conn.execute("DELETE FROM apply_queue")  # applied long ago
-            print(f"  loaded {last:,}", flush=True)
-        conn.execute("VACUUM ANALYZE raw_callback")
-        conn.execute("VACUUM ANALYZE apply_queue")
-        size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('raw_callback'))")
-        row = size.fetchone()
-    assert row is not None
-    print(f"loaded {callbacks:,} callbacks ({row[0]}) in {time.monotonic() - started:.0f} s")
 
 
 class Capturing:
@@ -138,7 +168,8 @@ def main() -> None:
     embedded.create_database(server, name)
     url = server.replace("dbname=postgres", f"dbname={name}")
     migrations.migrate(url, previous_release(work / "migrations"))
-    load(url, args.callbacks)
+    now = datetime.now(UTC)
+    bulk_load(url, args.callbacks, now - timedelta(days=90), now)
     up_to_18 = previous_release(work / "migrations_18")
     shutil.copy(sorted(migrations.MIGRATIONS_DIR.glob("0018_*.sql"))[0], up_to_18)
 

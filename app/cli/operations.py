@@ -65,7 +65,7 @@ def prune_raw(older_than_days: int) -> None:
         raise click.ClickException(f"stopped: {busy}") from None
     weeks = ", ".join(done.partitions) or "none"
     click.echo(
-        f"removed {done.callbacks} raw callbacks dated more than {older_than_days} days ago:"
+        f"removed {done.total} raw callbacks dated more than {older_than_days} days ago:"
         f" {done.dropped} in whole weeks dropped ({weeks}),"
         f" {done.deleted} deleted one by one"
     )
@@ -108,7 +108,7 @@ def prune_state(older_than_days: int) -> None:
     "--older-than-days",
     type=click.IntRange(min=1),
     required=True,
-    help="Delete rejects last received more than this many days ago.",
+    help="Remove rejects last received more than this many days ago.",
 )
 @click.option(
     "--unresolved",
@@ -120,14 +120,21 @@ def prune_rejects(older_than_days: int, unresolved: bool) -> None:
 
     Reads DATABASE_URL.
     """
-    deleted = operations.prune_rejects(
-        migrated_url(Settings.from_env()),
-        timedelta(days=older_than_days),
-        datetime.now(UTC),
-        unresolved=unresolved,
-    )
+    try:
+        done = operations.prune_rejects(
+            migrated_url(Settings.from_env()),
+            timedelta(days=older_than_days),
+            datetime.now(UTC),
+            unresolved=unresolved,
+        )
+    except PartitionsBusy as busy:
+        raise click.ClickException(f"stopped: {busy}") from None
     which = "rejects" if unresolved else "recovered rejects"
-    click.echo(f"deleted {deleted} {which} older than {older_than_days} days")
+    weeks = ", ".join(done.partitions) or "none"
+    click.echo(
+        f"removed {done.total} {which} last refused more than {older_than_days} days ago:"
+        f" {done.dropped} in whole weeks dropped ({weeks}), {done.deleted} deleted one by one"
+    )
 
 
 @main.command()

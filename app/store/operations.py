@@ -79,28 +79,26 @@ def create_analyst(conninfo: str, name: str, password: str | None) -> None:
 
 
 @dataclass
-class RawPruned:
-    """What a prune-raw removed: whole weeks, and rows deleted one by one elsewhere."""
+class Pruned:
+    """What a prune removed: whole weeks, and rows deleted one by one elsewhere."""
 
     partitions: list[str] = field(default_factory=list)
-    dropped: int = 0  # callbacks in the partitions dropped whole
-    deleted: int = 0  # callbacks deleted from partitions that straddle the cutoff
+    dropped: int = 0  # rows in the partitions dropped whole
+    deleted: int = 0  # rows deleted from the partitions open at one end
 
     @property
-    def callbacks(self) -> int:
+    def total(self) -> int:
         return self.dropped + self.deleted
 
 
-def prune_raw(
-    conninfo: str, older_than: timedelta, now: datetime, batch: int = 10_000
-) -> RawPruned:
+def prune_raw(conninfo: str, older_than: timedelta, now: datetime, batch: int = 10_000) -> Pruned:
     """Remove applied raw callbacks dated (event_at) before now - older_than.
 
     A weekly partition entirely before the cutoff is dropped whole (its
-    callbacks still queued move to the default partition first). Those that
-    straddle it with no lower end (the log from before partitioning) and the
-    default partition are deleted from in batches; a weekly partition that
-    straddles the cutoff waits for its next prune.
+    callbacks still queued move to the default partition first). The log
+    from before partitioning and the default partition are deleted from in
+    batches; a weekly partition that straddles the cutoff waits for a later
+    prune.
 
     The current state (workflows, messages, decisions, disagreements) is kept:
     only the raw copies go, so the state can no longer be rebuilt from them.
@@ -110,20 +108,33 @@ def prune_raw(
     """
     cutoff = now - older_than
     record = _PruneRecord(now, cutoff)
-    done = RawPruned()
     with _connect(conninfo) as conn:
         hold_raw_log(conn)
-        for partition in partitions.listed(conn, partitions.RAW_LOG):
-            if partition.upper is not None and partition.upper <= cutoff:
-                done.dropped += partitions.drop(conn, partitions.RAW_LOG, partition, record.deleted)
-                done.partitions.append(partition.name)
-            elif partition.lower is None or partition.is_default:
-                statement = partitions.for_partition(
-                    "prune_raw_batch", partitions.RAW_LOG, partition
-                )
-                done.deleted += _delete_in_batches(
-                    conn, statement, {"cutoff": cutoff}, batch, record.deleted
-                )
+        params: dict[str, object] = {"cutoff": cutoff}
+        return _prune_weeks(
+            conn, partitions.RAW_LOG, cutoff, "prune_raw_batch", params, batch, record.deleted
+        )
+
+
+def _prune_weeks(
+    conn: Connection,
+    spec: partitions.Partitioned,
+    cutoff: datetime,
+    batched: str,
+    params: dict[str, object],
+    batch: int,
+    removed_in: Callable[[Connection, int], None] | None = None,
+) -> Pruned:
+    """Drop every week of `spec` that ended by the cutoff (what the table keeps moved out
+    first); run the `batched` DELETE with `params` in the partitions open at one end."""
+    done = Pruned()
+    for partition in partitions.listed(conn, spec):
+        if partition.upper is not None and partition.upper <= cutoff:
+            done.dropped += partitions.drop(conn, spec, partition, removed_in, keep=params)
+            done.partitions.append(partition.name)
+        elif partition.lower is None or partition.is_default:
+            statement = partitions.for_partition(batched, spec, partition)
+            done.deleted += _delete_in_batches(conn, statement, params, batch, removed_in)
     return done
 
 
@@ -203,8 +214,8 @@ def prune_rejects(
     now: datetime,
     unresolved: bool = False,
     batch: int = 10_000,
-) -> int:
-    """Remove kept rejects last received before now - older_than; returns how many.
+) -> Pruned:
+    """Remove kept rejects last received before now - older_than.
 
     Resolved rejects (recovered by reprocess-rejects, so stored as raw
     callbacks) go by default. Unresolved ones are the only copy of what was
@@ -213,18 +224,10 @@ def prune_rejects(
     what it must keep is moved to the default partition; from the table's
     open-ended partitions they are deleted in batches.
     """
-    params = {"cutoff": now - older_than, "unresolved": unresolved}
-    removed = 0
+    cutoff = now - older_than
+    params = {"cutoff": cutoff, "unresolved": unresolved}
     with _connect(conninfo) as conn:
-        for partition in partitions.listed(conn, partitions.REJECTS):
-            if partition.upper is not None and partition.upper <= now - older_than:
-                removed += partitions.drop(conn, partitions.REJECTS, partition, keep=params)
-            elif partition.lower is None or partition.is_default:
-                statement = partitions.for_partition(
-                    "prune_rejects_batch", partitions.REJECTS, partition
-                )
-                removed += _delete_in_batches(conn, statement, params, batch)
-    return removed
+        return _prune_weeks(conn, partitions.REJECTS, cutoff, "prune_rejects_batch", params, batch)
 
 
 def _connect(conninfo: str) -> Connection:

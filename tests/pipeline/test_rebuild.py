@@ -156,7 +156,7 @@ def test_a_fixed_rule_reaches_old_data_through_a_rebuild(
 def test_a_rebuild_refuses_once_raw_callbacks_were_pruned(db: Database, clean_db: str) -> None:
     _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
     before = snapshot(clean_db)
-    assert operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2)).callbacks == 7
+    assert operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2)).total == 7
     with pytest.raises(rebuild.RebuildRefused, match="pruned"):
         rebuild.rebuild(clean_db, 32)
     assert snapshot(clean_db) == before
@@ -188,9 +188,7 @@ def test_a_rebuild_refuses_while_a_prune_is_half_way_and_nothing_is_lost(
         holder.execute("SELECT FROM raw_callback WHERE id = %s FOR UPDATE", (ids[15],))
         pruning = threading.Thread(
             target=lambda: pruned.append(
-                operations.prune_raw(
-                    clean_db, timedelta(days=1), NOW + timedelta(days=2), 10
-                ).callbacks
+                operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2), 10).total
             )
         )
         pruning.start()
@@ -243,7 +241,7 @@ def test_a_prune_refuses_while_a_rebuild_runs(
         assert query(clean_db, "SELECT count(*) FROM raw_log_prune")[0][0] == 0
     assert snapshot(clean_db) == before
     # Afterwards the prune goes ahead.
-    assert operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2)).callbacks == 7
+    assert operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2)).total == 7
 
 
 def test_a_prune_stopped_after_its_first_batch_is_recorded(db: Database, clean_db: str) -> None:

@@ -440,9 +440,9 @@ def test_pruning_rejects_keeps_unrecovered_ones_unless_asked(clean_db: str) -> N
         assert result.exit_code == 0, result.output
         return result.output
 
-    assert "deleted 1 recovered rejects" in run()
+    assert "removed 1 recovered rejects" in run()
     assert query(clean_db, "SELECT count(*) FROM rejected_callback") == [(3,)]
-    assert "deleted 2 rejects" in run("--unresolved")
+    assert "removed 2 rejects" in run("--unresolved")
     # The recent one stays, whatever was asked.
     assert query(clean_db, "SELECT count(*) FROM rejected_callback") == [(1,)]
 

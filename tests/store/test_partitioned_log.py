@@ -429,7 +429,7 @@ def test_prune_rejects_drops_whole_weeks_and_keeps_what_is_not_done_with(
     assert refuse(own, b'{"n": 3}', first.upper + timedelta(days=5)) == refused_again
 
     removed = operations.prune_rejects(own_db, timedelta(days=10), cutoff_now)
-    assert removed == 1
+    assert (removed.partitions, removed.total) == (["rejected_callback_older", first.name], 1)
     assert query(own_db, "SELECT to_regclass(%s) IS NULL", first.name) == [(True,)]
     assert query(
         own_db, "SELECT id, tableoid::regclass::text FROM rejected_callback ORDER BY id"
@@ -439,7 +439,8 @@ def test_prune_rejects_drops_whole_weeks_and_keeps_what_is_not_done_with(
         (newer, second.name),
     ]
     # Asked to, the unresolved ones go too (from the default partition, one by one).
-    assert operations.prune_rejects(own_db, timedelta(days=10), cutoff_now, unresolved=True) == 1
+    again = operations.prune_rejects(own_db, timedelta(days=10), cutoff_now, unresolved=True)
+    assert (again.partitions, again.deleted) == ([], 1)
     assert query(own_db, "SELECT id FROM rejected_callback ORDER BY id") == [
         (refused_again,),
         (newer,),
