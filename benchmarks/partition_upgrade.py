@@ -45,23 +45,28 @@ TEMPLATE = {
     "usage": {"currency": "EUR", "price": "0.0333"},
     "_links": {"workflow": {"dispatch_uuid": "d", "href": "/workflows/d"}},
 }
+# TEMPLATE's JSON with the message's uuid, time and workflow left as %s, for
+# format(): far cheaper than editing a jsonb per row.
+FORMAT = (
+    json.dumps({**TEMPLATE, "message_uuid": "@", "timestamp": "@"}, separators=(",", ":"))
+    .replace('"dispatch_uuid":"d"', '"dispatch_uuid":"@"')
+    .replace("@", "%s")
+)
 LOAD = """
 INSERT INTO raw_callback (kind, dedup_key, body, payload, content_type, message_uuid,
                           dispatch_uuid, event_at, received_at, last_received_at)
-SELECT 'message_status', sha256(convert_to(b.text, 'UTF8')), convert_to(b.text, 'UTF8'),
-       b.text::jsonb, 'application/json', b.message_uuid, b.dispatch_uuid, b.at, b.at, b.at
+SELECT 'message_status', sha256(b.bytes), b.bytes, b.text::jsonb, 'application/json',
+       b.message_uuid, b.dispatch_uuid, b.at, b.at, b.at
   FROM generate_series(%(first)s, %(last)s) i
  CROSS JOIN LATERAL (
      SELECT gen_random_uuid()::text AS message_uuid,
             gen_random_uuid()::text AS dispatch_uuid,
             %(start)s::timestamptz + (i - 1) * %(step)s * interval '1 second' AS at) u
  CROSS JOIN LATERAL (
-     SELECT u.message_uuid, u.dispatch_uuid, u.at,
-            jsonb_set(jsonb_set(jsonb_set(%(template)s::jsonb,
-                '{message_uuid}', to_jsonb(u.message_uuid)),
-                '{timestamp}', to_jsonb(to_char(u.at AT TIME ZONE 'UTC',
-                                                'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))),
-                '{_links,workflow,dispatch_uuid}', to_jsonb(u.dispatch_uuid))::text AS text) b
+     SELECT u.message_uuid, u.dispatch_uuid, u.at, t.text, convert_to(t.text, 'UTF8') AS bytes
+       FROM (SELECT format(%(format)s, u.message_uuid,
+                           to_char(u.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                           u.dispatch_uuid) AS text) t) b
 """
 
 
@@ -82,7 +87,7 @@ def bulk_load(url: str, callbacks: int, start: datetime, end: datetime) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             for first, last in part:
                 params = {"first": first, "last": last, "start": start, "step": step}
-                conn.execute(LOAD, params | {"template": json.dumps(TEMPLATE)})
+                conn.execute(LOAD, params | {"format": FORMAT})
                 with lock:
                     done += last - first + 1
                     print(f"  loaded {done:,} / {callbacks:,}", flush=True)
