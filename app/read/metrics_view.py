@@ -1,5 +1,5 @@
 """GET /metrics: the counters of every gunicorn worker (app.metrics), and the database's
-backlog and overdue workflows read at each scrape, in Prometheus's text format."""
+backlog, overdue workflows and partitions read at each scrape, in Prometheus's text format."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from app.access import require_read_access
 from app.extensions import get_db, get_settings
 from app.metrics import observe_pool
 from app.read.overdue import overdue_counts
-from app.store import backlog, endpoints
+from app.store import backlog, endpoints, partitions
 from app.store.db import DatabaseUnavailable
+from app.store.partitions import TIME_PARTITIONED
 
 
 def metrics_view() -> Response:
@@ -47,6 +48,7 @@ def metrics_view() -> Response:
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
     shared = CollectorRegistry()
     _overdue_gauge(db, shared)
+    _weeks_ahead_gauge(db, shared)
     for name, doc, value in (
         (
             "dispatch_ledger_callbacks_waiting",
@@ -84,6 +86,23 @@ def metrics_view() -> Response:
     ):
         Gauge(name, doc, registry=shared).set(value)
     return Response(body + generate_latest(shared), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _weeks_ahead_gauge(db: Any, registry: CollectorRegistry) -> None:
+    """How far ahead each time-partitioned table's weeks are made (the appliers keep four)."""
+    now = datetime.now(UTC)
+    ahead = db.run(
+        lambda conn: {s.table: partitions.weeks_ahead(conn, s, now) for s in TIME_PARTITIONED}
+    )
+    gauge = Gauge(
+        "dispatch_ledger_partition_weeks_ahead",
+        "Weeks from now to the end of the last weekly partition, by table; the appliers keep"
+        " about four (what falls past it waits in the default partition).",
+        ["table"],
+        registry=registry,
+    )
+    for table, weeks in ahead.items():
+        gauge.labels(table).set(weeks)
 
 
 OVERDUE_KINDS = ("failover_overdue", "outcome_overdue", "final_report_overdue")

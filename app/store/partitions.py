@@ -112,6 +112,12 @@ def ensure(
         made.append(name)
 
 
+def weeks_ahead(conn: Connection, spec: Partitioned, now: datetime) -> float:
+    """How many weeks from now the last partition reaches (negative once it is behind)."""
+    uppers = [p.upper for p in listed(conn, spec) if p.upper is not None]
+    return (max(uppers) - now) / WEEK if uppers else 0.0
+
+
 def ensure_all(conn: Connection) -> list[str]:
     """`ensure` for every time-partitioned table, from now."""
     now = datetime.now(UTC)

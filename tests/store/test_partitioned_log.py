@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from app import create_app
 from app.config import Settings
+from app.extensions import get_db
 from app.pipeline import rebuild
 from app.pipeline.capture import Delivery, capture
 from app.receive import rejects
@@ -107,6 +110,27 @@ def test_an_applier_makes_the_weeks_ahead(own_db: str) -> None:
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert weeks(own_db)[-1] == newest
+
+
+def test_how_far_ahead_the_weeks_go_is_a_metric(own_db: str) -> None:
+    def ahead() -> dict[str, float]:
+        app = create_app({"database_url": own_db, "apply_in_web": False})
+        try:
+            text = app.test_client().get("/metrics").get_data(as_text=True)
+        finally:
+            get_db(app).close()
+        found = re.findall(
+            r'^dispatch_ledger_partition_weeks_ahead\{table="(\w+)"\} (\S+)$', text, re.M
+        )
+        return {table: float(value) for table, value in found}
+
+    before = ahead()
+    assert set(before) == {"raw_callback", "rejected_callback"}
+    assert 4 < before["raw_callback"] <= 5
+    newest = weeks(own_db)[-1]
+    with psycopg.connect(own_db, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{newest.name}"')
+    assert ahead()["raw_callback"] == pytest.approx(before["raw_callback"] - 1, abs=0.01)
 
 
 def test_a_redelivery_after_a_week_boundary_is_a_duplicate_in_the_first_copy_s_week(
