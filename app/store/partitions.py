@@ -103,9 +103,10 @@ def ensure(
     partitions made.
     """
     until = week_of(now) + (ahead + 1) * WEEK
+    start = week_of(now)
     made: list[str] = []
     while True:
-        name = _briefly(conn, lambda: _make_next(conn, spec, until))
+        name = _briefly(conn, lambda: _make_next(conn, spec, start, until))
         if name is None:
             return made
         log.info("made partition %s", name)
@@ -124,12 +125,12 @@ def ensure_all(conn: Connection) -> list[str]:
     return [name for spec in TIME_PARTITIONED for name in ensure(conn, spec, now)]
 
 
-def _make_next(conn: Connection, spec: Partitioned, until: datetime) -> str | None:
+def _make_next(conn: Connection, spec: Partitioned, start: datetime, until: datetime) -> str | None:
     _hold(conn)
     uppers = [p.upper for p in listed(conn, spec) if p.upper is not None]
-    if not uppers:
-        raise RuntimeError(f"{spec.table} has no bounded partition to go on from")
-    lower = max(uppers)
+    # No week at all (an operator dropped them): start again from this week;
+    # what the default partition holds of it moves in.
+    lower = max(uppers) if uppers else start
     if lower >= until:
         return None
     name = spec.week(lower)

@@ -101,6 +101,23 @@ def test_the_weeks_ahead_exist_and_are_made_once(own_db: str) -> None:
     assert [p.name for p in weeks(own_db)] == [p.name for p in made] + sorted(made_now)
 
 
+def test_with_every_week_gone_the_weeks_start_again_from_this_one(
+    own: Database, own_db: str
+) -> None:
+    with psycopg.connect(own_db, autocommit=True) as conn:
+        for week in [*weeks(own_db), "raw_callback_older"]:
+            name = week if isinstance(week, str) else week.name
+            conn.execute(f'DROP TABLE "{name}"')
+    now = datetime.now(UTC)
+    body = payloads.status("m-now", "submitted", stamp(now))
+    assert send(own, "message-status", body, now) == "accepted"
+    assert where(own_db, "m-now") == [("raw_callback_default", 1)]
+    with psycopg.connect(own_db, autocommit=True, row_factory=dict_row) as conn:
+        made = partitions.ensure(conn, RAW_LOG, now)
+    assert made[0] == RAW_LOG.week(partitions.week_of(now)) and len(made) == 5
+    assert where(own_db, "m-now") == [(made[0], 1)]
+
+
 def test_an_applier_makes_the_weeks_ahead(own_db: str) -> None:
     newest = weeks(own_db)[-1]
     with psycopg.connect(own_db, autocommit=True) as conn:
