@@ -236,7 +236,7 @@ def _connect(conninfo: str) -> Connection:
 
 def _delete_in_batches(
     conn: Connection,
-    query: str | pgsql.Composed,
+    statement: pgsql.Composed,
     params: dict[str, object],
     batch: int,
     deleted_in: Callable[[Connection, int], None] | None = None,
@@ -247,7 +247,6 @@ def _delete_in_batches(
     deleted = 0
     while True:
         with conn.transaction():
-            statement = sql(query) if isinstance(query, str) else query
             count = conn.execute(statement, {**params, "batch": batch}).rowcount
             if count and deleted_in is not None:
                 deleted_in(conn, count)

@@ -115,8 +115,8 @@ def ensure(
 
 def weeks_ahead(conn: Connection, spec: Partitioned, now: datetime) -> float:
     """How many weeks from now the last partition reaches (negative once it is behind)."""
-    uppers = [p.upper for p in listed(conn, spec) if p.upper is not None]
-    return (max(uppers) - now) / WEEK if uppers else 0.0
+    last = _last_upper(conn, spec)
+    return (last - now) / WEEK if last is not None else 0.0
 
 
 def ensure_all(conn: Connection) -> list[str]:
@@ -127,10 +127,9 @@ def ensure_all(conn: Connection) -> list[str]:
 
 def _make_next(conn: Connection, spec: Partitioned, start: datetime, until: datetime) -> str | None:
     _hold(conn)
-    uppers = [p.upper for p in listed(conn, spec) if p.upper is not None]
     # No week at all (an operator dropped them): start again from this week;
     # what the default partition holds of it moves in.
-    lower = max(uppers) if uppers else start
+    lower = _last_upper(conn, spec) or start
     if lower >= until:
         return None
     name = spec.week(lower)
@@ -176,6 +175,11 @@ def drop(
 def for_partition(query: str, spec: Partitioned, partition: Partition) -> pgsql.Composed:
     """The statement `query` with one partition's name (and its table's) filled in."""
     return _format(query, _names(spec, partition.name))
+
+
+def _last_upper(conn: Connection, spec: Partitioned) -> datetime | None:
+    """Where the table's last bounded partition ends (None: it has none)."""
+    return max((p.upper for p in listed(conn, spec) if p.upper is not None), default=None)
 
 
 def _hold(conn: Connection) -> None:

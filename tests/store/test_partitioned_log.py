@@ -58,9 +58,10 @@ def own(own_db: str) -> Iterator[Database]:
     database.close()
 
 
-def weeks(url: str) -> list[Partition]:
+def weeks(url: str, spec: partitions.Partitioned = RAW_LOG) -> list[Partition]:
+    """The table's weekly partitions, oldest first (not the open-ended ones)."""
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        return [p for p in partitions.listed(conn, RAW_LOG) if p.lower and p.upper]
+        return [p for p in partitions.listed(conn, spec) if p.lower and p.upper]
 
 
 def stamp(at: datetime) -> str:
@@ -415,15 +416,10 @@ def refuse(db: Database, body: bytes, at: datetime, token: str | None = None) ->
     return kept.reject_id
 
 
-def reject_weeks(url: str) -> list[Partition]:
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        return [p for p in partitions.listed(conn, REJECTS) if p.lower and p.upper]
-
-
 def test_a_body_refused_again_weeks_later_counts_on_its_first_row(
     own: Database, own_db: str
 ) -> None:
-    first, _, third = reject_weeks(own_db)[:3]
+    first, _, third = weeks(own_db, REJECTS)[:3]
     assert first.lower is not None and third.lower is not None
     body = b'{"message_uuid": "m-bad"}'
     kept = refuse(own, body, first.lower, token="t-1")
@@ -436,7 +432,7 @@ def test_a_body_refused_again_weeks_later_counts_on_its_first_row(
 
 
 def test_one_body_refused_eight_times_at_once_is_kept_once(own: Database, own_db: str) -> None:
-    start = reject_weeks(own_db)[1].lower
+    start = weeks(own_db, REJECTS)[1].lower
     assert start is not None
     barrier = threading.Barrier(8)
 
@@ -454,7 +450,7 @@ def test_one_body_refused_eight_times_at_once_is_kept_once(own: Database, own_db
 def test_prune_rejects_drops_whole_weeks_and_keeps_what_is_not_done_with(
     own: Database, own_db: str
 ) -> None:
-    first, second = reject_weeks(own_db)[:2]
+    first, second = weeks(own_db, REJECTS)[:2]
     assert first.lower is not None and first.upper is not None and second.lower is not None
     resolved = refuse(own, b'{"n": 1}', first.lower)
     unresolved = refuse(own, b'{"n": 2}', first.lower)
