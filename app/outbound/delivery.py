@@ -444,6 +444,7 @@ class Deliverer:
                 self.wake.clear()
         finally:
             # Sends in flight finish on their own; what waits is given back now.
+            self.stopping.set()
             pool.shutdown(wait=False, cancel_futures=True)
             self.release()
 
@@ -460,6 +461,12 @@ class Deliverer:
     def _send_and_free(self, endpoint_id: str, claims: list[Claimed]) -> None:
         try:
             self.send_all(claims)
+        except DatabaseUnavailable as exc:
+            # Their leases run out (or were given back on stopping) and they are sent again.
+            if self.stopping.is_set():  # stopped mid-send, its database closed since: expected
+                log.info("stopped before recording what was sent to endpoint %s", endpoint_id)
+            else:
+                log.warning("cannot record what was sent to endpoint %s: %s", endpoint_id, exc)
         except Exception:
             # Their leases run out and another turn sends them again.
             log.exception("sending to endpoint %s failed", endpoint_id)
