@@ -80,7 +80,7 @@ def test_each_run_of_the_command_adds_workflows_of_its_own_unless_seeded(clean_d
         args = ["generate", "--dispatches", "5", *seed]
         result = CliRunner().invoke(main, args, env={"DATABASE_URL": clean_db})
         assert result.exit_code == 0, result.output
-        return result.output.split()[1]  # "seed N" comes first
+        return result.stdout.split()[1]  # "seed N" comes first
 
     seed = run()
     run()

@@ -378,10 +378,10 @@ def test_the_overdue_command_lists_and_can_fail(api: FlaskClient, clean_db: str)
         assert "1 overdue (grace 300 s, outcome timeout 86400 s)" in result.output
         failing = runner.invoke(main, ["overdue", "--json", "--fail-if-any"], env=env)
         assert failing.exit_code == 1
-        assert json.loads(failing.output.splitlines()[0])["since"] == "2026-03-01T09:10:00Z"
+        assert json.loads(failing.stdout.splitlines()[0])["since"] == "2026-03-01T09:10:00Z"
     with freeze_time("2026-03-01T09:01:00Z"):
         quiet = runner.invoke(main, ["overdue", "--fail-if-any"], env=env)
-        assert (quiet.exit_code, quiet.output.strip()) == (
+        assert (quiet.exit_code, quiet.stdout.strip()) == (
             0,
             "0 overdue (grace 300 s, outcome timeout 86400 s)",
         )

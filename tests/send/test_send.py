@@ -308,7 +308,7 @@ def test_the_send_command(clean_db: str, dispatch_api: StandIn, tmp_path: Path) 
     }
     result = CliRunner().invoke(main, ["send", str(request_file)], env=env)
     assert result.exit_code == 0, result.output
-    dispatch_uuid = result.output.strip()
+    dispatch_uuid = result.stdout.strip()
     assert query(
         clean_db, "SELECT source FROM workflow_definition WHERE dispatch_uuid = %s", dispatch_uuid
     ) == [("sent",)]
@@ -332,7 +332,7 @@ def test_the_send_command_sends_a_messages_failover_to_v1_messages(
     }
     result = CliRunner().invoke(main, ["send", str(request_file)], env=env)
     assert result.exit_code == 0, result.output
-    workflow_id = result.output.strip()
+    workflow_id = result.stdout.strip()
     assert len(workflow_id) == 55
     assert dispatch_api.received[-1][1] == request  # sent as given
     assert query(
