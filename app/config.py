@@ -109,6 +109,11 @@ class Settings:
     apply_max_lag_seconds: float = 10.0
     # Captured callbacks applied per transaction.
     apply_batch_size: int = 100
+    # How often an applier keeps the analytics views' figures of the days that
+    # changed (app/store/daily_figures.py): the views are exact either way; the days
+    # changed since the last refresh are computed when read, so a longer wait
+    # makes the views slower, a shorter one costs the applier more.
+    analytics_refresh_seconds: float = 30.0
     # How often an idle applier looks for work its own process did not bring
     # (other processes' captures, failed callbacks due again).
     apply_poll_seconds: float = 1.0
@@ -195,6 +200,8 @@ class Settings:
             raise ConfigError("APPLY_MAX_LAG_SECONDS must be positive")
         if not 0 <= self.apply_niceness <= 19:
             raise ConfigError("APPLY_NICENESS must be between 0 and 19")
+        if not 0 < self.analytics_refresh_seconds <= 86_400:
+            raise ConfigError("ANALYTICS_REFRESH_SECONDS must be more than 0 and at most a day")
         if self.apply_poll_seconds <= 0:
             raise ConfigError("APPLY_POLL_SECONDS must be positive")
         if self.db_pool_timeout <= 0:

@@ -54,6 +54,8 @@ def init_app(app: Flask, settings: Settings) -> None:
             settings.apply_linger_seconds,
             settings.apply_max_delay_seconds,
             only_older_than=settings.apply_max_lag_seconds if runs_beside() else None,
+            # Beside gunicorn, the applier process keeps them.
+            refresh_seconds=None if runs_beside() else settings.analytics_refresh_seconds,
         )
         # Started by the process's first request, after any fork.
         app.before_request(applier.start)

@@ -45,7 +45,8 @@ freezegun.configure(extend_ignore_list=["psycopg_pool", "psycopg"])
 TABLES = (
     "raw_callback, apply_queue, rejected_callback, discrepancy, reconciliation,"
     " workflow_definition, message, dispatch, reject_window, raw_log_prune, workflow_event,"
-    " overdue_notice, endpoint_delivery, endpoint"
+    " overdue_notice, endpoint_delivery, endpoint,"
+    " daily.stale_day, daily.channel_funnel, daily.channel_cost, daily.failover_rate"
 )
 
 

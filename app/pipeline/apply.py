@@ -37,7 +37,7 @@ from app.pipeline import decide
 from app.pipeline.process_thread import ProcessThread
 from app.pipeline.tally import Tally
 from app.spec.intake import CallbackKind, Rejection, read
-from app.store import events, storage
+from app.store import daily_figures, events, storage
 from app.store.db import Connection, Database, DatabaseUnavailable
 from app.store.queries import sql
 
@@ -437,8 +437,11 @@ class BackgroundApplier:
         linger: float = 0.0,
         max_delay: float = 0.5,
         only_older_than: float | None = None,
+        refresh_seconds: float | None = None,
     ) -> None:
         self._db = db
+        # How often to keep the analytics figures (app/store/daily_figures.py); None: never here.
+        self._refresh_seconds = refresh_seconds
         self._linger = linger
         self._max_delay = max_delay
         self._max_depth = max_depth
@@ -501,8 +504,15 @@ class BackgroundApplier:
                 return
             seen = now
 
+    def _keep_daily_figures(self) -> None:
+        try:
+            daily_figures.keep(self._db)
+        except Exception:  # the views compute what is not kept: never worth stopping for
+            log.exception("could not keep the analytics figures; trying again")
+
     def _run(self) -> None:
         wait = 0.0  # a fresh process first applies what is waiting
+        refresh = 0.0  # and keeps the analytics figures
         while True:
             if self._wake.wait(wait):
                 self._gather()
@@ -527,3 +537,6 @@ class BackgroundApplier:
                 log.info("the applier is applying again")
             self.last_error = None
             wait = self._poll
+            if self._refresh_seconds is not None and time.monotonic() >= refresh:
+                self._keep_daily_figures()
+                refresh = time.monotonic() + self._refresh_seconds

@@ -126,13 +126,16 @@ def apply_views(conn: psycopg.Connection[tuple[object, ...]], directory: Path = 
     if row is not None and row[0] == checksum:
         return False
     with conn.transaction():
+        # The analysts' views, and the ones that compute the stale days of the kept
+        # figures behind them (daily.*_now, migration 0021).
         existing = conn.execute(
-            "SELECT table_name FROM information_schema.views WHERE table_schema = 'analytics'"
+            "SELECT table_schema, table_name FROM information_schema.views"
+            " WHERE table_schema IN ('analytics', 'daily')"
         ).fetchall()
-        for (name,) in existing:
+        for schema, name in existing:
             conn.execute(
                 pgsql.SQL("DROP VIEW IF EXISTS {} CASCADE").format(
-                    pgsql.Identifier("analytics", str(name))
+                    pgsql.Identifier(str(schema), str(name))
                 )
             )
         for _, text in views:
@@ -175,6 +178,14 @@ def _partitions_ahead(conninfo: str) -> None:
 
     with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
         partitions.ensure_all(conn)
+
+
+def _daily_figures_kept(conninfo: str) -> None:
+    """The analytics figures of every stale day kept (after an upgrade to 0021: all of them)."""
+    from app.store import daily_figures
+
+    with psycopg.connect(conninfo, row_factory=dict_row) as conn, conn.transaction():
+        daily_figures.keep_on(conn)
 
 
 def not_applied(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -239,6 +250,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
             if directory == MIGRATIONS_DIR:
                 apply_views(conn)
                 _partitions_ahead(conninfo)
+                _daily_figures_kept(conninfo)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now

@@ -3,7 +3,12 @@
 -- A message counts by its current status as the service decided it (the
 -- read API's `status`: a final report can settle a message that a callback
 -- did not); times come from the callbacks' event times.
-CREATE VIEW analytics.channel_funnel_daily AS
+--
+-- The rule: daily.channel_funnel_now computes the days noted stale
+-- (daily.stale_day); a refresh keeps its rows in daily.channel_funnel
+-- (migration 0021, app/store/daily_figures.py); the view gives the kept days and the
+-- computed ones, from one snapshot: exact whenever read.
+CREATE VIEW daily.channel_funnel_now AS
 WITH messages AS (
     SELECT analytics.channel_name(m.channel) AS channel,
            m.api,
@@ -16,6 +21,8 @@ WITH messages AS (
            m.submitted_at
       FROM message m
      WHERE m.channel IS NOT NULL
+       AND (m.first_event_at AT TIME ZONE 'UTC')::date
+           = ANY (ARRAY(SELECT DISTINCT day FROM daily.stale_day))
 )
 SELECT day,
        api,
@@ -37,6 +44,13 @@ SELECT day,
   FROM messages
  WHERE day IS NOT NULL
  GROUP BY day, api, channel;
+
+CREATE VIEW analytics.channel_funnel_daily AS
+SELECT r.*
+  FROM daily.channel_funnel r
+ WHERE NOT EXISTS (SELECT FROM daily.stale_day s WHERE s.day = r.day)
+UNION ALL
+SELECT * FROM daily.channel_funnel_now;
 
 COMMENT ON VIEW analytics.channel_funnel_daily IS 'Per UTC day (of each message''s first event), API and channel: sent, delivered, read, failed, rates and latency percentiles.';
 COMMENT ON COLUMN analytics.channel_funnel_daily.api IS 'The API whose callbacks reported the messages: dispatch or messages.';

@@ -1,5 +1,9 @@
 -- analytics.channel_cost_daily: what each channel cost per day (UTC, by first event).
-CREATE VIEW analytics.channel_cost_daily AS
+--
+-- As channel_funnel_daily: daily.channel_cost_now computes the stale
+-- days (and messages without an event time, whose day is null: never kept), a
+-- refresh keeps the dated ones, the view gives both.
+CREATE VIEW daily.channel_cost_now AS
 SELECT (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
        m.api,
        analytics.channel_name(m.channel) AS channel,
@@ -8,7 +12,17 @@ SELECT (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
        sum(m.price) AS cost
   FROM message m
  WHERE m.price IS NOT NULL AND m.channel IS NOT NULL
+   AND ((m.first_event_at AT TIME ZONE 'UTC')::date
+            = ANY (ARRAY(SELECT DISTINCT day FROM daily.stale_day))
+        OR (m.first_event_at AT TIME ZONE 'UTC')::date IS NULL)
  GROUP BY 1, m.api, 3, m.currency;
+
+CREATE VIEW analytics.channel_cost_daily AS
+SELECT r.*
+  FROM daily.channel_cost r
+ WHERE NOT EXISTS (SELECT FROM daily.stale_day s WHERE s.day = r.day)
+UNION ALL
+SELECT * FROM daily.channel_cost_now;
 
 COMMENT ON VIEW analytics.channel_cost_daily IS 'Per UTC day (of each message''s first event), channel and currency: priced messages and their exact total.';
 COMMENT ON COLUMN analytics.channel_cost_daily.day IS 'UTC date of the message''s first event.';

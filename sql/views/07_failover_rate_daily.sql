@@ -1,5 +1,9 @@
 -- analytics.failover_rate_daily: per day the workflow began, step and channel, how often the next step followed.
-CREATE VIEW analytics.failover_rate_daily AS
+--
+-- As channel_funnel_daily: daily.failover_rate_now computes the stale
+-- days (and workflows without an event time, whose day is null: never kept),
+-- a refresh keeps the dated ones, the view gives both.
+CREATE VIEW daily.failover_rate_now AS
 -- analytics.failover_steps, added up per day, step and channel.
 SELECT day,
        api,
@@ -9,7 +13,15 @@ SELECT day,
        count(*) FILTER (WHERE failed_over) AS failed_over,
        round(count(*) FILTER (WHERE failed_over)::numeric / count(*), 4) AS failover_rate
   FROM analytics.failover_steps
+ WHERE day = ANY (ARRAY(SELECT DISTINCT day FROM daily.stale_day)) OR day IS NULL
  GROUP BY day, api, step, channel;
+
+CREATE VIEW analytics.failover_rate_daily AS
+SELECT r.*
+  FROM daily.failover_rate r
+ WHERE NOT EXISTS (SELECT FROM daily.stale_day s WHERE s.day = r.day)
+UNION ALL
+SELECT * FROM daily.failover_rate_now;
 
 COMMENT ON VIEW analytics.failover_rate_daily IS 'Per UTC day a workflow began, step and channel: how many messages were followed by a next step (sum messages and failed_over over days for a period). Messages at their workflow''s last step (by its definition, or a Messages API workflow''s items) are left out: they cannot fail over.';
 COMMENT ON COLUMN analytics.failover_rate_daily.day IS 'UTC date of the first event of the workflow the message belongs to.';

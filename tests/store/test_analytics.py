@@ -157,18 +157,19 @@ def test_views_are_re_applied_when_a_file_changes(server_url: str, tmp_path: Pat
     shutil.copytree(VIEWS_DIR, folder)
     with psycopg.connect(url, autocommit=True) as conn:
         assert apply_views(conn, folder) is False  # same files: nothing to do
-        path = folder / "04_channel_cost_daily.sql"
+        path = folder / "01_dispatch_summary.sql"
         path.write_text(
             path.read_text().replace(
-                "sum(m.price) AS cost", "sum(m.price) AS cost,\n       max(m.price) AS top_price"
+                "AS day\n  FROM dispatch d",
+                "AS day,\n       d.due_at\n  FROM dispatch d",
             )
         )
         assert apply_views(conn, folder) is True
         columns = conn.execute(
             "SELECT column_name FROM information_schema.columns"
-            " WHERE table_schema = 'analytics' AND table_name = 'channel_cost_daily'"
+            " WHERE table_schema = 'analytics' AND table_name = 'dispatch_summary'"
         ).fetchall()
-    assert ("top_price",) in columns
+    assert ("due_at",) in columns
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from app.receive import rejects
 from app.spec.intake import CallbackKind, Reason, Rejection, read
 from app.store import operations, partitions
 from app.store.db import Database
-from app.store.migrations import MIGRATIONS_DIR, migrate
+from app.store.migrations import MIGRATIONS_DIR, discover, migrate
 from app.store.partitions import RAW_LOG, REJECTS, Partition
 from tests import payloads
 from tests.conftest import fresh_database, query, settle
@@ -327,7 +327,7 @@ def test_an_upgrade_in_place_keeps_every_callback_and_rebuilds_the_same_state(
         finally:
             stop.set()
             capturing.join(10)
-        assert [m.version for m in applied] == [18, 19, 20]
+        assert [m.version for m in applied] == list(range(18, len(discover()) + 1))
         assert during and set(during) == {"accepted"}
         assert query(old, "SELECT relkind FROM pg_class WHERE relname = 'raw_callback'") == [("p",)]
         assert query(

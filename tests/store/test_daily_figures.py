@@ -1,0 +1,181 @@
+"""The analytics views' kept daily figures (schema daily): the views read the same as
+computing every day afresh, whatever changed, in whatever order, kept or not."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.emulator.generate import workflows
+from app.extensions import get_db
+from app.store import daily_figures, operations
+from tests import payloads
+from tests.conftest import post, query
+
+TOKEN = "daily-token"
+NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+# Each view the kept figures stand behind, with the columns that order its rows.
+VIEWS = {
+    "channel_funnel_daily": "day, api, channel",
+    "channel_cost_daily": "day, api, channel, currency",
+    "failover_rate_daily": "day, api, step, channel",
+    "failover_rate": "api, step, channel",
+}
+
+
+@pytest.fixture
+def client(clean_db: str) -> Iterator[FlaskClient]:
+    app: Flask = create_app({"database_url": clean_db, "api_token": TOKEN, "apply_in_web": False})
+    yield app.test_client()
+    get_db(app).close()
+
+
+def read(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(url) as conn:
+        return {
+            view: conn.execute(
+                f"SELECT * FROM analytics.{view} ORDER BY {order} NULLS FIRST"  # our names
+            ).fetchall()
+            for view, order in VIEWS.items()
+        }
+
+
+def computed_afresh(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """What the views say with nothing kept: every day computed from the tables (rolled back)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM daily.channel_funnel")
+        conn.execute("DELETE FROM daily.channel_cost")
+        conn.execute("DELETE FROM daily.failover_rate")
+        conn.execute(
+            "INSERT INTO daily.stale_day (day)"
+            " SELECT day FROM (SELECT (first_event_at AT TIME ZONE 'UTC')::date FROM message"
+            " UNION SELECT (first_event_at AT TIME ZONE 'UTC')::date FROM dispatch) AS t (day)"
+            " WHERE day IS NOT NULL"
+        )
+        views = {
+            view: conn.execute(
+                f"SELECT * FROM analytics.{view} ORDER BY {order} NULLS FIRST"
+            ).fetchall()
+            for view, order in VIEWS.items()
+        }
+        conn.rollback()
+    return views
+
+
+def kept_days(url: str) -> int:
+    [(days,)] = query(url, "SELECT count(DISTINCT day) FROM daily.channel_funnel")
+    return int(days)
+
+
+def put_definition(client: FlaskClient, dispatch_uuid: str, request: Any) -> None:
+    answer = client.put(
+        f"/workflows/{dispatch_uuid}/definition",
+        json=request,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code in (200, 201), answer.get_json()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_views_read_as_computed_afresh_in_any_order_kept_or_not(
+    client: FlaskClient, clean_db: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    made = list(workflows(24, seed, days=6, now=NOW, mix="long", messages_share=0.3))
+    deliveries = [d for _, _, ds in made for d in ds]
+    definitions = [(uuid, request) for uuid, request, _ in made if "workflow" in request]
+    rng.shuffle(deliveries)  # any arrival order: late callbacks land on days already kept
+    db = get_db(client.application)
+    kept_once = False
+    for start in range(0, len(deliveries), 25):
+        for kind, payload in deliveries[start : start + 25]:
+            assert post(client, kind, payload).status_code == 200
+        if definitions and rng.random() < 0.5:  # definitions come late, moving failover steps
+            put_definition(client, *definitions.pop())
+        if rng.random() < 0.6:
+            kept_once = daily_figures.keep(db) is not None or kept_once
+        assert read(clean_db) == computed_afresh(clean_db)
+    assert kept_once
+    assert daily_figures.keep(db) is not None
+    assert daily_figures.stale_days(db) == 0 and kept_days(clean_db) >= 5
+    everything = read(clean_db)
+    assert everything == computed_afresh(clean_db)
+    assert all(everything.values())  # every view has rows to compare
+
+    # The decided workflows pruned, their days kept already: their figures go with them.
+    pruned = operations.prune_state(clean_db, timedelta(seconds=1), datetime.now(UTC) + HOUR)
+    assert pruned.workflows > 0
+    assert query(clean_db, "SELECT count(*) FROM dispatch")[0][0] > 0  # the undecided stay
+    assert read(clean_db) == computed_afresh(clean_db)
+    daily_figures.keep(db)
+    assert read(clean_db) == computed_afresh(clean_db)
+    assert read(clean_db) != everything
+
+
+def test_a_change_committed_after_a_keep_began_is_not_lost(
+    client: FlaskClient, clean_db: str
+) -> None:
+    for kind, payload in payloads.three_message_workflow("d-1"):
+        assert post(client, kind, payload).status_code == 200
+    db = get_db(client.application)
+    daily_figures.keep(db)
+    before = read(clean_db)
+    with psycopg.connect(clean_db) as changing:
+        # A change not committed yet when the keep takes its snapshot.
+        changing.execute("UPDATE message SET price = price + 1 WHERE price IS NOT NULL")
+        assert daily_figures.keep(db) is not None
+        changing.commit()
+    after = read(clean_db)
+    assert after == computed_afresh(clean_db)
+    assert after["channel_cost_daily"] != before["channel_cost_daily"]
+    assert daily_figures.stale_days(db) >= 1  # left for the next keep
+    daily_figures.keep(db)
+    assert daily_figures.stale_days(db) == 0
+    assert read(clean_db) == after
+
+
+def test_one_session_keeps_at_a_time(client: FlaskClient, clean_db: str) -> None:
+    for kind, payload in payloads.three_message_workflow("d-1"):
+        assert post(client, kind, payload).status_code == 200
+    db = get_db(client.application)
+    with psycopg.connect(clean_db) as holding:
+        holding.execute("SELECT pg_advisory_xact_lock(%s)", (daily_figures.DAILY_FIGURES_LOCK,))
+        assert daily_figures.keep(db) is None  # skipped, not waiting
+    assert daily_figures.keep(db) == 1
+
+
+def test_truncating_forgets_what_was_kept(client: FlaskClient, clean_db: str) -> None:
+    for kind, payload in payloads.three_message_workflow("d-1"):
+        assert post(client, kind, payload).status_code == 200
+    daily_figures.keep(get_db(client.application))
+    assert read(clean_db)["channel_funnel_daily"]
+    with psycopg.connect(clean_db) as conn:
+        conn.execute("TRUNCATE message, dispatch, workflow_definition CASCADE")
+    assert read(clean_db) == {view: [] for view in VIEWS}
+
+
+def test_a_definition_changed_alone_restates_its_workflows_day(
+    client: FlaskClient, clean_db: str
+) -> None:
+    definition = payloads.fixture("dispatch_request_failover.json")
+    put_definition(client, "d-1", definition)
+    for kind, payload in payloads.three_message_workflow("d-1"):
+        assert post(client, kind, payload).status_code == 200
+    daily_figures.keep(get_db(client.application))
+    before = read(clean_db)["failover_rate_daily"]
+    # No workflow row changes with it (an operator's fix, say): the definition's own
+    # trigger must say which day its failover steps belong to.
+    with psycopg.connect(clean_db) as conn:
+        conn.execute("UPDATE workflow_definition SET steps = steps - 2 WHERE dispatch_uuid = 'd-1'")
+    after = read(clean_db)
+    assert after == computed_afresh(clean_db)
+    assert after["failover_rate_daily"] != before
