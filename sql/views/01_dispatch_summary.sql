@@ -20,10 +20,7 @@ SELECT d.dispatch_uuid,
        CASE WHEN d.status = 'completed' AND d.decided_by = 'definition'
             THEN extract(epoch FROM d.decided_at - d.first_event_at) END AS seconds_to_success,
        d.first_received_at,
-       d.updated_at,
-       -- The expression indexed by dispatch_first_event_day_idx: a period asked
-       -- of this column reads only its days.
-       (d.first_event_at AT TIME ZONE 'UTC')::date AS day
+       d.updated_at
   FROM dispatch d;
 
 COMMENT ON VIEW analytics.dispatch_summary IS 'One row per workflow (dispatch_uuid), of either API: outcome, steps tried, winning channel, cost computed and reported, time to success.';
@@ -45,4 +42,3 @@ COMMENT ON COLUMN analytics.dispatch_summary.decided_at IS 'Event time of the ou
 COMMENT ON COLUMN analytics.dispatch_summary.seconds_to_success IS 'Seconds from the first event to success, for workflows completed by their definition.';
 COMMENT ON COLUMN analytics.dispatch_summary.first_received_at IS 'When this service first received a callback naming the workflow.';
 COMMENT ON COLUMN analytics.dispatch_summary.updated_at IS 'When this service last changed the workflow.';
-COMMENT ON COLUMN analytics.dispatch_summary.day IS 'UTC date of the workflow''s first event (as failover_steps.day); filter on it to read a period''s workflows alone.';

@@ -12,8 +12,14 @@ SELECT day,
        count(*) AS messages,
        count(*) FILTER (WHERE failed_over) AS failed_over,
        round(count(*) FILTER (WHERE failed_over)::numeric / count(*), 4) AS failover_rate
-  FROM analytics.failover_steps
- WHERE day = ANY (ARRAY(SELECT DISTINCT day FROM daily.stale_day)) OR day IS NULL
+  -- Each stale day's workflows, then those without a day, each read through
+  -- dispatch_first_event_day_idx (as channel_funnel_now).
+  FROM (SELECT f.*
+          FROM (SELECT DISTINCT day FROM daily.stale_day) AS stale
+         CROSS JOIN LATERAL (SELECT * FROM analytics.failover_steps
+                              WHERE day = stale.day OFFSET 0) AS f
+        UNION ALL
+        SELECT * FROM analytics.failover_steps WHERE day IS NULL) AS s
  GROUP BY day, api, step, channel;
 
 CREATE VIEW analytics.failover_rate_daily AS

@@ -160,8 +160,8 @@ def test_views_are_re_applied_when_a_file_changes(server_url: str, tmp_path: Pat
         path = folder / "01_dispatch_summary.sql"
         path.write_text(
             path.read_text().replace(
-                "AS day\n  FROM dispatch d",
-                "AS day,\n       d.due_at\n  FROM dispatch d",
+                "d.updated_at\n  FROM dispatch d",
+                "d.updated_at,\n       d.due_at\n  FROM dispatch d",
             )
         )
         assert apply_views(conn, folder) is True
