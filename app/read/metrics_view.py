@@ -21,7 +21,7 @@ from app.access import require_read_access
 from app.extensions import get_db, get_settings
 from app.metrics import observe_pool
 from app.read.overdue import overdue_counts
-from app.store import backlog, endpoints, partitions
+from app.store import backlog, daily_figures, endpoints, partitions
 from app.store.db import DatabaseUnavailable
 from app.store.partitions import TIME_PARTITIONED
 
@@ -44,6 +44,7 @@ def metrics_view() -> Response:
     try:
         found = backlog.summary(db)
         delivery = db.run(endpoints.health)
+        stale = daily_figures.stale_days(db)
     except DatabaseUnavailable:
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
     shared = CollectorRegistry()
@@ -82,6 +83,12 @@ def metrics_view() -> Response:
             "Seconds since the oldest event an enabled endpoint has not received yet was made"
             " (0: none waits).",
             delivery.behind_seconds(datetime.now(UTC)),
+        ),
+        (
+            "dispatch_ledger_analytics_stale_days",
+            "Days the daily analytics views compute when read, for want of kept figures;"
+            " the appliers keep them every ANALYTICS_REFRESH_SECONDS (rising: nobody does).",
+            stale,
         ),
     ):
         Gauge(name, doc, registry=shared).set(value)

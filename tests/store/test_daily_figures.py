@@ -4,6 +4,7 @@ computing every day afresh, whatever changed, in whatever order, kept or not."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -179,3 +180,18 @@ def test_a_definition_changed_alone_restates_its_workflows_day(
     after = read(clean_db)
     assert after == computed_afresh(clean_db)
     assert after["failover_rate_daily"] != before
+
+
+def test_the_days_left_to_keep_are_a_metric(client: FlaskClient) -> None:
+    def stale() -> float:
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(
+            as_text=True
+        )
+        [value] = re.findall(r"^dispatch_ledger_analytics_stale_days (\S+)$", text, re.M)
+        return float(value)
+
+    for kind, payload in payloads.three_message_workflow("d-1"):
+        assert post(client, kind, payload).status_code == 200
+    assert stale() >= 1
+    daily_figures.keep(get_db(client.application))
+    assert stale() == 0
