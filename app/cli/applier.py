@@ -11,6 +11,7 @@ import click
 
 from app.cli.group import database, main, wait_for_the_database
 from app.config import Settings
+from app.pipeline import figures_keeper
 from app.store import backlog, daily_figures, partitions
 from app.store.db import Database, DatabaseUnavailable
 
@@ -77,7 +78,7 @@ def apply_command(
                 batch=settings.apply_batch_size,
                 retry_failed=retry_failed,
             )
-            _keep_daily_figures(db)
+            daily_figures.keep(db)
             click.echo(f"applied {summary.applied}, failed {summary.failed}")
             found = backlog.summary(db)
             click.echo(found.describe())
@@ -106,9 +107,11 @@ def apply_command(
             # Stopped (by gunicorn's master, or the platform), the deliverer
             # gives back what it leased and did not send, for the next one now.
             signal.signal(signal.SIGTERM, terminate)
+        keeper = figures_keeper.start_beside(db, settings.analytics_refresh_seconds)
         try:
             _apply_forever(db, settings, poll, parent, wake_fd, retry_failed, deliverer)
         finally:
+            keeper.set()
             if deliverer is not None:
                 deliverer.stop()
 
@@ -126,14 +129,6 @@ def _keep_partitions(db: Database) -> bool:
         click.echo(f"could not make the partitions ahead, trying again: {exc}", err=True)
         return False
     return True
-
-
-def _keep_daily_figures(db: Database) -> None:
-    """Keep the analytics figures of the days that changed (the views are exact without)."""
-    try:
-        daily_figures.keep(db)
-    except Exception as exc:  # never worth stopping the applier: the views compute those days
-        click.echo(f"could not keep the analytics figures, trying again: {exc}", err=True)
 
 
 def _apply_forever(
@@ -154,7 +149,6 @@ def _apply_forever(
     applied = failed = 0
     reported = time.monotonic()
     upkeep = 0.0  # the partitions' upkeep is due at once
-    refresh = 0.0  # and so is keeping the analytics figures
     wakes = Wakes(wake_fd)
     turn = 0.0
     while True:
@@ -165,9 +159,6 @@ def _apply_forever(
         turn = time.monotonic()
         if turn >= upkeep:
             upkeep = turn + (PARTITIONS_UPKEEP_SECONDS if _keep_partitions(db) else 60)
-        if turn >= refresh:
-            _keep_daily_figures(db)
-            refresh = time.monotonic() + settings.analytics_refresh_seconds
         try:
             summary = apply_waiting(
                 db, settings.max_json_depth, batch=settings.apply_batch_size, retry_failed=retry

@@ -33,11 +33,11 @@ from app.model.state import (
     apply_reported_message,
     apply_status,
 )
-from app.pipeline import decide
+from app.pipeline import decide, figures_keeper
 from app.pipeline.process_thread import ProcessThread
 from app.pipeline.tally import Tally
 from app.spec.intake import CallbackKind, Rejection, read
-from app.store import daily_figures, events, storage
+from app.store import events, storage
 from app.store.db import Connection, Database, DatabaseUnavailable
 from app.store.queries import sql
 
@@ -440,8 +440,16 @@ class BackgroundApplier:
         refresh_seconds: float | None = None,
     ) -> None:
         self._db = db
-        # How often to keep the analytics figures (app/store/daily_figures.py); None: never here.
-        self._refresh_seconds = refresh_seconds
+        # The analytics figures kept on a thread of their own (app/pipeline/figures_keeper.py),
+        # every refresh_seconds; None: not by this process.
+        self._keeper = (
+            None
+            if refresh_seconds is None
+            else ProcessThread(
+                "figures-keeper",
+                lambda: figures_keeper.keep_until(db, refresh_seconds, threading.Event()),
+            )
+        )
         self._linger = linger
         self._max_delay = max_delay
         self._max_depth = max_depth
@@ -461,6 +469,8 @@ class BackgroundApplier:
     def start(self) -> None:
         """Start this process's applier if it is not running (run before every request)."""
         self._thread.ensure()
+        if self._keeper is not None:
+            self._keeper.ensure()
 
     def _restarting(self, forked: bool) -> None:
         self._wake = threading.Event()
@@ -504,15 +514,8 @@ class BackgroundApplier:
                 return
             seen = now
 
-    def _keep_daily_figures(self) -> None:
-        try:
-            daily_figures.keep(self._db)
-        except Exception:  # the views compute what is not kept: never worth stopping for
-            log.exception("could not keep the analytics figures; trying again")
-
     def _run(self) -> None:
         wait = 0.0  # a fresh process first applies what is waiting
-        refresh = 0.0  # and keeps the analytics figures
         while True:
             if self._wake.wait(wait):
                 self._gather()
@@ -537,6 +540,3 @@ class BackgroundApplier:
                 log.info("the applier is applying again")
             self.last_error = None
             wait = self._poll
-            if self._refresh_seconds is not None and time.monotonic() >= refresh:
-                self._keep_daily_figures()
-                refresh = time.monotonic() + self._refresh_seconds

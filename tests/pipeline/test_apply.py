@@ -231,7 +231,7 @@ def test_a_worker_process_applies_what_web_processes_only_captured(
     worker = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "apply", "--poll", "0.05"],
         cwd=ROOT,
-        env={**env, "DATABASE_URL": clean_db},
+        env={**env, "DATABASE_URL": clean_db, "ANALYTICS_REFRESH_SECONDS": "0.2"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -252,6 +252,11 @@ def test_a_worker_process_applies_what_web_processes_only_captured(
         ]:
             assert time.monotonic() < deadline, "the worker stopped applying"
             time.sleep(0.05)
+        # Its keeper thread keeps the analytics figures of the days that changed.
+        while query(clean_db, "SELECT count(*) FROM daily.stale_day") != [(0,)]:
+            assert time.monotonic() < deadline, "the worker kept no analytics figures"
+            time.sleep(0.05)
+        assert query(clean_db, "SELECT count(*) FROM daily.channel_funnel")[0][0] > 0
     finally:
         worker.terminate()
         worker.wait(10)

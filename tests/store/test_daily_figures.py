@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -236,3 +237,21 @@ def test_keeps_racing_appliers_leave_the_views_as_computed_afresh(
     daily_figures.keep(db)
     assert daily_figures.stale_days(db) == 0
     assert read(clean_db) == computed_afresh(clean_db)
+
+
+def test_a_web_process_applier_keeps_the_figures_on_a_thread_of_its_own(clean_db: str) -> None:
+    # Under a WSGI server other than gunicorn, each process applies (and keeps) itself.
+    app = create_app({"database_url": clean_db, "analytics_refresh_seconds": 0.1})
+    client = app.test_client()
+    try:
+        for kind, payload in payloads.three_message_workflow("d-1"):
+            assert client.post(f"/webhooks/{kind}", json=payload).status_code == 200
+        deadline = time.monotonic() + 20
+        while query(clean_db, "SELECT count(*) FROM daily.stale_day") != [(0,)] or not query(
+            clean_db, "SELECT count(*) FROM apply_queue"
+        ) == [(0,)]:
+            assert time.monotonic() < deadline, "nothing kept the analytics figures"
+            time.sleep(0.05)
+        assert kept_days(clean_db) == 1
+    finally:
+        get_db(app).close()
