@@ -12,8 +12,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
@@ -184,8 +186,13 @@ def _daily_figures_kept(conninfo: str) -> None:
     """The analytics figures of every stale day kept (after an upgrade to 0021: all of them)."""
     from app.store import daily_figures
 
-    with psycopg.connect(conninfo, row_factory=dict_row) as conn, conn.transaction():
-        daily_figures.keep_on(conn)
+    with psycopg.connect(conninfo, row_factory=dict_row) as conn:
+
+        def in_a_transaction(work: Callable[[psycopg.Connection[Any]], int | None]) -> int | None:
+            with conn.transaction():
+                return work(conn)
+
+        daily_figures.keep_with(in_a_transaction)
 
 
 def not_applied(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:

@@ -23,7 +23,8 @@ WITH messages AS (
       -- fence (OFFSET 0) makes it one index scan a day, whatever the planner
       -- guesses of how many days are stale (unfenced, it read all 12 million
       -- messages at the growth benchmark's size, for none).
-      FROM (SELECT DISTINCT day FROM daily.stale_day) AS stale
+      FROM (SELECT DISTINCT day FROM daily.stale_day
+             WHERE day = ANY (daily.keeping_days()) OR daily.keeping_days() IS NULL) AS stale
      CROSS JOIN LATERAL (SELECT * FROM message
                           WHERE (first_event_at AT TIME ZONE 'UTC')::date = stale.day
                          OFFSET 0) AS m

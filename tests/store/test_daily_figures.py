@@ -255,3 +255,29 @@ def test_a_web_process_applier_keeps_the_figures_on_a_thread_of_its_own(clean_db
         assert kept_days(clean_db) == 1
     finally:
         get_db(app).close()
+
+
+def test_many_stale_days_are_kept_a_few_per_transaction(
+    client: FlaskClient, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daily_figures, "DAYS_AT_A_TIME", 2)
+    for _, _, deliveries in workflows(30, 5, days=12, now=NOW, mix="long"):
+        for kind, payload in deliveries:
+            assert post(client, kind, payload).status_code == 200
+    db = get_db(client.application)
+    stale = daily_figures.stale_days(db)
+    assert stale >= 7
+    # One transaction keeps two days, the most recent first; the others stay stale.
+    assert db.run(daily_figures.keep_some) == 2
+    assert daily_figures.stale_days(db) == stale - 2
+    newest_kept = query(clean_db, "SELECT max(day) FROM daily.channel_funnel")[0][0]
+    assert (
+        newest_kept
+        == query(clean_db, "SELECT max((first_event_at AT TIME ZONE 'UTC')::date) FROM message")[0][
+            0
+        ]
+    )
+    assert read(clean_db) == computed_afresh(clean_db)
+    assert daily_figures.keep(db) == stale - 2
+    assert daily_figures.stale_days(db) == 0
+    assert read(clean_db) == computed_afresh(clean_db)
