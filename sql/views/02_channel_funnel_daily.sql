@@ -5,9 +5,10 @@
 -- did not); times come from the callbacks' event times.
 --
 -- The rule: daily.channel_funnel_now computes the days noted stale
--- (daily.stale_day); a refresh keeps its rows in daily.channel_funnel
--- (migration 0021, app/store/daily_figures.py); the view gives the kept days and the
--- computed ones, from one snapshot: exact whenever read.
+-- (daily.stale_day; during a keep, only the days it keeps: daily.keeping_days);
+-- a keep stores its rows in daily.channel_funnel, a few days at a time
+-- (migration 0021, app/store/daily_figures.py); the view gives the kept days
+-- and the computed ones, from one snapshot: exact whenever read.
 CREATE VIEW daily.channel_funnel_now AS
 WITH messages AS (
     SELECT analytics.channel_name(m.channel) AS channel,

@@ -2,7 +2,7 @@
 --
 -- As channel_funnel_daily: daily.channel_cost_now computes the stale
 -- days (and messages without an event time, whose day is null: never kept), a
--- refresh keeps the dated ones, the view gives both.
+-- keep stores the dated ones, the view gives both.
 CREATE VIEW daily.channel_cost_now AS
 SELECT (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
        m.api,

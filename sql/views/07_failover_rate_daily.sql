@@ -2,7 +2,7 @@
 --
 -- As channel_funnel_daily: daily.failover_rate_now computes the stale
 -- days (and workflows without an event time, whose day is null: never kept),
--- a refresh keeps the dated ones, the view gives both.
+-- a keep stores the dated ones, the view gives both.
 CREATE VIEW daily.failover_rate_now AS
 -- analytics.failover_steps, added up per day, step and channel.
 SELECT day,
