@@ -4,6 +4,7 @@ backlog, overdue workflows and partitions read at each scrape, in Prometheus's t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,11 +12,12 @@ from flask import Flask, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Gauge,
     generate_latest,
     multiprocess,
 )
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from app.access import require_read_access
 from app.extensions import get_db, get_settings
@@ -47,9 +49,7 @@ def metrics_view() -> Response:
         stale = daily_figures.stale_days(db)
     except DatabaseUnavailable:
         return Response(body, mimetype=CONTENT_TYPE_LATEST)
-    shared = CollectorRegistry()
-    _overdue_gauge(db, shared)
-    _weeks_ahead_gauge(db, shared)
+    families = [_overdue_gauge(db), _weeks_ahead_gauge(db)]
     for name, doc, value in (
         (
             "dispatch_ledger_callbacks_waiting",
@@ -91,31 +91,46 @@ def metrics_view() -> Response:
             stale,
         ),
     ):
-        Gauge(name, doc, registry=shared).set(value)
+        families.append(GaugeMetricFamily(name, doc, value=value))
+    shared = CollectorRegistry()
+    shared.register(_ReadNow(families))
     return Response(body + generate_latest(shared), mimetype=CONTENT_TYPE_LATEST)
 
 
-def _weeks_ahead_gauge(db: Any, registry: CollectorRegistry) -> None:
+class _ReadNow(Collector):
+    """The figures read from the database at this scrape. Not Gauges: under gunicorn
+    (PROMETHEUS_MULTIPROC_DIR) a Gauge writes its value to the worker's file in that
+    folder, and every later scrape read it back as one more series per worker pid,
+    as it was when that worker last answered: stale, and summed or maxed into alerts."""
+
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def _weeks_ahead_gauge(db: Any) -> GaugeMetricFamily:
     """How far ahead each time-partitioned table's weeks are made (the appliers keep four)."""
     now = datetime.now(UTC)
     ahead = db.run(
         lambda conn: {s.table: partitions.weeks_ahead(conn, s, now) for s in TIME_PARTITIONED}
     )
-    gauge = Gauge(
+    gauge = GaugeMetricFamily(
         "dispatch_ledger_partition_weeks_ahead",
         "Weeks from now to the end of the last weekly partition, by table; the appliers keep"
         " about four (what falls past it waits in the default partition).",
-        ["table"],
-        registry=registry,
+        labels=["table"],
     )
     for table, weeks in ahead.items():
-        gauge.labels(table).set(weeks)
+        gauge.add_metric([table], weeks)
+    return gauge
 
 
 OVERDUE_KINDS = ("failover_overdue", "outcome_overdue", "final_report_overdue")
 
 
-def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
+def _overdue_gauge(db: Any) -> GaugeMetricFamily:
     """Overdue workflows by API and kind, as `dispatch-ledger overdue` lists them (0s included)."""
     settings = get_settings()
     counts = overdue_counts(
@@ -124,18 +139,19 @@ def _overdue_gauge(db: Any, registry: CollectorRegistry) -> None:
         settings.overdue_grace_seconds,
         settings.last_step_timeout_seconds,
     )
-    gauge = Gauge(
+    totals = {(api, kind): 0 for api in ("dispatch", "messages") for kind in OVERDUE_KINDS}
+    for (workflow_api, kind), count in counts.items():
+        key = (workflow_api or "dispatch", kind)
+        totals[key] = totals.get(key, 0) + count
+    gauge = GaugeMetricFamily(
         "dispatch_ledger_workflows_overdue",
         "Workflows overdue now, by API and kind (failover_overdue, outcome_overdue,"
         " final_report_overdue), with OVERDUE_GRACE_SECONDS and LAST_STEP_TIMEOUT_SECONDS.",
-        ["api", "kind"],
-        registry=registry,
+        labels=["api", "kind"],
     )
-    for api in ("dispatch", "messages"):
-        for kind in OVERDUE_KINDS:
-            gauge.labels(api, kind).set(0)
-    for (workflow_api, kind), count in counts.items():
-        gauge.labels(workflow_api or "dispatch", kind).inc(count)
+    for (api, kind), count in totals.items():
+        gauge.add_metric([api, kind], count)
+    return gauge
 
 
 def init_app(app: Flask) -> None:

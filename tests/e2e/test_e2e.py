@@ -171,6 +171,27 @@ def metric(server: Server, name: str, having: str = "") -> float:
     )
 
 
+def test_what_is_read_at_each_scrape_comes_once_and_fresh(server: Server) -> None:
+    """The database's figures are read at each scrape: never kept in the workers'
+    multiprocess files, whence later scrapes gave them again per pid, stale."""
+    per_scrape = (
+        "dispatch_ledger_callbacks_waiting",
+        "dispatch_ledger_workflows_overdue",
+        "dispatch_ledger_partition_weeks_ahead",
+        "dispatch_ledger_analytics_stale_days",
+    )
+    for _ in range(6):  # enough scrapes for each worker to answer some
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        lines = [line for line in text.splitlines() if line.startswith(per_scrape)]
+        assert lines and not [line for line in lines if "pid=" in line]
+        assert len([line for line in lines if line.startswith(per_scrape[0])]) == 1
+
+
 def test_an_applier_that_dies_is_started_again(server: Server) -> None:
     first = applier(server)
     starts = metric(server, "dispatch_ledger_applier_starts_total")
