@@ -47,6 +47,18 @@ class Server:
         finally:
             conn.close()
 
+    def metrics(self) -> str:
+        """GET /metrics, as whichever worker answers gives it (Prometheus's text format)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            text = response.read().decode()
+        finally:
+            conn.close()
+        assert response.status == 200
+        return text
+
     def post_json(self, path: str, payload: Any) -> tuple[int, dict[str, str], Any]:
         return self.request(
             "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}

@@ -156,17 +156,9 @@ def test_each_database_session_says_which_process_it_serves(server: Server) -> N
 def metric(server: Server, name: str, having: str = "") -> float:
     """A metric's value summed over its series (those whose labels include `having`),
     as whichever worker answers /metrics gives it."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        text = response.read().decode()
-    finally:
-        conn.close()
-    assert response.status == 200
     return sum(
         float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
+        for line in server.metrics().splitlines()
         if line.startswith((f"{name} ", f"{name}{{")) and having in line
     )
 
@@ -181,13 +173,7 @@ def test_what_is_read_at_each_scrape_comes_once_and_fresh(server: Server) -> Non
         "dispatch_ledger_analytics_stale_days",
     )
     for _ in range(6):  # enough scrapes for each worker to answer some
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        lines = [line for line in text.splitlines() if line.startswith(per_scrape)]
+        lines = [line for line in server.metrics().splitlines() if line.startswith(per_scrape)]
         assert lines and not [line for line in lines if "pid=" in line]
         assert len([line for line in lines if line.startswith(per_scrape[0])]) == 1
 

@@ -9,7 +9,6 @@ connections each, as deployed) with 3,000 such connections open.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -106,12 +105,7 @@ class Crowd:
 
 def closed_counts(server: Server) -> dict[str, float]:
     """dispatch_ledger_connections_closed_total, by reason, from /metrics."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    text = server.metrics()
     prefix = 'dispatch_ledger_connections_closed_total{reason="'
     return {
         line.removeprefix(prefix).split('"')[0]: float(line.split()[-1])
