@@ -42,14 +42,18 @@ def client(clean_db: str) -> Iterator[FlaskClient]:
     get_db(app).close()
 
 
+def views_on(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        view: conn.execute(
+            f"SELECT * FROM analytics.{view} ORDER BY {order} NULLS FIRST"  # our names
+        ).fetchall()
+        for view, order in VIEWS.items()
+    }
+
+
 def read(url: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(url) as conn:
-        return {
-            view: conn.execute(
-                f"SELECT * FROM analytics.{view} ORDER BY {order} NULLS FIRST"  # our names
-            ).fetchall()
-            for view, order in VIEWS.items()
-        }
+        return views_on(conn)
 
 
 def computed_afresh(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -64,12 +68,7 @@ def computed_afresh(url: str) -> dict[str, list[tuple[Any, ...]]]:
             " UNION SELECT (first_event_at AT TIME ZONE 'UTC')::date FROM dispatch) AS t (day)"
             " WHERE day IS NOT NULL"
         )
-        views = {
-            view: conn.execute(
-                f"SELECT * FROM analytics.{view} ORDER BY {order} NULLS FIRST"
-            ).fetchall()
-            for view, order in VIEWS.items()
-        }
+        views = views_on(conn)
         conn.rollback()
     return views
 
