@@ -14,7 +14,10 @@ One run, on this machine (needs wrk: apt-get install wrk):
      hand and `partitions.ensure` makes every one after it), and
      `--callbacks` status callbacks bulk loaded into them, dated evenly over
      those weeks (benchmarks/partition_upgrade.py's loader); VACUUM ANALYZE.
-2. Beside each other, in one run: the captured rate of the service on each
+2. Both databases' state (its tables and their indexes) read into the OS
+   cache with pg_prewarm, as a ledger in service has it (--cold leaves the
+   caches as they are: a ledger just restarted, or the load just done).
+   Beside each other, in one run: the captured rate of the service on each
    in interleaved rounds (benchmarks/benchmark.py's load); then the service
    on each at 70% of the empty one's rate, for the applier's lag and each
    callback's time from capture to apply (p50, p99).
@@ -94,6 +97,33 @@ def grow(url: str, args: argparse.Namespace) -> None:
             week += partitions.WEEK
     print(f"made the weekly partitions from {first:%Y-%m-%d}", flush=True)
     bulk_load(url, args.callbacks, first, datetime.now(UTC))
+
+
+# The tables the applier reads and writes for every callback, and their indexes.
+STATE = ["dispatch", "message", "workflow_definition", "reconciliation"]
+
+
+def warm(url: str) -> int:
+    """Read the state into the OS cache (pg_prewarm's 'read'); the bytes read.
+
+    A ledger in service keeps the pages its applier touches in memory; one
+    just loaded or restarted reads each from disk at first: every uuid a
+    callback names is a random page of an index of millions, and measured
+    cold on this machine the grown database applied at 31-40% of the empty
+    one's rate, warm at 71% (BENCHMARKS.md).
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        row = conn.execute(
+            "SELECT coalesce(sum(pg_prewarm(c.oid, 'read')), 0)::bigint"
+            "  * current_setting('block_size')::bigint FROM pg_class c"
+            " WHERE c.oid = ANY(%(tables)s::regclass[])"
+            "    OR c.oid IN (SELECT indexrelid FROM pg_index"
+            "                  WHERE indrelid = ANY(%(tables)s::regclass[]))",
+            {"tables": STATE},
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def sizes(url: str) -> dict[str, Any]:
@@ -217,6 +247,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, help="keep (and reuse) the databases here")
+    parser.add_argument(
+        "--cold", action="store_true", help="measure without reading the state into the cache"
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -232,6 +265,11 @@ def main() -> None:
     grow(grown_url, args)
     print(f"grown in {time.monotonic() - started:.0f} s", flush=True)
     size = sizes(grown_url)
+    if not args.cold:
+        for url in (empty_url, grown_url):
+            started = time.monotonic()
+            read = warm(url)
+            print(f"read {read / 1e9:.1f} GB of state in {time.monotonic() - started:.0f} s")
 
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {
