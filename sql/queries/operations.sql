@@ -10,24 +10,50 @@ SELECT pg_try_advisory_xact_lock(%(key)s) AS held;
 -- Whether this server takes writes now: not a standby, nor set read-only (readiness).
 SELECT current_setting('transaction_read_only') = 'off' AS takes_writes;
 
--- name: state_to_prune
--- Up to `batch` decided workflows that nothing has changed since the cutoff (nor any of their messages), locked; those an applier holds are left for later.
+-- name: state_candidate_table
+-- Where a prune of the state notes the workflows it will consider, for this session, in key order.
+CREATE TEMPORARY TABLE state_candidate (dispatch_uuid text COLLATE "C" PRIMARY KEY);
+
+-- name: state_candidates
+-- Note, in one pass, the decided workflows that nothing has changed since the cutoff (nor any of their messages).
+INSERT INTO state_candidate (dispatch_uuid)
 SELECT d.dispatch_uuid
   FROM dispatch d
  WHERE d.status <> 'pending'
    AND d.updated_at < %(cutoff)s
    AND NOT EXISTS (SELECT FROM message m
+                    WHERE m.dispatch_uuid = d.dispatch_uuid AND m.updated_at >= %(cutoff)s);
+
+-- name: state_candidates_after
+-- The next `batch` noted candidates after `after`, in key order.
+SELECT dispatch_uuid FROM state_candidate
+ WHERE dispatch_uuid > %(after)s
+ ORDER BY dispatch_uuid
+ LIMIT %(batch)s;
+
+-- name: state_to_prune
+-- Of the candidates, those still decided and unchanged since the cutoff (nor any of their messages), locked in id order; those an applier holds are left for the next prune.
+SELECT d.dispatch_uuid
+  FROM dispatch d
+ WHERE d.dispatch_uuid = ANY(%(candidates)b)
+   AND d.status <> 'pending'
+   AND d.updated_at < %(cutoff)s
+   AND NOT EXISTS (SELECT FROM message m
                     WHERE m.dispatch_uuid = d.dispatch_uuid AND m.updated_at >= %(cutoff)s)
  ORDER BY d.dispatch_uuid COLLATE "C"
- LIMIT %(batch)s
    FOR UPDATE SKIP LOCKED;
 
--- name: prune_state_raw
--- Delete the raw callbacks naming pruned workflows or their messages (none still queued), so that no rebuild brings them back.
+-- name: prune_state_raw_of_workflows
+-- Delete the raw callbacks naming pruned workflows (none still queued), so that no rebuild brings them back. (Apart from those naming their messages: one condition per statement, so that each week is read through its index, not whole.)
 DELETE FROM raw_callback r
- WHERE (r.dispatch_uuid = ANY(%(ids)b)
-        OR r.message_uuid IN (SELECT m.message_uuid FROM message m
-                               WHERE m.dispatch_uuid = ANY(%(ids)b)))
+ WHERE r.dispatch_uuid = ANY(%(ids)b)
+   AND NOT EXISTS (SELECT FROM apply_queue q WHERE q.raw_callback_id = r.id);
+
+-- name: prune_state_raw_of_messages
+-- Delete the raw callbacks naming pruned workflows' messages (none still queued).
+DELETE FROM raw_callback r
+ WHERE r.message_uuid = ANY(ARRAY(SELECT m.message_uuid FROM message m
+                                   WHERE m.dispatch_uuid = ANY(%(ids)b)))
    AND NOT EXISTS (SELECT FROM apply_queue q WHERE q.raw_callback_id = r.id);
 
 -- name: prune_state_discrepancies

@@ -113,3 +113,44 @@ def test_a_prune_of_the_state_and_a_rebuild_exclude_each_other(clean_db: str) ->
         holder.execute("SELECT pg_advisory_lock(%s)", (operations.RAW_LOG_LOCK,))
         with pytest.raises(operations.RawLogBusy):
             operations.prune_state(clean_db, timedelta(days=31), datetime.now(UTC))
+
+
+def test_each_batch_checks_its_candidates_again_and_skips_held_ones(
+    client: FlaskClient, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candidates are noted once; a workflow changed since, or held by an applier, stays."""
+    import psycopg
+
+    with freeze_time("2026-01-01T00:00:00Z"):
+        for key in ("d-a", "d-b", "d-c", "d-d"):
+            for kind, payload in payloads.three_message_workflow(key, prefix=key):
+                post(client, kind, payload)
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    first_batch = operations._PruneRecord.deleted
+    changed = []
+
+    def and_then_an_applier_changes_d_b(self: object, conn: object, count: int) -> None:
+        first_batch(self, conn, count)  # type: ignore[arg-type]
+        if not changed:
+            # Committed while the prune runs, after d-b was noted as a candidate.
+            with psycopg.connect(clean_db, autocommit=True) as other:
+                other.execute(
+                    "UPDATE dispatch SET updated_at = %s WHERE dispatch_uuid = 'd-b'", (now,)
+                )
+            changed.append("d-b")
+
+    monkeypatch.setattr(operations._PruneRecord, "deleted", and_then_an_applier_changes_d_b)
+    with psycopg.connect(clean_db) as applier:
+        # An applier holds d-c (as while applying a callback for it).
+        applier.execute("SELECT FROM dispatch WHERE dispatch_uuid = 'd-c' FOR UPDATE")
+        done = operations.prune_state(clean_db, timedelta(days=31), now, batch=1)
+        applier.rollback()
+
+    assert changed == ["d-b"]
+    assert done.workflows == 2
+    left = query(clean_db, "SELECT dispatch_uuid FROM dispatch ORDER BY 1")
+    assert left == [("d-b",), ("d-c",)]
+    # The next prune takes the held one; the changed one waits for its own cutoff.
+    again = operations.prune_state(clean_db, timedelta(days=31), now)
+    assert again.workflows == 1
+    assert query(clean_db, "SELECT dispatch_uuid FROM dispatch") == [("d-b",)]
