@@ -125,6 +125,10 @@ def test_each_batch_checks_its_candidates_again_and_skips_held_ones(
         for key in ("d-a", "d-b", "d-c", "d-d"):
             for kind, payload in payloads.three_message_workflow(key, prefix=key):
                 post(client, kind, payload)
+            # A status naming the message alone (no workflow link): its raw
+            # callback is found through the message.
+            read = payloads.status(f"{key}-1-messenger", "read", "2020-01-01T15:00:00Z")
+            post(client, "message-status", read)
     now = datetime(2026, 3, 2, tzinfo=UTC)
     first_batch = operations._PruneRecord.deleted
     changed = []
@@ -148,6 +152,10 @@ def test_each_batch_checks_its_candidates_again_and_skips_held_ones(
 
     assert changed == ["d-b"]
     assert done.workflows == 2
+    for gone in ("d-a", "d-d"):
+        named = "SELECT count(*) FROM raw_callback WHERE dispatch_uuid = %s OR message_uuid LIKE %s"
+        assert query(clean_db, named, gone, f"{gone}-%") == [(0,)], gone
+    assert query(clean_db, named, "d-b", "d-b-%") == [(8,)]
     left = query(clean_db, "SELECT dispatch_uuid FROM dispatch ORDER BY 1")
     assert left == [("d-b",), ("d-c",)]
     # The next prune takes the held one; the changed one waits for its own cutoff.
