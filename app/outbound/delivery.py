@@ -50,6 +50,7 @@ from urllib3.exceptions import (
 from app.config import Settings
 from app.outbound import addresses, signing
 from app.pipeline import overdue_events
+from app.pipeline.process_thread import repeat_until
 from app.store import events
 from app.store.db import Database, DatabaseUnavailable
 from app.store.queries import sql
@@ -419,7 +420,10 @@ class Deliverer:
         stop = stop or self.stopping
         poll = self._settings.deliver_poll_seconds
         sweeper = threading.Thread(
-            target=self._sweep_until, args=(stop,), name="overdue-sweep", daemon=True
+            target=repeat_until,
+            args=(stop, SWEEP_SECONDS, self.sweep_overdue, "the overdue sweep"),
+            name="overdue-sweep",
+            daemon=True,
         )
         sweeper.start()
         pool = ThreadPoolExecutor(THREADS, thread_name_prefix="deliver")
@@ -447,16 +451,6 @@ class Deliverer:
             self.stopping.set()
             pool.shutdown(wait=False, cancel_futures=True)
             self.release()
-
-    def _sweep_until(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.sweep_overdue()
-            except DatabaseUnavailable as exc:
-                log.warning("the overdue sweep cannot reach the database: %s", exc)
-            except Exception:  # a bug: the deliveries go on; try again
-                log.exception("the overdue sweep failed; trying again")
-            stop.wait(SWEEP_SECONDS)
 
     def _send_and_free(self, endpoint_id: str, claims: list[Claimed]) -> None:
         try:

@@ -8,28 +8,17 @@ holds up applying, which goes on beside it.
 
 from __future__ import annotations
 
-import logging
 import threading
 
+from app.pipeline.process_thread import repeat_until
 from app.store import daily_figures
-from app.store.db import Database, DatabaseUnavailable
-
-log = logging.getLogger(__name__)
+from app.store.db import Database
 
 
 def keep_until(db: Database, every: float, stop: threading.Event) -> None:
     """Keep the stale days' figures every `every` seconds until `stop` (or the database
-    handle is closed)."""
-    while not stop.is_set():
-        try:
-            daily_figures.keep(db)
-        except DatabaseUnavailable as exc:
-            if db.closed:
-                return  # the process is done
-            log.warning("cannot keep the analytics figures, trying again: %s", exc)
-        except Exception:  # the views compute what is not kept: never worth stopping for
-            log.exception("could not keep the analytics figures; trying again")
-        stop.wait(every)
+    handle is closed). A failed keep is tried again: the views compute what is not kept."""
+    repeat_until(stop, every, lambda: daily_figures.keep(db), "the analytics figures keeper", db=db)
 
 
 def start_beside(db: Database, every: float) -> threading.Event:

@@ -8,9 +8,40 @@ request: the common case (running, same process) takes no lock.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
+
+from app.store.db import Database, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def repeat_until(
+    stop: threading.Event,
+    every: float,
+    work: Callable[[], object],
+    doing: str,
+    *,
+    db: Database | None = None,
+) -> None:
+    """Run `work` every `every` seconds until `stop` is set (or `db`, when given, is closed).
+
+    Background work that the rest goes on without: a database out of reach
+    is warned of and a bug logged, and both are tried again at the next turn.
+    `doing` names it in the log ("the overdue sweep").
+    """
+    while not stop.is_set():
+        try:
+            work()
+        except DatabaseUnavailable as exc:
+            if db is not None and db.closed:
+                return  # the process is done
+            log.warning("%s cannot reach the database, trying again: %s", doing, exc)
+        except Exception:
+            log.exception("%s failed; trying again", doing)
+        stop.wait(every)
 
 
 class ProcessThread:
