@@ -5,7 +5,7 @@
 -- did not); times come from the callbacks' event times.
 --
 -- The rule: daily.channel_funnel_now computes the days noted stale
--- (daily.stale_day; during a keep, only the days it keeps: daily.keeping_days);
+-- (daily.days_computed: during a keep, only the days it keeps);
 -- a keep stores its rows in daily.channel_funnel, a few days at a time
 -- (migration 0021, app/store/daily_figures.py); the view gives the kept days
 -- and the computed ones, from one snapshot: exact whenever read.
@@ -24,8 +24,7 @@ WITH messages AS (
       -- fence (OFFSET 0) makes it one index scan a day, whatever the planner
       -- guesses of how many days are stale (unfenced, it read all 12 million
       -- messages at the growth benchmark's size, for none).
-      FROM (SELECT DISTINCT day FROM daily.stale_day
-             WHERE day = ANY (daily.keeping_days()) OR daily.keeping_days() IS NULL) AS stale
+      FROM daily.days_computed AS stale
      CROSS JOIN LATERAL (SELECT * FROM message
                           WHERE (first_event_at AT TIME ZONE 'UTC')::date = stale.day
                          OFFSET 0) AS m

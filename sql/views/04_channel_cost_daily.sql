@@ -13,8 +13,7 @@ SELECT (m.first_event_at AT TIME ZONE 'UTC')::date AS day,
   -- Each stale day's messages, then those without a day, each read through
   -- message_first_event_day_idx (as channel_funnel_now).
   FROM (SELECT m.*
-          FROM (SELECT DISTINCT day FROM daily.stale_day
-                 WHERE day = ANY (daily.keeping_days()) OR daily.keeping_days() IS NULL) AS stale
+          FROM daily.days_computed AS stale
          CROSS JOIN LATERAL (SELECT * FROM message
                               WHERE (first_event_at AT TIME ZONE 'UTC')::date = stale.day
                              OFFSET 0) AS m

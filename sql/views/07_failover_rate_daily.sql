@@ -15,8 +15,7 @@ SELECT day,
   -- Each stale day's workflows, then those without a day, each read through
   -- dispatch_first_event_day_idx (as channel_funnel_now).
   FROM (SELECT f.*
-          FROM (SELECT DISTINCT day FROM daily.stale_day
-                 WHERE day = ANY (daily.keeping_days()) OR daily.keeping_days() IS NULL) AS stale
+          FROM daily.days_computed AS stale
          CROSS JOIN LATERAL (SELECT * FROM analytics.failover_steps
                               WHERE day = stale.day OFFSET 0) AS f
         UNION ALL
