@@ -185,8 +185,9 @@ def prune_state(
     transaction of the first batch. A batch at a time, each its own
     transaction. Raises RawLogBusy while a rebuild or a prune runs.
 
-    The candidates are found once, in one pass over the workflows, then
-    taken in key order and checked again as each batch locks them: finding
+    The candidates (decided, not changed since the cutoff) are noted once,
+    in one pass over the workflows, then taken in key order; each batch
+    applies the whole rule (their messages too) as it locks them. Finding
     them again for every batch read every workflow and message each time
     (6-12 s a batch at 5 million workflows, BENCHMARKS.md).
     """

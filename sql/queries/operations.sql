@@ -15,14 +15,9 @@ SELECT current_setting('transaction_read_only') = 'off' AS takes_writes;
 CREATE TEMPORARY TABLE state_candidate (dispatch_uuid text COLLATE "C" PRIMARY KEY);
 
 -- name: state_candidates
--- Note, in one pass, the decided workflows that nothing has changed since the cutoff (nor any of their messages).
+-- Note, in one pass over the workflows alone, the decided ones not changed since the cutoff: more than a prune may take (state_to_prune, the rule, asks their messages too, a batch at a time).
 INSERT INTO state_candidate (dispatch_uuid)
-SELECT d.dispatch_uuid
-  FROM dispatch d
- WHERE d.status <> 'pending'
-   AND d.updated_at < %(cutoff)s
-   AND NOT EXISTS (SELECT FROM message m
-                    WHERE m.dispatch_uuid = d.dispatch_uuid AND m.updated_at >= %(cutoff)s);
+SELECT dispatch_uuid FROM dispatch WHERE status <> 'pending' AND updated_at < %(cutoff)s;
 
 -- name: state_candidates_after
 -- The next `batch` noted candidates after `after`, in key order.
