@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 import psycopg
@@ -15,6 +16,9 @@ from app.receive import rejects
 from app.receive.auth import Credentials
 from app.store import operations
 from app.store.partitions import PartitionsBusy
+
+if TYPE_CHECKING:
+    from app.pipeline.rebuild import RebuildProgress
 
 
 @main.command("analyst-role")
@@ -155,7 +159,12 @@ def rebuild(skip_invalid: bool) -> None:
 
     settings = Settings.from_env()
     try:
-        summary = run(migrated_url(settings), settings.max_json_depth, skip_invalid=skip_invalid)
+        summary = run(
+            migrated_url(settings),
+            settings.max_json_depth,
+            skip_invalid=skip_invalid,
+            progress=_tell_rebuild_progress,
+        )
     except RebuildRefused as refused:
         raise click.ClickException(f"not rebuilt: {refused}") from None
     for callback_id, reason in summary.skipped:
@@ -169,6 +178,25 @@ def rebuild(skip_invalid: bool) -> None:
             if summary.outcomes_changed
             else ""
         )
+    )
+
+
+def _tell_rebuild_progress(progress: RebuildProgress) -> None:
+    """On stderr, every PROGRESS_EVERY s: a large log takes hours, and appliers wait meanwhile."""
+    minutes = progress.seconds / 60
+    if progress.finished:
+        click.echo(
+            f"rebuilding: the whole raw log applied again ({progress.callbacks:,} callbacks)"
+            f" in {minutes:.1f} min; deciding what changed, then committing",
+            err=True,
+        )
+        return
+    left = progress.seconds_left
+    click.echo(
+        f"rebuilding: {progress.callbacks:,} raw callbacks applied again"
+        f" (about {progress.share:.0%} of the log) in {minutes:.1f} min"
+        + (f"; about {left / 60:.0f} min left" if left is not None else ""),
+        err=True,
     )
 
 

@@ -22,6 +22,7 @@ that changes nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -42,6 +43,8 @@ from app.store.events import NewEvent
 from app.store.queries import sql
 
 PAGE = 1000
+# How often a long rebuild tells how far it is (`progress`), in seconds.
+PROGRESS_EVERY = 30.0
 
 
 class RebuildRefused(RuntimeError):
@@ -59,8 +62,45 @@ class RebuildSummary:
     seconds: float = 0.0
 
 
-def rebuild(conninfo: str, max_depth: int, *, skip_invalid: bool = False) -> RebuildSummary:
-    """Empty the derived tables and apply every definition and raw callback again, atomically."""
+@dataclass(frozen=True)
+class RebuildProgress:
+    """How far a rebuild is: raw callbacks applied again so far, and the share of the log.
+
+    The share is by id, of the ids the log held when the rebuild began: an
+    estimate (a duplicate capture leaves a gap), and past 1 while it applies
+    callbacks captured since.
+    """
+
+    callbacks: int  # gone through: applied again, or left out (--skip-invalid)
+    share: float
+    seconds: float
+    finished: bool = False  # the whole log is applied; deciding and committing follow
+
+    @property
+    def seconds_left(self) -> float | None:
+        """At the rate so far; None before there is one."""
+        if self.share <= 0:
+            return None
+        return max(self.seconds * (1 - self.share) / self.share, 0.0)
+
+
+Progress = Callable[[RebuildProgress], None]
+
+
+def rebuild(
+    conninfo: str,
+    max_depth: int,
+    *,
+    skip_invalid: bool = False,
+    progress: Progress | None = None,
+    every: float = PROGRESS_EVERY,
+) -> RebuildSummary:
+    """Empty the derived tables and apply every definition and raw callback again, atomically.
+
+    A rebuild of a large log takes long (BENCHMARKS.md, "Rebuilding at size"):
+    `progress`, if given, is told how far it is every `every` seconds, and
+    once at the end of the log.
+    """
     started = time.monotonic()
     summary = RebuildSummary()
     with psycopg.connect(conninfo, row_factory=dict_row) as conn:
@@ -75,7 +115,8 @@ def rebuild(conninfo: str, max_depth: int, *, skip_invalid: bool = False) -> Reb
                 # folded a page at a time, as the applier folds its batches.
                 with conn.pipeline():
                     _apply_definitions(conn, summary)
-                    _apply_callbacks(conn, max_depth, skip_invalid, summary)
+                    told = _Teller(progress, every, started)
+                    _apply_callbacks(conn, max_depth, skip_invalid, summary, told)
                     _tell_changed_outcomes(conn, summary)
         except pg_errors.LockNotAvailable:
             # lock_for_rebuild waits 30 s for in-flight transactions to finish.
@@ -130,9 +171,43 @@ def _apply_definitions(conn: Connection, summary: RebuildSummary) -> None:
         summary.definitions += 1
 
 
+class _Teller:
+    """Tells `progress` how far the rebuild is, at most every `every` seconds."""
+
+    def __init__(self, progress: Progress | None, every: float, started: float) -> None:
+        self._progress = progress
+        self._every = every
+        self._started = started
+        self._last = started
+        self._ids: tuple[int, int] | None = None
+
+    def begin(self, conn: Connection) -> None:
+        if self._progress is None:
+            return
+        row = conn.execute(sql("raw_callback_ids")).fetchone()
+        if row is not None and row["first"] is not None:
+            self._ids = (row["first"], row["last"])
+
+    def tell(self, callbacks: int, after_id: int, *, last: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is None or (not last and now - self._last < self._every):
+            return
+        self._last = now
+        share = 1.0
+        if self._ids is not None and not last:
+            first, final = self._ids
+            share = (after_id - first + 1) / (final - first + 1)
+        self._progress(RebuildProgress(callbacks, share, now - self._started, last))
+
+
 def _apply_callbacks(
-    conn: Connection, max_depth: int, skip_invalid: bool, summary: RebuildSummary
+    conn: Connection,
+    max_depth: int,
+    skip_invalid: bool,
+    summary: RebuildSummary,
+    told: _Teller,
 ) -> None:
+    told.begin(conn)
     after_id = 0
     while page := conn.execute(
         sql("raw_callbacks_page"), {"after_id": after_id, "limit": PAGE}
@@ -153,6 +228,8 @@ def _apply_callbacks(
             captured.append(Captured(row["id"], callback.event, row["received_at"]))
         fold(conn, captured, events_at=None)  # old events are not told again
         summary.callbacks += len(captured)
+        told.tell(summary.callbacks + len(summary.skipped), after_id)
+    told.tell(summary.callbacks + len(summary.skipped), after_id, last=True)
 
 
 def _tell_changed_outcomes(conn: Connection, summary: RebuildSummary) -> None:

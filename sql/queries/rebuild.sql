@@ -39,6 +39,10 @@ SELECT id, kind, body, received_at
  ORDER BY id
  LIMIT %(limit)s;
 
+-- name: raw_callback_ids
+-- The raw log's first and last ids (how far a rebuild is); each week's key finds its own.
+SELECT min(id) AS first, max(id) AS last FROM raw_callback;
+
 -- name: keep_statuses_for_rebuild
 -- Keep each workflow's decided status aside, so that a rebuild tells only the outcomes it changes.
 CREATE TEMP TABLE rebuild_status ON COMMIT DROP AS SELECT dispatch_uuid, status FROM dispatch;

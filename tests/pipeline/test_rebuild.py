@@ -286,6 +286,36 @@ def test_a_callback_that_arrives_during_a_rebuild_is_answered_and_applied_on_top
         get_db(app).close()
 
 
+def test_a_long_rebuild_tells_how_far_it_is(
+    db: Database, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
+    ids = [row[0] for row in query(clean_db, "SELECT id FROM raw_callback ORDER BY id")]
+    assert len(ids) == 7
+    monkeypatch.setattr(rebuild, "PAGE", 2)
+    told: list[rebuild.RebuildProgress] = []
+
+    summary = rebuild.rebuild(clean_db, 32, progress=told.append, every=0)
+
+    # After each page of two, by the share of the log's ids gone through; then once at the end.
+    span = ids[-1] - ids[0] + 1
+    assert [t.callbacks for t in told] == [2, 4, 6, 7, 7]
+    assert [t.share for t in told] == [(ids[n] - ids[0] + 1) / span for n in (1, 3, 5, 6)] + [1.0]
+    assert [t.finished for t in told] == [False, False, False, False, True]
+    assert summary.callbacks == 7
+    seconds = [t.seconds for t in told]
+    assert seconds == sorted(seconds)
+    left = told[0].seconds_left
+    assert left is not None and left == pytest.approx(told[0].seconds * (1 - 2 / 7) / (2 / 7))
+
+
+def test_a_quick_rebuild_tells_only_that_it_is_done(db: Database, clean_db: str) -> None:
+    _deliver_all(db, payloads.three_message_workflow("d-1"), threads=1)
+    told: list[rebuild.RebuildProgress] = []
+    rebuild.rebuild(clean_db, 32, progress=told.append, every=3600)
+    assert [(t.callbacks, t.share, t.finished) for t in told] == [(7, 1.0, True)]
+
+
 def test_the_command_reports_what_it_rebuilt(db: Database, clean_db: str) -> None:
     def command() -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "DATABASE_URL": clean_db}
@@ -296,6 +326,8 @@ def test_the_command_reports_what_it_rebuilt(db: Database, clean_db: str) -> Non
     done = command()
     assert done.returncode == 0, done.stderr
     assert "rebuilt from 7 raw callbacks and 0 definitions" in done.stdout
+    # Told on stderr, as it goes (every 30 s; here only at the end).
+    assert "rebuilding: the whole raw log applied again (7 callbacks)" in done.stderr
     operations.prune_raw(clean_db, timedelta(days=1), NOW + timedelta(days=2))
     refused = command()
     assert refused.returncode == 1
