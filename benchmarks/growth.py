@@ -156,9 +156,7 @@ def configure(admin_url: str, data_dir: Path, settings: dict[str, str | None]) -
                         pgsql.Identifier(name), pgsql.Literal(value)
                     )
                 )
-    # The handle embedded.start made. It stops the server at exit only if
-    # it is the one it started: after a restart, stop it with the wheel's
-    # pg_ctl (`pg_ctl -D DIR/pgdata stop`, as the user that owns DIR/pgdata).
+    # The handle embedded.start made (one per data directory).
     server = get_server(data_dir.expanduser().resolve() / "pgdata")
     pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
     with psycopg.connect(admin_url, autocommit=True) as conn:
