@@ -103,7 +103,7 @@ def fold(conn: Connection, batch: Sequence[Captured], *, events_at: datetime | N
     message_at: dict[str, datetime] = {}  # changed messages: latest receive time
     dispatch_at: dict[str, datetime] = {}  # changed workflows: latest receive time
     first_report: dict[str, datetime] = {}
-    restated: dict[str, datetime] = {}  # workflows whose own row changed
+    restated: set[str] = set()  # workflows whose own state changed
     found: list[tuple[Discrepancy, int, datetime]] = []
 
     def merged(c: Captured, discrepancies: Iterable[Discrepancy]) -> None:
@@ -121,7 +121,7 @@ def fold(conn: Connection, batch: Sequence[Captured], *, events_at: datetime | N
                 link = apply_link(states[event.dispatch_uuid], event.dispatch_uuid, event.api)
                 if link.state != states[event.dispatch_uuid]:
                     states[event.dispatch_uuid] = link.state
-                    _keep_earliest(restated, event.dispatch_uuid, c.received_at)
+                    restated.add(event.dispatch_uuid)
                     # Changed even if the message stays in another workflow (a conflict).
                     _keep_latest(dispatch_at, event.dispatch_uuid, c.received_at)
                 merged(c, link.discrepancies)
@@ -136,7 +136,7 @@ def fold(conn: Connection, batch: Sequence[Captured], *, events_at: datetime | N
         transition = apply_final_report(states[event.dispatch_uuid], event)
         states[event.dispatch_uuid] = transition.state
         _keep_earliest(first_report, event.dispatch_uuid, c.received_at)
-        _keep_earliest(restated, event.dispatch_uuid, c.received_at)
+        restated.add(event.dispatch_uuid)
         _keep_latest(dispatch_at, event.dispatch_uuid, c.received_at)
         merged(c, transition.discrepancies)
 
@@ -149,17 +149,13 @@ def fold(conn: Connection, batch: Sequence[Captured], *, events_at: datetime | N
 
     # Queued: the writes travel together with the next read.
     storage.save_messages(conn, [(messages[u], at) for u, at in sorted(message_at.items())])
-    storage.save_dispatches(
+    recorded = storage.record_discrepancies(conn, found)
+    decided = decide.workflows_changed(
         conn,
         [
-            storage.SavedDispatch(states[u], dispatch_at[u], first_report.get(u))
-            for u in sorted(restated)
+            decide.Changed(dispatches[u], states[u], at, u in restated, first_report.get(u))
+            for u, at in sorted(dispatch_at.items())
         ],
-    )
-    recorded = storage.record_discrepancies(conn, found)
-    decided = decide.messages_changed(
-        conn,
-        [decide.Changed(dispatches[u], states[u], at) for u, at in sorted(dispatch_at.items())],
     )
     tally = decided.tally
     for uuid in message_at:

@@ -2,7 +2,8 @@
 
 The decision itself is pure (`failover.evaluate`); this module runs it for
 workflows whose rows the caller has locked, after whatever changed them, and
-writes what was decided and what each final report disagrees with.
+writes what was decided and what each final report disagrees with: each
+workflow's row once (`workflows_changed`), with its state and its rollups.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class Changed:
     state: DispatchState
     # The latest receive time of what changed it: when its findings were recorded.
     at: datetime
+    # Its own state changed (not only its messages): updated_at moves to `at`.
+    restated: bool = False
+    # The receive time of the first final report applied in this transaction.
+    first_report_at: datetime | None = None
 
 
 @dataclass
@@ -39,10 +44,15 @@ class Decided:
 
     tally: Tally = field(default_factory=Tally)
     events: list[NewEvent] = field(default_factory=list)
+    # The decisions that changed, by workflow (storage.DECISION_COLUMNS), to write.
+    decisions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 def decide(conn: Connection, changed: Sequence[Changed]) -> Decided:
     """Decide locked workflows again from everything known, and reconcile their final reports.
+
+    Writes the disagreements; the decisions are returned, for the caller to
+    write with the rest of each row (`workflows_changed`).
 
     A decided status that changes (pending to completed or error, or one
     outcome to another later) makes a `workflow.decided` event; a
@@ -67,7 +77,7 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> Decided:
     )
     messages = storage.workflows_messages(conn, [c.state.dispatch_uuid for c in deciding])
     known = recorded()
-    decisions: dict[str, tuple[Any, ...]] = {}
+    decisions = done.decisions
     findings: dict[str, tuple[datetime, list[tuple[str, str]]]] = {}
     for c in deciding:
         uuid = c.state.dispatch_uuid
@@ -97,7 +107,6 @@ def decide(conn: Connection, changed: Sequence[Changed]) -> Decided:
                 if (kind, detail) not in before
             )
     # Queued (units of work run in pipeline mode): they go with the commit.
-    storage.save_decisions(conn, decisions)
     storage.save_reconciliations(conn, findings)
     return done
 
@@ -151,15 +160,30 @@ def _columns(decision: Decision) -> tuple[Any, ...]:
     )
 
 
-def messages_changed(conn: Connection, changed: Sequence[Changed]) -> Decided:
-    """Locked workflows' messages changed in this transaction: recount them, decide them again.
+def workflows_changed(conn: Connection, changed: Sequence[Changed]) -> Decided:
+    """Locked workflows changed in this transaction (their own state, their messages, or
+    both): decide them again and write each one's row once, rollups recounted.
 
-    Both, always together: a message that joins or leaves a workflow changes
-    its rollups (steps, channels, cost, which the analytics views read instead
-    of aggregating every message) and can change its decision.
+    Always together: a message that joins or leaves a workflow changes its
+    rollups (steps, channels, cost, which the analytics views read instead of
+    aggregating every message) and can change its decision; one new row
+    version for all of it, where state, rollups and decision each wrote one
+    (every index of `dispatch` for each: none of its updates is HOT).
     """
-    storage.refresh_rollups(conn, [c.state.dispatch_uuid for c in changed])
-    return decide(conn, changed)
+    done = decide(conn, changed)
+    storage.save_workflows(
+        conn,
+        [
+            storage.SavedWorkflow(
+                c.state,
+                done.decisions.get(c.state.dispatch_uuid, c.locked.decided),
+                c.at if c.restated else None,
+                c.first_report_at,
+            )
+            for c in changed
+        ],
+    )
+    return done
 
 
 @dataclass(frozen=True)
@@ -196,11 +220,10 @@ def record_definition(
         )
     created = locked.definition is None
     state = link.state
-    if state != locked.state:
-        storage.save_dispatches(conn, [storage.SavedDispatch(state, now, None)])
     storage.store_definition(conn, dispatch_uuid, request, definition, source, now)
-    decided = decide(
-        conn, [Changed(replace(locked, definition=definition, state=state), state, now)]
+    relocked = replace(locked, definition=definition)
+    decided = workflows_changed(
+        conn, [Changed(relocked, state, now, restated=state != locked.state)]
     )
     if emit:
         events.emit(conn, decided.events, now)

@@ -184,23 +184,29 @@ DECISION_COLUMNS = (
 )
 
 
-def save_dispatches(conn: Connection, changed: Iterable[SavedDispatch]) -> None:
-    """Write workflows' new states after their final reports."""
-    rows = []
-    for saved in changed:
-        params = dispatch_params(saved.state)
-        params["received_at"] = saved.received_at
-        params["final_report_received_at"] = saved.final_report_received_at
-        rows.append(params)
-    _columns(conn, "save_dispatches", rows)
-
-
 @dataclass(frozen=True)
-class SavedDispatch:
+class SavedWorkflow:
+    """A locked workflow's row as it is to be written (`save_workflows`)."""
+
     state: DispatchState
-    # The latest receive time of what changed it, and of its first final report.
-    received_at: datetime
+    decided: tuple[Any, ...]  # in DECISION_COLUMNS order
+    # The latest receive time of what changed its own state (None: nothing did).
+    received_at: datetime | None
     final_report_received_at: datetime | None
+
+
+def save_workflows(conn: Connection, saved: Iterable[SavedWorkflow]) -> None:
+    """Write locked workflows' rows once: state, decision, and rollups recounted from their
+    messages (so after `save_messages`). A row nothing changed is not rewritten."""
+    rows = []
+    for workflow in saved:
+        params = dispatch_params(workflow.state)
+        params["received_at"] = workflow.received_at
+        params["final_report_received_at"] = workflow.final_report_received_at
+        params |= dict(zip(DECISION_COLUMNS, workflow.decided, strict=True))
+        rows.append(params)
+    rows.sort(key=lambda row: row["dispatch_uuid"])
+    _columns(conn, "save_workflows", rows)
 
 
 def message_dispatches(conn: Connection, message_uuids: Iterable[str]) -> dict[str, str]:
@@ -328,15 +334,6 @@ def store_definition(
     )
 
 
-def save_decisions(conn: Connection, decided: Mapping[str, tuple[Any, ...]]) -> None:
-    """Write what was decided for workflows (each in DECISION_COLUMNS order)."""
-    rows = [
-        {"dispatch_uuid": uuid, **dict(zip(DECISION_COLUMNS, values, strict=True))}
-        for uuid, values in sorted(decided.items())
-    ]
-    _columns(conn, "save_decisions", rows)
-
-
 def save_reconciliations(
     conn: Connection, findings: Mapping[str, tuple[datetime, Iterable[tuple[str, str]]]]
 ) -> None:
@@ -353,13 +350,6 @@ def save_reconciliations(
         for kind, detail in dict.fromkeys(found)  # unique, in order
     ]
     _columns(conn, "insert_reconciliations", rows)
-
-
-def refresh_rollups(conn: Connection, dispatch_uuids: Iterable[str]) -> None:
-    """Recount locked workflows' rollups (steps, channels, cost) from their messages."""
-    ids = sorted(set(dispatch_uuids))
-    if ids:
-        conn.execute(sql("refresh_rollups"), {"ids": ids})
 
 
 def workflows_messages(

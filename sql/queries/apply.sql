@@ -122,37 +122,6 @@ SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_typ
  ORDER BY message_uuid COLLATE "C"
    FOR NO KEY UPDATE;
 
--- name: refresh_rollups
--- Recount locked workflows' message rollups (for the analytics views); unchanged rows are not rewritten.
-UPDATE dispatch d
-   SET steps_tried = r.steps_tried,
-       message_channels = r.message_channels,
-       computed_cost = r.computed_cost,
-       cost_currency = r.cost_currency,
-       first_event_at = r.first_event_at,
-       last_event_at = r.last_event_at,
-       items_total = r.items_total
-  FROM unnest(%(ids)b::text[]) AS t(dispatch_uuid)
-       CROSS JOIN LATERAL (
-        SELECT count(*)::integer AS steps_tried,
-               coalesce(array_agg(m.channel ORDER BY m.first_event_at NULLS LAST, m.message_uuid)
-                          FILTER (WHERE m.channel IS NOT NULL), '{}') AS message_channels,
-               sum(m.price) AS computed_cost,
-               CASE WHEN min(m.currency) <> max(m.currency) THEN 'MIXED' ELSE min(m.currency) END
-                   AS cost_currency,
-               min(m.first_event_at) AS first_event_at,
-               max(greatest(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at,
-                            m.undeliverable_at)) AS last_event_at,
-               max(m.items_total) AS items_total
-          FROM message m
-         WHERE m.dispatch_uuid = t.dispatch_uuid) r
- WHERE d.dispatch_uuid = t.dispatch_uuid
-   AND (d.steps_tried, d.message_channels, d.computed_cost, d.cost_currency, d.first_event_at,
-        d.last_event_at, d.items_total)
-       IS DISTINCT FROM
-       (r.steps_tried, r.message_channels, r.computed_cost, r.cost_currency, r.first_event_at,
-        r.last_event_at, r.items_total);
-
 -- name: workflows_messages
 -- Of locked workflows, the messages that can hold a step (failover.MOST_STEPS), in the order sent.
 SELECT message_uuid, dispatch_uuid, channel, to_type, to_id, to_number, from_type, from_id,
@@ -195,25 +164,6 @@ SELECT m.dispatch_uuid,
 -- name: clear_reconciliation
 -- Forget workflows' disagreements before writing the current ones.
 DELETE FROM reconciliation WHERE dispatch_uuid = ANY(%(ids)b);
-
--- name: save_dispatches
--- Write workflows' new states after their transitions (one array per column, an element per workflow).
-UPDATE dispatch d
-   SET template = v.template,
-       api = v.api,
-       reported_status = v.reported_status,
-       reported_at = v.reported_at,
-       reported_price = v.reported_price,
-       reported_currency = v.reported_currency,
-       final_report_received_at = coalesce(d.final_report_received_at, v.final_report_received_at),
-       updated_at = greatest(d.updated_at, v.received_at)
-  FROM unnest(%(dispatch_uuid)b::text[], %(template)b::text[], %(api)b::text[],
-              %(reported_status)b::text[], %(reported_at)b::timestamptz[],
-              %(reported_price)b::numeric[], %(reported_currency)b::text[],
-              %(final_report_received_at)b::timestamptz[], %(received_at)b::timestamptz[])
-       AS v(dispatch_uuid, template, api, reported_status, reported_at, reported_price,
-            reported_currency, final_report_received_at, received_at)
- WHERE d.dispatch_uuid = v.dispatch_uuid;
 
 -- name: save_messages
 -- Write messages' new states after their transitions (one array per column, an element per message).
@@ -273,24 +223,71 @@ SELECT * FROM unnest(%(subject)b::text[], %(subject_id)b::text[], %(kind)b::text
 ON CONFLICT ON CONSTRAINT discrepancy_key DO NOTHING
 RETURNING subject, subject_id, kind, detail;
 
--- name: save_decisions
--- Write what was decided for workflows (one array per column, an element per workflow).
+-- name: save_workflows
+-- Write locked workflows' rows once (one array per column, an element per workflow): their states, decisions, and rollups recounted from their messages (for the analytics views). updated_at moves only with `received_at` (NULL: the row's own state did not change); a row nothing changed is not rewritten.
 UPDATE dispatch d
-   SET status = v.status,
+   SET template = v.template,
+       api = v.api,
+       reported_status = v.reported_status,
+       reported_at = v.reported_at,
+       reported_price = v.reported_price,
+       reported_currency = v.reported_currency,
+       final_report_received_at = coalesce(d.final_report_received_at, v.final_report_received_at),
+       updated_at = greatest(d.updated_at, v.received_at),
+       status = v.status,
        decided_by = v.decided_by,
        current_step = v.current_step,
        due_at = v.due_at,
        decided_at = v.decided_at,
        winning_step = v.winning_step,
        winning_channel = v.winning_channel,
-       awaiting_since = v.awaiting_since
-  FROM unnest(%(dispatch_uuid)b::text[], %(status)b::text[], %(decided_by)b::text[],
-              %(current_step)b::integer[], %(due_at)b::timestamptz[],
-              %(decided_at)b::timestamptz[], %(winning_step)b::integer[],
-              %(winning_channel)b::text[], %(awaiting_since)b::timestamptz[])
-       AS v(dispatch_uuid, status, decided_by, current_step, due_at, decided_at, winning_step,
-            winning_channel, awaiting_since)
- WHERE d.dispatch_uuid = v.dispatch_uuid;
+       awaiting_since = v.awaiting_since,
+       steps_tried = r.steps_tried,
+       message_channels = r.message_channels,
+       computed_cost = r.computed_cost,
+       cost_currency = r.cost_currency,
+       first_event_at = r.first_event_at,
+       last_event_at = r.last_event_at,
+       items_total = r.items_total
+  FROM unnest(%(dispatch_uuid)b::text[], %(template)b::text[], %(api)b::text[],
+              %(reported_status)b::text[], %(reported_at)b::timestamptz[],
+              %(reported_price)b::numeric[], %(reported_currency)b::text[],
+              %(final_report_received_at)b::timestamptz[], %(received_at)b::timestamptz[],
+              %(status)b::text[], %(decided_by)b::text[], %(current_step)b::integer[],
+              %(due_at)b::timestamptz[], %(decided_at)b::timestamptz[],
+              %(winning_step)b::integer[], %(winning_channel)b::text[],
+              %(awaiting_since)b::timestamptz[])
+       AS v(dispatch_uuid, template, api, reported_status, reported_at, reported_price,
+            reported_currency, final_report_received_at, received_at, status, decided_by,
+            current_step, due_at, decided_at, winning_step, winning_channel, awaiting_since)
+       CROSS JOIN LATERAL (
+        SELECT count(*)::integer AS steps_tried,
+               coalesce(array_agg(m.channel ORDER BY m.first_event_at NULLS LAST, m.message_uuid)
+                          FILTER (WHERE m.channel IS NOT NULL), '{}') AS message_channels,
+               sum(m.price) AS computed_cost,
+               CASE WHEN min(m.currency) <> max(m.currency) THEN 'MIXED' ELSE min(m.currency) END
+                   AS cost_currency,
+               min(m.first_event_at) AS first_event_at,
+               max(greatest(m.submitted_at, m.delivered_at, m.read_at, m.rejected_at,
+                            m.undeliverable_at)) AS last_event_at,
+               max(m.items_total) AS items_total
+          FROM message m
+         WHERE m.dispatch_uuid = v.dispatch_uuid) r
+ WHERE d.dispatch_uuid = v.dispatch_uuid
+   AND (d.template, d.api, d.reported_status, d.reported_at, d.reported_price,
+        d.reported_currency, d.final_report_received_at, d.updated_at,
+        d.status, d.decided_by, d.current_step, d.due_at, d.decided_at, d.winning_step,
+        d.winning_channel, d.awaiting_since,
+        d.steps_tried, d.message_channels, d.computed_cost, d.cost_currency, d.first_event_at,
+        d.last_event_at, d.items_total)
+       IS DISTINCT FROM
+       (v.template, v.api, v.reported_status, v.reported_at, v.reported_price,
+        v.reported_currency, coalesce(d.final_report_received_at, v.final_report_received_at),
+        greatest(d.updated_at, v.received_at),
+        v.status, v.decided_by, v.current_step, v.due_at, v.decided_at, v.winning_step,
+        v.winning_channel, v.awaiting_since,
+        r.steps_tried, r.message_channels, r.computed_cost, r.cost_currency, r.first_event_at,
+        r.last_event_at, r.items_total);
 
 -- name: insert_reconciliations
 -- Record workflows' current disagreements between the final report and the callbacks (one array per column).

@@ -376,3 +376,40 @@ def test_the_applier_lingers_only_once_captures_come_often(
     per_second: int, linger: float, worth: bool
 ) -> None:
     assert apply.worth_lingering(per_second, linger) is worth
+
+
+def test_a_batch_writes_each_workflow_row_once(db: Database, clean_db: str) -> None:
+    # Two new workflows, each whole in one batch: linked by its first status,
+    # rolled up from six, reported and decided by its final report. Every
+    # index of `dispatch` is written for each row version (none is HOT), so
+    # each workflow gets one: its state, rollups and decision together.
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    for kind, payload in payloads.three_message_workflow("d-1") + payloads.three_message_workflow(
+        "d-2", prefix="n"
+    ):
+        callback = read(KINDS[kind], json.dumps(payload).encode(), 32)
+        capture(db, Delivery(callback, "application/json", now))
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM apply_queue")  # applied here, by hand
+
+    def fold_and_count(conn: Any) -> dict[str, tuple[int, int]]:
+        rows = conn.execute(
+            "SELECT id, kind, body, received_at, 0 AS attempts FROM raw_callback ORDER BY id"
+        ).fetchall()
+        done = apply._apply_claimed(conn, rows, 32, now)
+        assert done.applied == 14
+        counted = conn.execute(
+            "SELECT relname, n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables"
+            " WHERE relname IN ('dispatch', 'message')"
+        ).fetchall()
+        return {row["relname"]: (row["n_tup_ins"], row["n_tup_upd"]) for row in counted}
+
+    assert db.run(fold_and_count) == {"dispatch": (2, 2), "message": (6, 6)}
+    rows = query(
+        clean_db,
+        "SELECT dispatch_uuid, status, steps_tried, reported_status, api FROM dispatch ORDER BY 1",
+    )
+    assert rows == [
+        ("d-1", "completed", 3, "completed", "dispatch"),
+        ("d-2", "completed", 3, "completed", "dispatch"),
+    ]

@@ -364,7 +364,7 @@ def assert_decisions_are_current(db: Database, clean_db: str, now: datetime) -> 
 
         def again(conn: Any, u: str = dispatch_uuid) -> None:
             locked = storage.lock_dispatch(conn, u, now)
-            decide.decide(conn, [decide.Changed(locked, locked.state, now)])
+            decide.workflows_changed(conn, [decide.Changed(locked, locked.state, now)])
 
         db.run(again)
     assert query(clean_db, rows) == before
