@@ -46,11 +46,15 @@ SELECT min(id) AS first, max(id) AS last FROM raw_callback;
 -- name: keep_statuses_for_rebuild
 -- Keep each workflow's decided status aside, so that a rebuild tells only the outcomes it changes.
 CREATE TEMP TABLE rebuild_status ON COMMIT DROP AS SELECT dispatch_uuid, status FROM dispatch;
+-- Keyed: the outcomes changed are told a page at a time, each page a range of the key.
+ALTER TABLE rebuild_status ADD PRIMARY KEY (dispatch_uuid);
 
 -- name: statuses_rebuilt_differently
--- Workflows whose decided status the rebuild changed (a workflow new to the state was pending).
+-- The next `limit` workflows after `after` whose decided status the rebuild changed (a workflow new to the state was pending).
 SELECT d.dispatch_uuid, coalesce(k.status, 'pending') AS previous_status
   FROM dispatch d
   LEFT JOIN rebuild_status k USING (dispatch_uuid)
- WHERE d.status IS DISTINCT FROM coalesce(k.status, 'pending')
- ORDER BY d.dispatch_uuid;
+ WHERE d.dispatch_uuid > %(after)s
+   AND d.status IS DISTINCT FROM coalesce(k.status, 'pending')
+ ORDER BY d.dispatch_uuid
+ LIMIT %(limit)s;

@@ -204,6 +204,23 @@ def test_a_rebuild_tells_only_the_outcomes_it_changes(client: FlaskClient, clean
     assert all_events(db) == after
 
 
+def test_a_rebuild_tells_every_changed_outcome_a_page_at_a_time(
+    client: FlaskClient, clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = get_db(client.application)
+    for n in range(5):
+        post_all(client, payloads.three_message_workflow(f"d-{n}", prefix=f"p{n}"))
+    told = all_events(db)
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("UPDATE dispatch SET status = 'error' WHERE dispatch_uuid <> 'd-2'")
+    monkeypatch.setattr(rebuild, "PAGE", 2)
+    assert rebuild.rebuild(clean_db, 32).outcomes_changed == 4
+    corrections = all_events(db)[len(told) :]
+    assert sorted(
+        (e["data"]["dispatch_uuid"], e["data"]["previous_status"]) for e in corrections
+    ) == [("d-0", "error"), ("d-1", "error"), ("d-3", "error"), ("d-4", "error")]
+
+
 def test_a_later_commit_waits_for_an_earlier_position_to_be_visible(
     db: Database, clean_db: str
 ) -> None:
