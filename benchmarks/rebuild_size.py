@@ -38,7 +38,6 @@ from benchmarks.benchmark import _database_beside
 from benchmarks.growth import make_weeks
 
 MAX_DEPTH = 32
-CALLBACKS_PER_WORKFLOW = 10
 # Workflows whose callbacks interleave (the load's SPREAD).
 SPREAD = 1000
 # The load's bodies (benchmarks/benchmark.py), uuids and times left as %s for format().
