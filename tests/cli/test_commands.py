@@ -241,3 +241,22 @@ def test_an_applier_started_while_postgresql_is_down_waits_for_it(own_server: Ow
     finally:
         applier.terminate()
         applier.communicate(timeout=10)
+
+
+def test_a_rebuild_under_way_says_how_far_it_is_and_how_long_is_left(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.cli.operations import _tell_rebuild_progress
+    from app.pipeline.rebuild import RebuildProgress
+
+    # 26% in 225 s: at that rate 640 s more.
+    _tell_rebuild_progress(RebuildProgress(1_320_000, 0.26, 225.0))
+    _tell_rebuild_progress(RebuildProgress(5_000_000, 1.0, 858.0, finished=True))
+    told = capsys.readouterr()
+    assert told.out == ""
+    assert told.err.splitlines() == [
+        "rebuilding: 1,320,000 raw callbacks applied again (about 26% of the log) in 3.8 min;"
+        " about 11 min left",
+        "rebuilding: the whole raw log applied again (5,000,000 callbacks) in 14.3 min;"
+        " deciding what changed, then committing",
+    ]
