@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.growth [--callbacks 20000000] [--dispatches 5000000]
         [--weeks 52] [--seconds 15] [--rounds 3] [--data-dir DIR]
+        [--cold | --prewarm buffer] [--setting NAME=VALUE]
 
 One run, on this machine (needs wrk: apt-get install wrk):
 
@@ -16,9 +17,11 @@ One run, on this machine (needs wrk: apt-get install wrk):
      those weeks (benchmarks/partition_upgrade.py's loader); VACUUM ANALYZE.
 2. Both databases' state (its tables and their indexes) read into the OS
    cache with pg_prewarm, as a ledger in service has it (--cold leaves the
-   caches as they are: a ledger just restarted, or the load just done).
+   caches as they are: a ledger just restarted, or the load just done;
+   --prewarm buffer reads the indexes into shared_buffers too).
    Beside each other, in one run: the captured rate of the service on each
-   in interleaved rounds (benchmarks/benchmark.py's load); then the service
+   in interleaved rounds (benchmarks/benchmark.py's load), and the CPU a
+   callback cost it, captured and applied; then the service
    on each at 70% of the empty one's rate, for the applier's lag and each
    callback's time from capture to apply (p50, p99).
 3. On `grown`: the days the runs left stale kept once (as the service's
@@ -115,7 +118,7 @@ def make_weeks(url: str, weeks: int) -> datetime:
 STATE = ["dispatch", "message", "workflow_definition", "reconciliation"]
 
 
-def warm(url: str) -> int:
+def warm(url: str, into: str = "read") -> int:
     """Read the state into the OS cache (pg_prewarm's 'read'); the bytes read.
 
     A ledger in service keeps the pages its applier touches in memory; one
@@ -123,16 +126,21 @@ def warm(url: str) -> int:
     callback names is a random page of an index of millions, and measured
     cold on this machine the grown database applied at 31-40% of the empty
     one's rate, warm at 71% (BENCHMARKS.md).
+
+    `into="buffer"` reads the state's indexes into shared_buffers too (the
+    tables only into the OS cache): what a server with the memory
+    docs/operating.md asks for holds after a while in service.
     """
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
         row = conn.execute(
-            "SELECT coalesce(sum(pg_prewarm(c.oid, 'read')), 0)::bigint"
+            "SELECT coalesce(sum(pg_prewarm(c.oid, CASE WHEN c.relkind = 'i'"
+            "                                       THEN %(indexes)s ELSE 'read' END)), 0)::bigint"
             "  * current_setting('block_size')::bigint FROM pg_class c"
             " WHERE c.oid = ANY(%(tables)s::regclass[])"
             "    OR c.oid IN (SELECT indexrelid FROM pg_index"
             "                  WHERE indrelid = ANY(%(tables)s::regclass[]))",
-            {"tables": STATE},
+            {"tables": STATE, "indexes": into},
         ).fetchone()
     assert row is not None
     return int(row[0])
@@ -308,6 +316,12 @@ def main() -> None:
         "--cold", action="store_true", help="measure without reading the state into the cache"
     )
     parser.add_argument(
+        "--prewarm",
+        choices=["read", "buffer"],
+        default="read",
+        help="read the state into the OS cache only, or its indexes into shared_buffers too",
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -336,7 +350,7 @@ def main() -> None:
     if not args.cold:
         for url in (empty_url, grown_url):
             started = time.monotonic()
-            read = warm(url)
+            read = warm(url, args.prewarm)
             print(f"read {read / 1e9:.1f} GB of state in {time.monotonic() - started:.0f} s")
 
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -384,14 +398,27 @@ def main() -> None:
         f" {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}"
     )
     print()
-    print("| round | empty: callbacks/s | grown: callbacks/s | ratio | lost |")
-    print("|---|---:|---:|---:|---:|")
-    ratios = []
+    # CPU per callback (gunicorn's processes and PostgreSQL's, capturing and
+    # applying it): what each database costs, less moved by the machine's
+    # other tenants than a round's rate is.
+    print(
+        "| round | empty: callbacks/s | grown: callbacks/s | ratio | lost"
+        " | CPU ms per callback, empty / grown |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    ratios, costs = [], []
     for n, found in enumerate(rounds, 1):
         a, b = found["empty"], found["grown"]
         ratios.append(b.rps / a.rps)
-        print(f"| {n} | {a.rps:,.0f} | {b.rps:,.0f} | {b.rps / a.rps:.0%} | {a.lost} + {b.lost} |")
-    print(f"\nGrown captures {statistics.median(ratios):.0%} of the empty rate (median of rounds).")
+        cpu_a = a.server_cpu_ms + a.database_cpu_ms
+        cpu_b = b.server_cpu_ms + b.database_cpu_ms
+        costs.append(cpu_b / cpu_a)
+        print(
+            f"| {n} | {a.rps:,.0f} | {b.rps:,.0f} | {b.rps / a.rps:.0%} | {a.lost} + {b.lost}"
+            f" | {cpu_a:.2f} / {cpu_b:.2f} |"
+        )
+    print(f"\nGrown captures {statistics.median(ratios):.0%} of the empty rate (median of rounds);")
+    print(f"a callback costs it {statistics.median(costs):.2f} times the CPU (median of rounds).")
     print()
     print(f"| at {rate:,.0f}/s | applier lag at most (s) | capture to apply p50 / p99 (ms) |")
     print("|---|---:|---:|")
