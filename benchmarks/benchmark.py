@@ -191,6 +191,15 @@ LUA = textwrap.dedent(
     """
 )
 
+# The day the load's callbacks are dated (every body names it).
+LOAD_DAY = "2026-03-01"
+
+
+def load_dated(day: str) -> str:
+    """The load (LUA) with its callbacks dated `day` (YYYY-MM-DD) instead of LOAD_DAY."""
+    return LUA.replace(LOAD_DAY, day)
+
+
 # The ceiling: the same Flask and gunicorn, doing nothing but parse the body.
 BARE_APP = textwrap.dedent(
     """

@@ -7,7 +7,7 @@
 One run, on this machine (needs wrk: apt-get install wrk):
 
 1. Two databases on one embedded PostgreSQL, both through every migration:
-   `empty`, and `grown`, filled quickly:
+   `empty` (made anew each run), and `grown`, filled quickly:
    - `--dispatches` workflows made as benchmarks/scale.py makes them
      (`generate`, then copies by sql/bench/replicate.sql);
    - a year of raw log: the weekly partitions of the last `--weeks` weeks
@@ -59,11 +59,11 @@ from app.extensions import get_db
 from app.store import daily_figures, embedded, migrations, operations, partitions
 from app.store.db import Database
 from benchmarks.benchmark import (
-    LUA,
     ROOT,
     Server,
     _database_beside,
     ensure_wrk,
+    load_dated,
     measure,
     sustained,
 )
@@ -279,8 +279,8 @@ def prune_oldest_month(url: str) -> dict[str, Any]:
         "weeks": len(done.partitions),
         "callbacks": done.dropped,
         # Rows deleted one by one: what lies outside the weeks (the default
-        # partition), such as the load's callbacks, all dated 2026-03-01, once
-        # an earlier run's prune dropped that week.
+        # partition), such as an older run's load (dated LOAD_DAY, 2026-03-01,
+        # before growth dated it the day of the run) once a prune dropped that week.
         "deleted": done.deleted,
         "seconds": seconds,
         "wal": dropped_wal,
@@ -333,13 +333,18 @@ def main() -> None:
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="dl-growth-"))
     lua = work / "callbacks.lua"
-    lua.write_text(LUA)
+    # Dated the day of the run, as a ledger in service receives them: into
+    # this week's partition of the grown log, and one day of its figures.
+    lua.write_text(load_dated(f"{datetime.now(UTC):%Y-%m-%d}"))
     data_dir = args.data_dir or work / "db"
     server = embedded.start(data_dir)
     settings = dict(setting.split("=", 1) for setting in args.setting)
     if settings:
         configure(server, data_dir, settings)
     grown_url = _database_beside(server, "grown")
+    with psycopg.connect(server, autocommit=True) as conn:
+        # Made anew each run: reused, it keeps every earlier run's load.
+        conn.execute("DROP DATABASE IF EXISTS empty WITH (FORCE)")
     empty_url = _database_beside(server, "empty")
     for url in (grown_url, empty_url):
         migrations.migrate(url)
@@ -380,8 +385,7 @@ def main() -> None:
     print("\nOn the grown database:", flush=True)
     # The days the runs touched, kept as the service's keeper keeps them
     # (every ANALYTICS_REFRESH_SECONDS): the analysts' figures below are those
-    # of a ledger in service. The load dates every callback 2026-03-01, so
-    # on a reused database that one day holds every earlier run's workflows.
+    # of a ledger in service (the load's day, today, is one of them).
     kept = keep_figures(grown_url)
     timed = time_examples(grown_url)
     dashboard = time_dashboard(grown_url)
