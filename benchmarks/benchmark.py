@@ -103,34 +103,55 @@ LUA = textwrap.dedent(
 
     function init(args)
       prefix = string.format("%s-%d", args[1], tid)
+      math.randomseed(tid * 7919 + os.time())
       local rate = tonumber(args[2] or "0")  -- requests a second for this thread
       if rate > 0 then interval = 1000 / rate end
     end
 
+    local SPREAD = 1000
+    -- true: each id begins with 8 random hex digits, so that a run's new
+    -- workflows and messages land all over the indexes, as Vonage's random
+    -- uuids do (the rest keeps ids unique); false: ids sort together.
+    local RANDOM_KEYS = false
+    local leads, leads_block = {}, -1
+    local function lead(d, m)  -- m = 0: the workflow's
+      if not RANDOM_KEYS then return "" end
+      local block = math.floor(d / SPREAD)
+      if block ~= leads_block then leads, leads_block = {}, block end  -- those are done
+      local found = leads[d]
+      if found == nil then
+        found = {}
+        for i = 0, 3 do
+          found[i] = string.format("%04x%04x-", math.random(0, 65535), math.random(0, 65535))
+        end
+        leads[d] = found
+      end
+      return found[m]
+    end
+
     local function status_body(d, m, s, n)
       return string.format(
-        '{"message_uuid":"%s-%d-%d","to":{"type":"sms","number":"447700900000"},' ..
+        '{"message_uuid":"%s%s-%d-%d","to":{"type":"sms","number":"447700900000"},' ..
         '"from":{"type":"sms","number":"447700900001"},' ..
         '"timestamp":"2026-03-01T09:%02d:%02d.000Z","status":"%s",' ..
         '"usage":{"currency":"EUR","price":"0.0333"},' ..
-        '"_links":{"workflow":{"dispatch_uuid":"%s-%d","href":"/workflows/x"}}}',
-        prefix, d, m, m, s * 5, statuses[s], prefix, d)
+        '"_links":{"workflow":{"dispatch_uuid":"%s%s-%d","href":"/workflows/x"}}}',
+        lead(d, m), prefix, d, m, m, s * 5, statuses[s], lead(d, 0), prefix, d)
     end
 
     local function report_body(d)
       local listed = {}
       for m = 1, 3 do
         table.insert(listed, string.format(
-          '{"message_uuid":"%s-%d-%d","channel":"sms","status":"read",' ..
-          '"usage":{"currency":"EUR","price":"0.0333"}}', prefix, d, m))
+          '{"message_uuid":"%s%s-%d-%d","channel":"sms","status":"read",' ..
+          '"usage":{"currency":"EUR","price":"0.0333"}}', lead(d, m), prefix, d, m))
       end
       return string.format(
-        '{"dispatch_uuid":"%s-%d","template":"failover","status":"completed",' ..
+        '{"dispatch_uuid":"%s%s-%d","template":"failover","status":"completed",' ..
         '"timestamp":"2026-03-01T09:10:00.000Z","usage":{"price":"0.0999","currency":"EUR"},' ..
-        '"_links":{"messages":[%s]}}', prefix, d, table.concat(listed, ","))
+        '"_links":{"messages":[%s]}}', lead(d, 0), prefix, d, table.concat(listed, ","))
     end
 
-    local SPREAD = 1000
     request = function()
       local n = counter
       counter = counter + 1
@@ -195,9 +216,14 @@ LUA = textwrap.dedent(
 LOAD_DAY = "2026-03-01"
 
 
-def load_dated(day: str) -> str:
-    """The load (LUA) with its callbacks dated `day` (YYYY-MM-DD) instead of LOAD_DAY."""
-    return LUA.replace(LOAD_DAY, day)
+def load_dated(day: str, random_keys: bool = False) -> str:
+    """The load (LUA) with its callbacks dated `day` (YYYY-MM-DD) instead of LOAD_DAY, and
+    with `random_keys` its workflows' and messages' ids beginning at random (see `stored`)."""
+    dated = LUA.replace(LOAD_DAY, day)
+    if random_keys:
+        dated = dated.replace("local RANDOM_KEYS = false", "local RANDOM_KEYS = true")
+        assert "local RANDOM_KEYS = true" in dated
+    return dated
 
 
 # The ceiling: the same Flask and gunicorn, doing nothing but parse the body.
@@ -487,8 +513,9 @@ def stored(url: str, run_id: str) -> tuple[int, int]:
         row = conn.execute(
             "SELECT coalesce(sum(deliveries), 0),"
             f" count(*) FILTER (WHERE {_waiting(url)})"
-            " FROM raw_callback WHERE coalesce(message_uuid, dispatch_uuid) LIKE %s",
-            (f"{run_id}-%",),
+            " FROM raw_callback WHERE coalesce(message_uuid, dispatch_uuid) LIKE ANY(%s)",
+            # Ids begin with the run's, or with RANDOM_KEYS's 8 hex digits and a dash.
+            ([f"{run_id}-%", f"_________{run_id}-%"],),
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])

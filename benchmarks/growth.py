@@ -20,7 +20,8 @@ One run, on this machine (needs wrk: apt-get install wrk):
    caches as they are: a ledger just restarted, or the load just done;
    --prewarm buffer reads the indexes into shared_buffers too).
    Beside each other, in one run: the captured rate of the service on each
-   in interleaved rounds (benchmarks/benchmark.py's load), and the CPU a
+   in interleaved rounds (benchmarks/benchmark.py's load, dated today, its
+   ids beginning at random like uuids), and the CPU a
    callback cost it, captured and applied; then the service
    on each at 70% of the empty one's rate, for the applier's lag and each
    callback's time from capture to apply (p50, p99).
@@ -333,9 +334,11 @@ def main() -> None:
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="dl-growth-"))
     lua = work / "callbacks.lua"
-    # Dated the day of the run, as a ledger in service receives them: into
-    # this week's partition of the grown log, and one day of its figures.
-    lua.write_text(load_dated(f"{datetime.now(UTC):%Y-%m-%d}"))
+    # As a ledger in service receives them: dated the day of the run (into
+    # this week's partition of the grown log, one day of its figures), and
+    # naming workflows and messages by ids that spread over the indexes of
+    # millions, as random uuids do (ids that sort together touch a few pages).
+    lua.write_text(load_dated(f"{datetime.now(UTC):%Y-%m-%d}", random_keys=True))
     data_dir = args.data_dir or work / "db"
     server = embedded.start(data_dir)
     settings = dict(setting.split("=", 1) for setting in args.setting)
