@@ -20,8 +20,8 @@ One run, on this machine (needs wrk: apt-get install wrk):
    caches as they are: a ledger just restarted, or the load just done;
    --prewarm buffer reads the indexes into shared_buffers too).
    Beside each other, in one run: the captured rate of the service on each
-   in interleaved rounds (benchmarks/benchmark.py's load, dated today, its
-   ids beginning at random like uuids), and the CPU a
+   in interleaved rounds (benchmarks/benchmark.py's load, its ids beginning
+   at random like uuids, dated next week: see `week_for_load`), and the CPU a
    callback cost it, captured and applied; then the service
    on each at 70% of the empty one's rate, for the applier's lag and each
    callback's time from capture to apply (p50, p99).
@@ -113,6 +113,28 @@ def make_weeks(url: str, weeks: int) -> datetime:
             )
             week += partitions.WEEK
     return first
+
+
+def week_for_load(url: str) -> datetime:
+    """The week after this one, its partition of the grown log made anew: the load's.
+
+    Both databases then capture into a partition that holds only the run's
+    load (the empty one into the partition its migrations made for the time
+    before them): the grown one's year of history lies in the weeks before.
+    Dated this week, each run's load stayed in the grown log and the next run
+    captured into a partition of a million callbacks more (a week of a large
+    sender's, but not history), so each run measured a larger ledger.
+    """
+    week = partitions.week_of(datetime.now(UTC)) + partitions.WEEK
+    name = pgsql.Identifier(partitions.RAW_LOG.week(week))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(name))
+        conn.execute(
+            pgsql.SQL(
+                "CREATE TABLE {} PARTITION OF raw_callback FOR VALUES FROM ({}) TO ({})"
+            ).format(name, pgsql.Literal(week), pgsql.Literal(week + partitions.WEEK))
+        )
+    return week
 
 
 # The tables the applier reads and writes for every callback, and their indexes.
@@ -334,11 +356,6 @@ def main() -> None:
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="dl-growth-"))
     lua = work / "callbacks.lua"
-    # As a ledger in service receives them: dated the day of the run (into
-    # this week's partition of the grown log, one day of its figures), and
-    # naming workflows and messages by ids that spread over the indexes of
-    # millions, as random uuids do (ids that sort together touch a few pages).
-    lua.write_text(load_dated(f"{datetime.now(UTC):%Y-%m-%d}", random_keys=True))
     data_dir = args.data_dir or work / "db"
     server = embedded.start(data_dir)
     settings = dict(setting.split("=", 1) for setting in args.setting)
@@ -354,6 +371,10 @@ def main() -> None:
     started = time.monotonic()
     grow(grown_url, args)
     print(f"grown in {time.monotonic() - started:.0f} s", flush=True)
+    # Naming workflows and messages by ids that spread over the indexes of
+    # millions, as Vonage's random uuids do (ids that sort together touch a
+    # few pages), and dated in a week of the log emptied for the run.
+    lua.write_text(load_dated(f"{week_for_load(grown_url):%Y-%m-%d}", random_keys=True))
     size = sizes(grown_url)
     if not args.cold:
         for url in (empty_url, grown_url):
@@ -388,7 +409,7 @@ def main() -> None:
     print("\nOn the grown database:", flush=True)
     # The days the runs touched, kept as the service's keeper keeps them
     # (every ANALYTICS_REFRESH_SECONDS): the analysts' figures below are those
-    # of a ledger in service (the load's day, today, is one of them).
+    # of a ledger in service (the load's day is one of them).
     kept = keep_figures(grown_url)
     timed = time_examples(grown_url)
     dashboard = time_dashboard(grown_url)
