@@ -148,7 +148,7 @@ def warm(url: str, into: str = "read") -> int:
     just loaded or restarted reads each from disk at first: every uuid a
     callback names is a random page of an index of millions, and measured
     cold on this machine the grown database applied at 31-40% of the empty
-    one's rate, warm at 71% (BENCHMARKS.md).
+    one's rate (docs/operating.md, "Memory: the state in cache").
 
     `into="buffer"` reads the state's indexes into shared_buffers too (the
     tables only into the OS cache): what a server with the memory
@@ -303,7 +303,7 @@ def prune_oldest_month(url: str) -> dict[str, Any]:
         "callbacks": done.dropped,
         # Rows deleted one by one: what lies outside the weeks (the default
         # partition), such as an older run's load (dated LOAD_DAY, 2026-03-01,
-        # before growth dated it the day of the run) once a prune dropped that week.
+        # before growth dated its own) once a prune dropped that week.
         "deleted": done.deleted,
         "seconds": seconds,
         "wal": dropped_wal,
