@@ -102,17 +102,20 @@ def make_weeks(url: str, weeks: int) -> datetime:
         conn.execute("DROP TABLE IF EXISTS raw_callback_older")
         week = first
         while week < upto:
-            conn.execute(
-                pgsql.SQL(
-                    "CREATE TABLE {} PARTITION OF raw_callback FOR VALUES FROM ({}) TO ({})"
-                ).format(
-                    pgsql.Identifier(partitions.RAW_LOG.week(week)),
-                    pgsql.Literal(week),
-                    pgsql.Literal(week + partitions.WEEK),
-                )
-            )
+            make_week(conn, week)
             week += partitions.WEEK
     return first
+
+
+def make_week(conn: psycopg.Connection[Any], week: datetime) -> None:
+    """The raw log's partition of the week starting at `week`, by the service's name for it."""
+    conn.execute(
+        pgsql.SQL("CREATE TABLE {} PARTITION OF raw_callback FOR VALUES FROM ({}) TO ({})").format(
+            pgsql.Identifier(partitions.RAW_LOG.week(week)),
+            pgsql.Literal(week),
+            pgsql.Literal(week + partitions.WEEK),
+        )
+    )
 
 
 def week_for_load(url: str) -> datetime:
@@ -126,14 +129,13 @@ def week_for_load(url: str) -> datetime:
     sender's, but not history), so each run measured a larger ledger.
     """
     week = partitions.week_of(datetime.now(UTC)) + partitions.WEEK
-    name = pgsql.Identifier(partitions.RAW_LOG.week(week))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(name))
         conn.execute(
-            pgsql.SQL(
-                "CREATE TABLE {} PARTITION OF raw_callback FOR VALUES FROM ({}) TO ({})"
-            ).format(name, pgsql.Literal(week), pgsql.Literal(week + partitions.WEEK))
+            pgsql.SQL("DROP TABLE IF EXISTS {}").format(
+                pgsql.Identifier(partitions.RAW_LOG.week(week))
+            )
         )
+        make_week(conn, week)
     return week
 
 
