@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 from app.pipeline.rebuild import rebuild
 from app.store import embedded, migrations
 from benchmarks.benchmark import _database_beside
-from benchmarks.growth import make_weeks
+from benchmarks.growth import make_weeks, wal
 
 MAX_DEPTH = 32
 # Workflows whose callbacks interleave (the load's SPREAD).
@@ -139,8 +139,7 @@ def top_up(url: str, callbacks: int, first_week: datetime, span_end: datetime, t
 
 def timed_rebuild(url: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        before = conn.execute("SELECT pg_current_wal_lsn()::text AS lsn").fetchone()
-    assert before is not None
+        before = wal(conn)
     done = rebuild(url, MAX_DEPTH)
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         row = conn.execute(
@@ -149,7 +148,7 @@ def timed_rebuild(url: str) -> dict[str, Any]:
             " (SELECT count(*) FROM message) AS messages,"
             " (SELECT count(*) FROM dispatch WHERE status = 'completed') AS completed,"
             " pg_total_relation_size('dispatch') + pg_total_relation_size('message') AS state",
-            (before["lsn"],),
+            (before,),
         ).fetchone()
     assert row is not None
     # The process's peak so far: a page of callbacks and their events, held at once.
