@@ -168,6 +168,13 @@ _PRUNE_STATE = (
 )
 
 
+def delete_workflows(conn: Connection, ids: list[str]) -> None:
+    """Delete workflows with all that is kept of them but their raw callbacks, in the
+    caller's transaction: messages, disagreements, definitions, events."""
+    for name in _PRUNE_STATE:
+        conn.execute(sql(name), {"ids": ids})
+
+
 @dataclass
 class StatePruned:
     workflows: int = 0
@@ -217,8 +224,7 @@ def prune_state(
                     conn.execute(sql(name), {"ids": ids}).rowcount
                     for name in ("prune_state_raw_of_workflows", "prune_state_raw_of_messages")
                 )
-                for name in _PRUNE_STATE:
-                    conn.execute(sql(name), {"ids": ids})
+                delete_workflows(conn, ids)
                 record.deleted(conn, raw)
             done.workflows += len(ids)
             done.raw_callbacks += raw
