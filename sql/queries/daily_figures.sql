@@ -5,8 +5,9 @@
 SELECT pg_try_advisory_xact_lock(%(key)s) AS taken;
 
 -- name: keep_without_hurry
--- A keep is background work: it may take longer than a request's statement timeout.
-SELECT set_config('statement_timeout', %(timeout)s, true);
+-- A keep is background work: it may take longer than a request's statement timeout, and reads days of rows whole, with the memory to keep their bitmaps exact and their sorts off disk (one session keeps at a time).
+SELECT set_config('statement_timeout', %(timeout)s, true),
+       set_config('work_mem', %(work_mem)s, true);
 
 -- name: stale_days_to_keep
 -- Up to `limit` stale days, the most recent first (the ones dashboards read).

@@ -280,3 +280,27 @@ def test_many_stale_days_are_kept_a_few_per_transaction(
     assert daily_figures.keep(db) == stale - 2
     assert daily_figures.stale_days(db) == 0
     assert read(clean_db) == computed_afresh(clean_db)
+
+
+def test_a_keep_has_memory_for_whole_days_in_its_own_transaction_only(
+    client: FlaskClient, clean_db: str
+) -> None:
+    for _, _, deliveries in workflows(10, 3, days=3, now=NOW):
+        for kind, payload in deliveries:
+            assert post(client, kind, payload).status_code == 200
+    db = get_db(client.application)
+
+    def work_mem(conn: Any) -> str:
+        return str(conn.execute("SELECT current_setting('work_mem') AS m").fetchone()["m"])
+
+    before = db.run(work_mem)
+    assert before != daily_figures.KEEP_WORK_MEM
+
+    def keep_and_look(conn: Any) -> tuple[int | None, str]:
+        return daily_figures.keep_some(conn), work_mem(conn)
+
+    kept, during = db.run(keep_and_look)
+    assert kept and kept >= 3
+    assert during == daily_figures.KEEP_WORK_MEM
+    # The pooled connections the requests use next keep the server's setting.
+    assert [db.run(work_mem) for _ in range(4)] == [before] * 4
