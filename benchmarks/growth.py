@@ -148,8 +148,26 @@ def week_for_load(url: str) -> datetime:
             with conn.transaction():
                 operations.delete_workflows(conn, ids[start : start + 5_000])
     if ids:
+        # Vacuumed at once: the deleted rows' entries in the day indexes
+        # otherwise led the keeper to their pages (279,247 pages for a day of
+        # 100,268 messages on 5,534: 2.43 s a keep against 0.65 s after).
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"VACUUM {', '.join(DELETED_FROM)}")
         print(f"deleted the {len(ids):,} workflows earlier runs left in its week", flush=True)
     return week
+
+
+# What operations.delete_workflows deletes from.
+DELETED_FROM = [
+    "discrepancy",
+    "reconciliation",
+    "workflow_definition",
+    "workflow_event",
+    "endpoint_delivery",
+    "overdue_notice",
+    "message",
+    "dispatch",
+]
 
 
 # The tables the applier reads and writes for every callback, and their indexes.
