@@ -222,6 +222,7 @@ class Deliverer:
         )
         self._clock = clock
         self._busy: set[str] = set()
+        self._sweeper = overdue_events.Sweeper()
         self._busy_lock = threading.Lock()
         # What this deliverer leased and has not recorded yet: given back when it stops.
         self._held: dict[tuple[str, int], datetime] = {}
@@ -254,7 +255,7 @@ class Deliverer:
         return len(keys)
 
     def sweep_overdue(self) -> int:
-        return overdue_events.sweep(
+        return self._sweeper.sweep(
             self._db,
             self._clock(),
             self._settings.overdue_grace_seconds,

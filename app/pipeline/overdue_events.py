@@ -9,7 +9,7 @@ transaction. The rules are the listing's (`overdue_workflows` in SQL).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from app.model.overdue import reason
 from app.model.times import iso
@@ -20,6 +20,13 @@ from app.store.queries import sql
 
 # Workflows told per transaction; a sweep goes on until none is left.
 SWEEP_BATCH = 500
+# Every deadline, however far back.
+EVER = datetime.min.replace(tzinfo=UTC)
+# How far before the last sweep's deadlines the next one looks again: a
+# deadline written just before that sweep, by a transaction it did not see.
+OVERLAP = timedelta(minutes=1)
+# How often a sweeper looks at every deadline again (see Sweeper).
+FULL_SWEEP_EVERY = timedelta(minutes=10)
 
 
 def sweep(
@@ -27,21 +34,74 @@ def sweep(
     now: datetime,
     grace_seconds: int,
     last_step_timeout_seconds: int,
+    *,
+    passed_since: datetime | None = None,
 ) -> int:
-    """Record an event for each workflow newly overdue; returns how many were recorded."""
+    """Record an event for each workflow newly overdue; returns how many were recorded.
+
+    With `passed_since`, only workflows whose deadline passed after it (with
+    their grace) are looked at."""
+    return _sweep(db, now, grace_seconds, last_step_timeout_seconds, passed_since)[0]
+
+
+def _sweep(
+    db: Database,
+    now: datetime,
+    grace_seconds: int,
+    last_step_timeout_seconds: int,
+    passed_since: datetime | None,
+) -> tuple[int, bool]:
+    """(told, whether every workflow found was told: none held by an applier nor moved on)."""
+    grace = timedelta(seconds=grace_seconds)
+    timeout = timedelta(seconds=last_step_timeout_seconds)
     params = {
-        "cutoff": now - timedelta(seconds=grace_seconds),
-        "awaiting_cutoff": now - timedelta(seconds=last_step_timeout_seconds),
+        "cutoff": now - grace,
+        "awaiting_cutoff": now - timeout,
+        "from": EVER if passed_since is None else passed_since - grace,
+        "awaiting_from": EVER if passed_since is None else passed_since - timeout,
         "now": now,
         "limit": SWEEP_BATCH,
     }
     told = 0
+    complete = True
     while True:
         looked_at, found = db.run(lambda conn: _sweep_batch(conn, params))
         told += found
+        complete = complete and found == looked_at
         # None left, or all held by appliers: the next sweep tries those again.
         if looked_at < SWEEP_BATCH or found == 0:
-            return told
+            return told, complete
+
+
+class Sweeper:
+    """A deliverer's sweeps: each looks at the deadlines passed since the last one's.
+
+    Looking at every workflow ever overdue each time cost a year-old ledger
+    (182,250 workflows overdue and told long ago) 0.3-0.5 s of PostgreSQL
+    every 5 s; the deadlines passed since the last sweep are a few index
+    entries. A late callback can make a workflow overdue at once, its deadline
+    long passed (a step submitted days ago, heard of only now): every
+    FULL_SWEEP_EVERY, and at the first sweep, every deadline is looked at
+    again, so such a workflow is told within that. A sweep that left a
+    workflow behind (held by an applier) does not move the window on.
+    """
+
+    def __init__(self, full_every: timedelta = FULL_SWEEP_EVERY) -> None:
+        self._full_every = full_every
+        self._last_full: datetime | None = None
+        self._swept_to: datetime | None = None
+
+    def sweep(
+        self, db: Database, now: datetime, grace_seconds: int, last_step_timeout_seconds: int
+    ) -> int:
+        full = self._last_full is None or now - self._last_full >= self._full_every
+        since = None if full or self._swept_to is None else self._swept_to - OVERLAP
+        told, complete = _sweep(db, now, grace_seconds, last_step_timeout_seconds, since)
+        if complete:
+            if full:
+                self._last_full = now
+            self._swept_to = now
+        return told
 
 
 def _sweep_batch(conn: Connection, params: dict[str, object]) -> tuple[int, int]:

@@ -70,10 +70,12 @@ SELECT position, event_id, type, created_at, data
 SELECT coalesce(max(position), 0) AS head FROM workflow_event;
 
 -- name: overdue_not_noticed
--- Workflows overdue in a way no event has told yet (app/pipeline/overdue_events.py).
+-- Workflows overdue in a way no event has told yet (app/pipeline/overdue_events.py), of those whose deadline is not before `from` (`awaiting_from` for the outcome): each kind's condition then reads a range of its index, not every workflow ever overdue.
 SELECT DISTINCT o.dispatch_uuid
   FROM overdue_workflows(%(cutoff)s, %(awaiting_cutoff)s) o
- WHERE NOT EXISTS (SELECT 1 FROM overdue_notice n
+ WHERE o.since >= CASE o.kind WHEN 'outcome_overdue' THEN %(awaiting_from)s::timestamptz
+                              ELSE %(from)s::timestamptz END
+   AND NOT EXISTS (SELECT 1 FROM overdue_notice n
                     WHERE n.dispatch_uuid = o.dispatch_uuid AND n.kind = o.kind)
  ORDER BY o.dispatch_uuid
  LIMIT %(limit)s;

@@ -164,6 +164,75 @@ def test_overdue_is_told_once_per_kind(client: FlaskClient) -> None:
     assert told["data"]["status"] == "pending" and told["data"]["current_step"] == 1
 
 
+def _failover_due(client: FlaskClient, dispatch_uuid: str, submitted: str) -> None:
+    """A two-step workflow whose first step was submitted then: its failover is due 600 s
+    later, overdue after the grace (300 s in these tests)."""
+    db = get_db(client.application)
+    request = _two_step_request()
+    db.run(
+        lambda conn: decide.record_definition(
+            conn, dispatch_uuid, request, load_definition(request), "recorded", NOW
+        )
+    )
+    message = f"m-{dispatch_uuid}"
+    body = payloads.status(
+        message, "submitted", submitted, channel="messenger", dispatch_uuid=dispatch_uuid
+    )
+    post_all(client, [("message-status", body)])
+
+
+def _overdue_told(db: Database) -> list[str]:
+    return [e["data"]["dispatch_uuid"] for e in all_events(db) if e["type"] == "workflow.overdue"]
+
+
+def test_a_sweep_looks_at_deadlines_passed_since_the_last_and_every_one_now_and_then(
+    client: FlaskClient,
+) -> None:
+    db = get_db(client.application)
+    sweeper = overdue_events.Sweeper(full_every=timedelta(hours=1))
+
+    def sweep(seconds: int) -> int:
+        return sweeper.sweep(db, NOW + timedelta(seconds=seconds), 300, 86_400)
+
+    _failover_due(client, "d-on-time", "2026-01-01T00:00:00Z")
+    assert sweep(700) == 0  # the first sweep looks at every deadline: none passed yet
+    assert sweep(901) == 1  # passed since the last sweep
+    assert _overdue_told(db) == ["d-on-time"]
+    # A step submitted a day ago, heard of only now: its failover was due long
+    # before the last sweep, so the next sweeps, looking since then, miss it...
+    _failover_due(client, "d-heard-late", "2025-12-31T00:00:00Z")
+    assert sweep(1000) == 0
+    assert sweep(1500) == 0
+    # ... until one looks at every deadline again (an hour after the first, here).
+    assert sweep(700 + 3600) == 1
+    assert _overdue_told(db) == ["d-on-time", "d-heard-late"]
+    assert sweep(700 + 7200) == 0  # each told once
+
+
+def test_a_sweep_that_left_a_workflow_behind_looks_again_from_where_it_was(
+    client: FlaskClient, clean_db: str
+) -> None:
+    db = get_db(client.application)
+    sweeper = overdue_events.Sweeper(full_every=timedelta(hours=1))
+
+    def sweep(seconds: int) -> int:
+        return sweeper.sweep(db, NOW + timedelta(seconds=seconds), 300, 86_400)
+
+    _failover_due(client, "d-held", "2026-01-01T00:00:00Z")
+    assert sweep(700) == 0
+    with psycopg.connect(clean_db) as applier:
+        # An applier holds the workflow: the sweeps pass it by (SKIP LOCKED).
+        applier.execute(
+            "SELECT 1 FROM dispatch WHERE dispatch_uuid = 'd-held' FOR NO KEY UPDATE"
+        ).fetchone()
+        assert sweep(901) == 0
+        assert sweep(1500) == 0
+    # Had those sweeps moved on, this one would look only at deadlines after
+    # about 1,140 s, and miss the one at 900 s.
+    assert sweep(2000) == 1
+    assert _overdue_told(db) == ["d-held"]
+
+
 def _two_step_request() -> dict[str, Any]:
     request = _sms_only_request()
     request["workflow"].insert(
