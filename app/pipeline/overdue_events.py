@@ -34,14 +34,10 @@ def sweep(
     now: datetime,
     grace_seconds: int,
     last_step_timeout_seconds: int,
-    *,
-    passed_since: datetime | None = None,
 ) -> int:
-    """Record an event for each workflow newly overdue; returns how many were recorded.
-
-    With `passed_since`, only workflows whose deadline passed after it (with
-    their grace) are looked at."""
-    return _sweep(db, now, grace_seconds, last_step_timeout_seconds, passed_since)[0]
+    """Record an event for each workflow newly overdue, whenever its deadline passed;
+    returns how many were recorded (a deliverer's Sweeper looks at fewer)."""
+    return _sweep(db, now, grace_seconds, last_step_timeout_seconds, None)[0]
 
 
 def _sweep(
@@ -51,7 +47,8 @@ def _sweep(
     last_step_timeout_seconds: int,
     passed_since: datetime | None,
 ) -> tuple[int, bool]:
-    """(told, whether every workflow found was told: none held by an applier nor moved on)."""
+    """Tell the workflows overdue whose deadline passed since `passed_since` (None: ever):
+    (told, whether every workflow found was told: none held by an applier nor moved on)."""
     grace = timedelta(seconds=grace_seconds)
     timeout = timedelta(seconds=last_step_timeout_seconds)
     params = {

@@ -6,6 +6,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,14 +186,18 @@ def _overdue_told(db: Database) -> list[str]:
     return [e["data"]["dispatch_uuid"] for e in all_events(db) if e["type"] == "workflow.overdue"]
 
 
+def _sweeping(db: Database) -> Callable[[int], int]:
+    """A deliverer's sweeps at NOW + the seconds given (grace 300 s; every deadline
+    looked at again each hour)."""
+    sweeper = overdue_events.Sweeper(full_every=timedelta(hours=1))
+    return lambda seconds: sweeper.sweep(db, NOW + timedelta(seconds=seconds), 300, 86_400)
+
+
 def test_a_sweep_looks_at_deadlines_passed_since_the_last_and_every_one_now_and_then(
     client: FlaskClient,
 ) -> None:
     db = get_db(client.application)
-    sweeper = overdue_events.Sweeper(full_every=timedelta(hours=1))
-
-    def sweep(seconds: int) -> int:
-        return sweeper.sweep(db, NOW + timedelta(seconds=seconds), 300, 86_400)
+    sweep = _sweeping(db)
 
     _failover_due(client, "d-on-time", "2026-01-01T00:00:00Z")
     assert sweep(700) == 0  # the first sweep looks at every deadline: none passed yet
@@ -213,10 +218,7 @@ def test_a_sweep_that_left_a_workflow_behind_looks_again_from_where_it_was(
     client: FlaskClient, clean_db: str
 ) -> None:
     db = get_db(client.application)
-    sweeper = overdue_events.Sweeper(full_every=timedelta(hours=1))
-
-    def sweep(seconds: int) -> int:
-        return sweeper.sweep(db, NOW + timedelta(seconds=seconds), 300, 86_400)
+    sweep = _sweeping(db)
 
     _failover_due(client, "d-held", "2026-01-01T00:00:00Z")
     assert sweep(700) == 0
