@@ -143,16 +143,7 @@ def test_an_apply_rolled_back_tells_nothing(db: Database) -> None:
 
 def test_overdue_is_told_once_per_kind(client: FlaskClient) -> None:
     db = get_db(client.application)
-    request = _two_step_request()
-    db.run(
-        lambda conn: decide.record_definition(
-            conn, "d-4", request, load_definition(request), "recorded", NOW
-        )
-    )
-    body = payloads.status(
-        "m-4", "submitted", "2026-01-01T00:00:00Z", channel="messenger", dispatch_uuid="d-4"
-    )
-    post_all(client, [("message-status", body)])
+    _failover_due(client, "d-4", "2026-01-01T00:00:00Z")
     before = all_events(db)
     # Its failover was due 600 s after submission; within the grace, nothing.
     assert overdue_events.sweep(db, NOW + timedelta(seconds=700), 300, 86_400) == 0
